@@ -1,0 +1,210 @@
+"""Checkpoints. Two kinds, both written atomically (temporary name, fsync, rename):
+
+- `run.dir/best.pt`: the best-validation model, written by the main process only; a single file
+  with weights, resolved config, epoch, validation metrics, class names and versions. It is what
+  `evaluate.py` reads.
+- `run.dir/last/`: the full training state (`accelerator.save_state`: model, optimizer, RNG of
+  every rank, plus our TrainState), written by all ranks together; what `--resume` reads.
+
+The checkpointer owns its timing: the loop calls `maybe_save_best` after validation and
+`maybe_save_state` after every step.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+FORMAT = "cifar-dist-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TrainState:
+    """Where the run is. Registered with Accelerate, so it travels inside `last/`."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps completed in total
+    step_in_epoch: int = 0  # steps completed in the current epoch (mid-epoch saves)
+    best_val_loss: float = float("inf")
+    best_epoch: int = -1
+    tracker_run_id: str = ""
+    rng_state: torch.Tensor | None = None  # torch CPU RNG at the save point (restored after the loader skips)
+    cuda_rng_state: torch.Tensor | None = None
+    partial: dict = field(default_factory=dict)  # running train sums of a partly done epoch
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, d: dict) -> None:
+        for k, v in d.items():
+            if hasattr(self, k):
+                setattr(self, k, v)
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def versions() -> dict:
+    import accelerate
+    import torchvision
+
+    return {"python": sys.version.split()[0], "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+            "accelerate": str(accelerate.__version__)}
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a best-model checkpoint (a file, or a run folder holding best.pt), or fail in one line."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.exists():
+        raise UserError(f"checkpoint {path} does not exist; pass a run folder or its best.pt to --checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle garbage, not a torch file at all
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is not a readable cifar-dist checkpoint (truncated or corrupt: {first[:120]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise UserError(f"{path} is a torch file but not a cifar-dist checkpoint; pass the best.pt that train.py wrote")
+    return ckpt
+
+
+class MetricsLog:
+    """`run.dir/metrics.jsonl`: one JSON line per epoch, rewritten atomically each time."""
+
+    def __init__(self, path: Path, accelerator):
+        self.path = Path(path)
+        self.accelerator = accelerator
+        self.rows: list[dict] = []
+
+    def load(self, epochs_completed: int) -> None:
+        """On resume: keep the rows of epochs the restored state has completed (a crash after the
+        row was written but before the state was saved repeats that epoch). Rows count epochs from 1."""
+        if self.path.exists():
+            rows = [json.loads(l) for l in self.path.read_text().splitlines() if l.strip()]
+            self.rows = [r for r in rows if r.get("epoch", 0) <= epochs_completed]
+
+    def append(self, row: dict) -> None:
+        self.rows.append(row)
+        if self.accelerator.is_main_process:
+            atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in self.rows).encode())
+
+
+class Checkpointer:
+    def __init__(self, accelerator, run_dir: Path, cfg, meta: dict, state: TrainState):
+        self.accelerator = accelerator
+        self.run_dir = Path(run_dir)
+        self.cfg = cfg
+        self.meta = meta  # model name/in_channels/image_size/num_classes, classes, mean/std
+        self.state = state
+        self.every = cfg.train.checkpoint_every_steps
+
+    @property
+    def best_path(self) -> Path:
+        return self.run_dir / "best.pt"
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "last"
+
+    # -- best model ---------------------------------------------------------------------------
+    def maybe_save_best(self, model, epoch: int, val_metrics: dict) -> bool:
+        """Collective in effect (same decision on every rank, since validation metrics are exact
+        and identical everywhere); only the main process writes."""
+        improved = val_metrics["val_loss"] < self.state.best_val_loss
+        if not improved:
+            return False
+        previous = self.state.best_val_loss
+        self.state.best_val_loss = val_metrics["val_loss"]
+        self.state.best_epoch = epoch
+        self.accelerator.print(f"Validation loss decreased ({previous:.6f} --> {val_metrics['val_loss']:.6f}).  Saving model ...")
+        if self.accelerator.is_main_process:
+            weights = {k: v.detach().cpu() for k, v in self.accelerator.unwrap_model(model).state_dict().items()}
+            weights = {k.removeprefix("_orig_mod."): v for k, v in weights.items()}  # torch.compile wrapper
+            ckpt = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_state": weights,
+                    "config": self.cfg.to_dict(), "epoch": epoch, "step": self.state.step,
+                    "val_metrics": val_metrics, "versions": versions(),
+                    "world_size": self.accelerator.num_processes, "tracker_run_id": self.state.tracker_run_id,
+                    **self.meta}
+            buf = io.BytesIO()
+            torch.save(ckpt, buf)
+            atomic_write_bytes(self.best_path, buf.getvalue())
+        return True
+
+    # -- full state --------------------------------------------------------------------------
+    def save_state(self) -> None:
+        """Collective: every rank calls it (save_state writes per-rank RNG files)."""
+        self.state.rng_state = torch.get_rng_state()
+        self.state.cuda_rng_state = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+        tmp = self.run_dir / f"last.tmp-{self.state.step}"
+        if self.accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(tmp))
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            for f in tmp.iterdir():  # accelerate does not fsync; we do, before the rename publishes it
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            old = self.run_dir / "last.old"
+            shutil.rmtree(old, ignore_errors=True)
+            if self.last_path.exists():
+                os.replace(self.last_path, old)  # `last` or `last.old` is complete at every instant
+            os.replace(tmp, self.last_path)
+            fsync_dir(self.run_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
+    def maybe_save_state(self) -> bool:
+        if self.every and self.state.step % self.every == 0:
+            self.save_state()
+            return True
+        return False
+
+    def resumable_path(self) -> Path | None:
+        for p in (self.last_path, self.run_dir / "last.old"):
+            if (p / "custom_checkpoint_0.pkl").exists():
+                return p
+        return None
+
+    def load_state(self) -> None:
+        """Collective: restore model, optimizer, RNGs and TrainState on every rank."""
+        path = self.resumable_path()
+        if path is None:
+            raise UserError(f"nothing to resume in {self.run_dir} (no last/ state); drop --resume to start a new run")
+        try:
+            self.accelerator.load_state(str(path))
+        except Exception as e:
+            raise UserError(f"cannot resume from {path}: {str(e).splitlines()[0][:160]}; the config may differ from the run's (model, dataset) or the state is corrupt") from None

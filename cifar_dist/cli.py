@@ -1,0 +1,69 @@
+"""Command-line entry points: `cifar-train` / `train.py` and `cifar-eval` / `evaluate.py`.
+
+    cifar-train --preset seed_fast --data.name=fashion_mnist --train.epochs=3
+    cifar-eval --checkpoint runs/<run>/ --split test --json out.json
+
+Bad input ends in one line on stderr and exit code 2 (a traceback only with --debug).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import UserError
+
+
+def run_cli(fn, argv: list[str] | None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        fn(argv)
+        return 0
+    except UserError as e:
+        if debug:
+            raise
+        from .distributed import env_rank
+
+        if env_rank() == 0:  # every rank fails the same way; say it once
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _train(argv: list[str]) -> None:
+    from .config import PRESETS, format_config, resolve
+
+    p = argparse.ArgumentParser(prog="cifar-train", allow_abbrev=False,
+                                description="Train on CIFAR-10 (and friends). Any config key: --section.key=value.",
+                                epilog=f"presets: {', '.join(PRESETS)}")
+    p.add_argument("--preset", default=None, help="named recipe (default: seed, the tutorial)")
+    p.add_argument("--config", default=None, help="YAML file with config sections")
+    p.add_argument("--resume", action="store_true", help="continue run.dir from its last full state")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    args, rest = p.parse_known_args(argv)
+    if args.resume:
+        rest.append("--train.resume=true")
+    cfg = resolve(args.preset, args.config, rest)
+    if args.print_config:
+        print(format_config(cfg))
+        return
+    from .trainer import train
+
+    train(cfg)
+
+
+def _eval(argv: list[str]) -> None:
+    from .evaluate_cli import main
+
+    main(argv)
+
+
+def train_main(argv: list[str] | None = None) -> None:
+    sys.exit(run_cli(_train, argv))
+
+
+def eval_main(argv: list[str] | None = None) -> None:
+    sys.exit(run_cli(_eval, argv))

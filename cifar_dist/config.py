@@ -1,0 +1,319 @@
+"""One config object, resolved once: defaults < --preset < --config FILE.yaml < --section.key=value.
+
+    python -m cifar_dist --preset seed_fast --config my.yaml --optim.lr=0.05 --train.epochs=3
+
+Unknown keys, wrong types and out-of-range values raise ``UserError`` before any work starts.
+The resolved config is printed at start, logged to the tracker and saved in every checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import UserError
+
+DATASETS = ("cifar10", "cifar100", "fashion_mnist", "synthetic")
+LOADERS = ("torch", "tensor")
+NORMALIZE = ("half", "dataset")  # half = the tutorial's Normalize(0.5, 0.5)
+SCHEDULES = ("constant", "onecycle", "linear")
+PRECISIONS = ("no", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+RESUME = ("false", "true", "auto")  # auto: continue if run.dir/last exists, else start fresh
+BACKENDS = ("none", "wandb")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+@dataclass
+class DataConfig:
+    name: str = "cifar10"
+    root: str = "./data"
+    val_fraction: float = 0.2
+    loader: str = "torch"  # torch: the tutorial's per-sample DataLoader; tensor: uint8 tensors + batch ops
+    normalize: str = "half"
+    augment: bool = False  # random crop (pad 4) + horizontal flip; tensor loader only
+    download: bool = True
+    num_workers: int = 0
+    synthetic_train_size: int = 5000
+    synthetic_test_size: int = 1000
+
+
+@dataclass
+class ModelConfig:
+    name: str = "seed_cnn"
+    dropout: float = 0.3
+    width: int = 64  # resnet_fast base width
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.01
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    per_device_batch_size: int = 16
+    resume: str = "false"
+    checkpoint_every_steps: int = 0  # 0: full state only at epoch ends
+    eval_every_epochs: int = 1
+    log_every_steps: int = 50
+    mixed_precision: str = "no"
+    channels_last: bool = False
+    compile: bool = False
+    device: str = "auto"
+    threads_per_process: int = 0  # 0: cores / local processes
+    dist_timeout_s: int = 1800
+    max_steps: int = 0  # 0: no limit; stops early (smoke runs, tests)
+
+
+@dataclass
+class EvalConfig:
+    per_device_batch_size: int = 500
+    tta: bool = False
+
+
+@dataclass
+class RunConfig:
+    dir: str = ""  # "" -> runs/<data>-<model>-<time>
+    progress: bool = True
+
+
+@dataclass
+class TrackingConfig:
+    backend: str = "none"
+    project: str = "cifar-dist"
+    entity: str = ""
+    run_name: str = ""
+    tags: list = field(default_factory=list)
+    mode: str = "auto"
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    preset: str = "seed"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Presets are partial dicts layered over the defaults. `seed` is the tutorial, exactly.
+PRESETS: dict[str, dict] = {
+    "seed": {},
+    # The tutorial's CNN with a modern recipe: momentum, one-cycle schedule, augmentation,
+    # batch 128 (lr scaled with the batch), tensor-held data.
+    "seed_fast": {
+        "data": {"loader": "tensor", "normalize": "dataset", "augment": True},
+        "model": {"name": "seed_cnn", "dropout": 0.3},
+        "optim": {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
+                  "schedule": "onecycle", "warmup_epochs": 1.0, "label_smoothing": 0.1},
+        "train": {"epochs": 12, "per_device_batch_size": 128, "channels_last": True},
+    },
+}
+
+
+def _section_types() -> dict[str, dict[str, Any]]:
+    out = {}
+    for f in fields(Config):
+        if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory):
+            out[f.name] = {g.name: g for g in fields(f.default_factory)}
+    return out
+
+
+def _coerce(path: str, value: Any, current: Any) -> Any:
+    """Convert a YAML/CLI value to the type of the default, or raise a one-line UserError."""
+    kind = type(current)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise UserError(f"{path} must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise UserError(f"{path} must be an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise UserError(f"{path} must be an integer, got {value!r}") from None
+    if kind is float:
+        if isinstance(value, bool):
+            raise UserError(f"{path} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"{path} must be a number, got {value!r}") from None
+    if kind is list:
+        if isinstance(value, str):
+            return [v for v in value.split(",") if v]
+        if isinstance(value, (list, tuple)):
+            return [str(v) for v in value]
+        raise UserError(f"{path} must be a list (a,b,c), got {value!r}")
+    if kind is str:
+        if isinstance(value, bool):  # resume=true parses as bool in YAML
+            return "true" if value else "false"
+        if isinstance(value, (dict, list)):
+            raise UserError(f"{path} must be a string, got {value!r}")
+        return str(value)
+    raise AssertionError(kind)
+
+
+def _apply(cfg: Config, tree: dict, source: str) -> None:
+    sections = _section_types()
+    for key, value in tree.items():
+        if key in sections:
+            if not isinstance(value, dict):
+                raise UserError(f"{source}: '{key}' is a section; set keys like {key}.{next(iter(sections[key]))}")
+            sub = getattr(cfg, key)
+            for k, v in value.items():
+                if k not in sections[key]:
+                    raise UserError(f"{source}: unknown key '{key}.{k}'; valid keys in '{key}': {', '.join(sections[key])}")
+                setattr(sub, k, _coerce(f"{key}.{k}", v, getattr(sub, k)))
+        elif key == "seed":
+            cfg.seed = _coerce("seed", value, cfg.seed)
+        else:
+            valid = ["seed", *sections]
+            raise UserError(f"{source}: unknown key '{key}'; valid top-level keys: {', '.join(valid)}")
+
+
+def _check_choice(path: str, value: str, choices) -> None:
+    if value not in choices:
+        raise UserError(f"{path}={value!r} is not valid; choose one of: {', '.join(choices)}")
+
+
+def validate(cfg: Config) -> Config:
+    from .models import MODELS  # the registry is the single source of model names
+
+    _check_choice("data.name", cfg.data.name, DATASETS)
+    _check_choice("data.loader", cfg.data.loader, LOADERS)
+    _check_choice("data.normalize", cfg.data.normalize, NORMALIZE)
+    _check_choice("model.name", cfg.model.name, tuple(MODELS))
+    _check_choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
+    _check_choice("train.mixed_precision", cfg.train.mixed_precision, PRECISIONS)
+    _check_choice("train.device", cfg.train.device, DEVICES)
+    _check_choice("train.resume", cfg.train.resume, RESUME)
+    _check_choice("tracking.backend", cfg.tracking.backend, BACKENDS)
+    _check_choice("tracking.mode", cfg.tracking.mode, WANDB_MODES)
+    checks = [
+        ("data.val_fraction", 0.0 <= cfg.data.val_fraction < 1.0, "must be in [0, 1)"),
+        ("data.num_workers", cfg.data.num_workers >= 0, "must be >= 0"),
+        ("data.synthetic_train_size", cfg.data.synthetic_train_size >= 10, "must be >= 10"),
+        ("data.synthetic_test_size", cfg.data.synthetic_test_size >= 1, "must be >= 1"),
+        ("model.dropout", 0.0 <= cfg.model.dropout < 1.0, "must be in [0, 1)"),
+        ("model.width", cfg.model.width >= 1, "must be >= 1"),
+        ("optim.lr", cfg.optim.lr > 0, "must be > 0"),
+        ("optim.momentum", 0.0 <= cfg.optim.momentum < 1.0, "must be in [0, 1)"),
+        ("optim.weight_decay", cfg.optim.weight_decay >= 0, "must be >= 0"),
+        ("optim.label_smoothing", 0.0 <= cfg.optim.label_smoothing < 1.0, "must be in [0, 1)"),
+        ("optim.warmup_epochs", cfg.optim.warmup_epochs >= 0, "must be >= 0"),
+        ("train.epochs", cfg.train.epochs >= 1, "must be >= 1"),
+        ("train.per_device_batch_size", cfg.train.per_device_batch_size >= 1, "must be >= 1"),
+        ("train.checkpoint_every_steps", cfg.train.checkpoint_every_steps >= 0, "must be >= 0"),
+        ("train.eval_every_epochs", cfg.train.eval_every_epochs >= 1, "must be >= 1"),
+        ("train.log_every_steps", cfg.train.log_every_steps >= 1, "must be >= 1"),
+        ("train.threads_per_process", cfg.train.threads_per_process >= 0, "must be >= 0"),
+        ("train.dist_timeout_s", cfg.train.dist_timeout_s >= 1, "must be >= 1"),
+        ("train.max_steps", cfg.train.max_steps >= 0, "must be >= 0"),
+        ("eval.per_device_batch_size", cfg.eval.per_device_batch_size >= 1, "must be >= 1"),
+    ]
+    for path, ok, why in checks:
+        if not ok:
+            section, key = path.split(".")
+            raise UserError(f"{path}={getattr(getattr(cfg, section), key)!r} {why}")
+    if cfg.optim.nesterov and cfg.optim.momentum == 0:
+        raise UserError("optim.nesterov=true needs optim.momentum > 0")
+    if cfg.data.augment and cfg.data.loader != "tensor":
+        raise UserError("data.augment=true needs data.loader=tensor (the tutorial loader has no augmentation)")
+    return cfg
+
+
+def parse_overrides(argv: list[str]) -> dict:
+    """['--optim.lr=0.1', '--train.epochs', '3', '--seed=1'] -> nested dict of raw values."""
+    import yaml
+
+    tree: dict = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise UserError(f"unexpected argument {arg!r}; overrides look like --section.key=value")
+        body = arg[2:]
+        if "=" in body:
+            key, raw = body.split("=", 1)
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            key, raw = body, argv[i + 1]
+            i += 1
+        else:
+            raise UserError(f"{arg} needs a value: --{body}=VALUE")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, (dict,)) or value is None:
+            value = raw
+        node = tree
+        parts = key.split(".")
+        if len(parts) > 2 or not all(parts):
+            raise UserError(f"bad override {arg!r}; use --section.key=value (e.g. --optim.lr=0.05)")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+        i += 1
+    return tree
+
+
+def resolve(preset: str | None = None, config_file: str | None = None, overrides: list[str] | None = None) -> Config:
+    """defaults < preset < YAML file < overrides, validated."""
+    cfg = Config()
+    preset = preset or "seed"
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    cfg.preset = preset
+    _apply(cfg, PRESETS[preset], f"preset {preset}")
+    if config_file:
+        import yaml
+
+        try:
+            with open(config_file) as f:
+                tree = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise UserError(f"config file {config_file} does not exist; pass a YAML file path to --config") from None
+        except yaml.YAMLError as e:
+            raise UserError(f"config file {config_file} is not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(tree, dict):
+            raise UserError(f"config file {config_file} must hold a mapping of sections (data:, optim:, ...)")
+        tree.pop("preset", None)
+        _apply(cfg, tree, config_file)
+    _apply(cfg, parse_overrides(overrides or []), "command line")
+    return validate(cfg)
+
+
+def from_dict(tree: dict) -> Config:
+    """Rebuild a Config saved in a checkpoint (keys added since are defaulted)."""
+    cfg = Config()
+    tree = dict(tree)
+    cfg.preset = tree.pop("preset", "seed")
+    _apply(cfg, tree, "checkpoint config")
+    return cfg
+
+
+def format_config(cfg: Config) -> str:
+    lines = [f"preset: {cfg.preset}", f"seed: {cfg.seed}"]
+    for name, section in cfg.to_dict().items():
+        if isinstance(section, dict):
+            lines.append(f"{name}: " + ", ".join(f"{k}={v}" for k, v in section.items()))
+    return "\n".join(lines)

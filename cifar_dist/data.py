@@ -1,0 +1,265 @@
+"""Datasets: CIFAR-10/100 through torchvision's on-disk format, Fashion-MNIST from Debian's
+`dataset-fashion-mnist`, and `synthetic`, a small learnable dataset written in CIFAR-10's exact
+python format and read back by torchvision's own CIFAR-10 reader.
+
+    from cifar_dist.data import load_data
+    bundle = load_data(cfg, accelerator)   # every rank gets the same seeded 80/20 split
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import pickle
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+
+from .errors import UserError
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+SYNTHETIC_DATA_SEED = 1234  # the synthetic images do not change with cfg.seed; the split does
+
+
+@dataclass
+class DataBundle:
+    name: str
+    classes: list[str]
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train_images: torch.Tensor  # uint8 (N, C, H, W), the training part of the split
+    train_labels: torch.Tensor  # int64 (N,)
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    train_set: Dataset  # the tutorial path: torchvision dataset + ToTensor + Normalize, per sample
+    train_indices: torch.Tensor  # indices of train_images in the full training set
+    val_indices: torch.Tensor
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+# --------------------------------------------------------------------------- synthetic CIFAR-10 files
+
+def _class_templates(rng: np.random.Generator, num_classes: int) -> np.ndarray:
+    """One smooth colour pattern per class: 4×4 random colours upsampled to 32×32, plus a stripe."""
+    coarse = rng.uniform(80, 175, size=(num_classes, 3, 4, 4))
+    big = coarse.repeat(8, axis=2).repeat(8, axis=3)
+    for c in range(num_classes):  # a class-specific stripe orientation/position makes classes separable
+        if c % 2:
+            big[c, :, (c * 3) % 32 : (c * 3) % 32 + 2, :] += 40
+        else:
+            big[c, :, :, (c * 3) % 32 : (c * 3) % 32 + 2] += 40
+    return big
+
+
+def _synthetic_arrays(n: int, rng: np.random.Generator, templates: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    labels = rng.integers(0, len(templates), size=n)
+    noise = rng.normal(0, 80, size=(n, 3, 32, 32))
+    brightness = rng.uniform(-50, 50, size=(n, 1, 1, 1))
+    shift = rng.integers(-6, 7, size=n)
+    imgs = templates[labels] + noise + brightness
+    for i in range(n):  # small random shifts so memorising pixels is not enough
+        imgs[i] = np.roll(imgs[i], shift[i], axis=2)
+    data = np.clip(imgs, 0, 255).astype(np.uint8).reshape(n, 3072)  # CIFAR rows: 1024 R, 1024 G, 1024 B
+    return data, [int(x) for x in labels]
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def write_synthetic_cifar10(root: Path, n_train: int = 5000, n_test: int = 1000, seed: int = SYNTHETIC_DATA_SEED) -> Path:
+    """Write `root/cifar-10-batches-py/` exactly as CIFAR-10's python tarball lays it out
+    (five `data_batch_i` pickles, `test_batch`, `batches.meta`; str keys, as torchvision reads them
+    with encoding="latin1"), plus `manifest.json` with each file's md5."""
+    rng = np.random.default_rng(seed)
+    templates = _class_templates(rng, 10)
+    folder = root / "cifar-10-batches-py"
+    tmp = root / "cifar-10-batches-py.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    train, train_labels = _synthetic_arrays(n_train, rng, templates)
+    test, test_labels = _synthetic_arrays(n_test, rng, templates)
+    bounds = np.linspace(0, n_train, 6).astype(int)
+    for i in range(5):
+        lo, hi = bounds[i], bounds[i + 1]
+        entry = {"batch_label": f"training batch {i + 1} of 5", "labels": train_labels[lo:hi], "data": train[lo:hi],
+                 "filenames": [f"synthetic_{j:06d}.png" for j in range(lo, hi)]}
+        with open(tmp / f"data_batch_{i + 1}", "wb") as f:
+            pickle.dump(entry, f, protocol=2)
+    with open(tmp / "test_batch", "wb") as f:
+        pickle.dump({"batch_label": "testing batch 1 of 1", "labels": test_labels, "data": test,
+                     "filenames": [f"synthetic_test_{j:06d}.png" for j in range(n_test)]}, f, protocol=2)
+    with open(tmp / "batches.meta", "wb") as f:
+        pickle.dump({"num_cases_per_batch": int(bounds[1]), "label_names": CIFAR10_CLASSES, "num_vis": 3072}, f, protocol=2)
+    manifest = {p.name: _md5(p) for p in sorted(tmp.iterdir())}
+    (tmp / "manifest.json").write_text(json.dumps({"n_train": n_train, "n_test": n_test, "seed": seed, "md5": manifest}))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder
+
+
+def _synthetic_root(cfg) -> Path:
+    return Path(cfg.data.root) / f"synthetic_{cfg.data.synthetic_train_size}_{cfg.data.synthetic_test_size}"
+
+
+def _ensure_synthetic(cfg) -> Path:
+    root = _synthetic_root(cfg)
+    manifest = root / "cifar-10-batches-py" / "manifest.json"
+    if not manifest.exists():
+        try:
+            write_synthetic_cifar10(root, cfg.data.synthetic_train_size, cfg.data.synthetic_test_size)
+        except OSError as e:
+            raise UserError(f"cannot write the synthetic dataset under {root} ({e.strerror}); set --data.root to a writable folder") from None
+    return root
+
+
+def _synthetic_class(root: Path):
+    """torchvision's CIFAR10 with the md5 sums of the files we wrote, so its integrity check stays live."""
+    from torchvision.datasets import CIFAR10
+
+    md5 = json.loads((root / "cifar-10-batches-py" / "manifest.json").read_text())["md5"]
+
+    class SyntheticCIFAR10(CIFAR10):
+        train_list = [[f"data_batch_{i}", md5[f"data_batch_{i}"]] for i in range(1, 6)]
+        test_list = [["test_batch", md5["test_batch"]]]
+        meta = {"filename": "batches.meta", "key": "label_names", "md5": md5["batches.meta"]}
+
+    return SyntheticCIFAR10
+
+
+# --------------------------------------------------------------------------- readers
+
+def _open_cifar(cls, root: Path, train: bool, download: bool, label: str, transform=None):
+    try:
+        return cls(str(root), train=train, download=download, transform=transform)
+    except RuntimeError as e:  # "Dataset not found or corrupted"
+        raise UserError(
+            f"{label} not found or corrupted under {root} ({e}); "
+            f"{'the download failed too, so this machine seems offline: ' if download else ''}"
+            f"place {'cifar-10-python.tar.gz' if 'CIFAR-10' in label else 'cifar-100-python.tar.gz'} in {root}/ and run again"
+        ) from None
+    except (OSError, ValueError) as e:  # URLError is an OSError: no network
+        raise UserError(
+            f"{label} is not in {root} and the download failed ({getattr(e, 'reason', e)}); this machine seems "
+            f"offline: place {'cifar-10-python.tar.gz' if 'CIFAR-10' in label else 'cifar-100-python.tar.gz'} "
+            f"in {root}/ by hand and run again"
+        ) from None
+    except (pickle.UnpicklingError, EOFError, KeyError, UnicodeDecodeError) as e:
+        raise UserError(f"{label} files under {root} are corrupt ({type(e).__name__}); delete them and download again") from None
+
+
+def _prepare_fashion_mnist(root: Path) -> None:
+    """torchvision wants the four idx files uncompressed under <root>/FashionMNIST/raw/. Debian ships
+    them gzipped with other checksums than torchvision's, so we decompress them ourselves and never
+    let torchvision download."""
+    raw = root / "FashionMNIST" / "raw"
+    if all((raw / f).exists() for f in FASHION_FILES):
+        return
+    if not all((DEBIAN_FASHION_MNIST / f"{f}.gz").exists() for f in FASHION_FILES):
+        raise UserError(
+            f"Fashion-MNIST not found in {raw} nor in {DEBIAN_FASHION_MNIST}; install it with "
+            f"'apt-get install dataset-fashion-mnist' or place the four idx files in {raw}/"
+        )
+    raw.mkdir(parents=True, exist_ok=True)
+    for f in FASHION_FILES:
+        tmp = raw / f"{f}.tmp"
+        with gzip.open(DEBIAN_FASHION_MNIST / f"{f}.gz", "rb") as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.replace(tmp, raw / f)
+
+
+def _read_raw(cfg, main_process_first, transform):
+    """-> (train dataset with transform, train uint8 NCHW, train labels, test uint8, test labels, classes)."""
+    from torchvision.datasets import CIFAR10, CIFAR100, FashionMNIST
+
+    name, root = cfg.data.name, Path(cfg.data.root)
+    with main_process_first():  # one rank downloads / writes; the others wait, then read
+        if name == "synthetic":
+            root = _ensure_synthetic(cfg)
+            cls, label = _synthetic_class(root), "synthetic CIFAR-10"
+        elif name == "cifar10":
+            cls, label = CIFAR10, "CIFAR-10"
+        elif name == "cifar100":
+            cls, label = CIFAR100, "CIFAR-100"
+        else:
+            cls, label = None, "Fashion-MNIST"
+            _prepare_fashion_mnist(root)
+    if cls is not None:
+        with main_process_first():
+            train = _open_cifar(cls, root, True, cfg.data.download, label, transform)
+            test = _open_cifar(cls, root, False, False, label)
+        tr_x = torch.from_numpy(np.ascontiguousarray(train.data)).permute(0, 3, 1, 2).contiguous()
+        te_x = torch.from_numpy(np.ascontiguousarray(test.data)).permute(0, 3, 1, 2).contiguous()
+        classes = list(train.classes)
+    else:
+        try:
+            train = FashionMNIST(str(root), train=True, download=False, transform=transform)
+            test = FashionMNIST(str(root), train=False, download=False)
+        except (RuntimeError, ValueError, OSError) as e:
+            raise UserError(f"Fashion-MNIST files under {root}/FashionMNIST/raw are unreadable ({e}); delete them and run again") from None
+        tr_x, te_x = train.data.unsqueeze(1).contiguous(), test.data.unsqueeze(1).contiguous()
+        classes = list(train.classes)
+    tr_y = torch.as_tensor(np.asarray(train.targets), dtype=torch.int64)
+    te_y = torch.as_tensor(np.asarray(test.targets), dtype=torch.int64)
+    for split, x, y in (("train", tr_x, tr_y), ("test", te_x, te_y)):
+        if x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[2] != x.shape[3] or x.dtype != torch.uint8:
+            raise UserError(f"{label} {split} images have shape {tuple(x.shape)}; expected N×H×W×3 uint8 (CIFAR) or N×H×W (MNIST)")
+        if len(x) != len(y):
+            raise UserError(f"{label} {split} split has {len(x)} images but {len(y)} labels; the files are inconsistent")
+        if len(y) and (y.min() < 0 or y.max() >= len(classes)):
+            raise UserError(f"{label} {split} labels run {int(y.min())}..{int(y.max())} but there are {len(classes)} classes; the files are corrupt")
+    return train, tr_x, tr_y, te_x, te_y, classes
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tutorial's split: shuffle all indices, the first floor(val_fraction·n) are validation.
+    Seeded with its own generator, so every rank computes the same split."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=g)
+    n_val = int(np.floor(val_fraction * n))
+    return perm[n_val:], perm[:n_val]
+
+
+def load_data(cfg, accelerator) -> DataBundle:
+    from torchvision import transforms
+
+    placeholder = transforms.Compose([transforms.ToTensor()])  # Normalize added once mean/std are known
+    train_ds, tr_x, tr_y, te_x, te_y, classes = _read_raw(cfg, accelerator.main_process_first, placeholder)
+    train_idx, val_idx = split_indices(len(tr_x), cfg.data.val_fraction, cfg.seed)
+    c = tr_x.shape[1]
+    if cfg.data.normalize == "half":
+        mean, std = (0.5,) * c, (0.5,) * c
+    else:  # per-channel statistics of the training part of the split only (never the test set)
+        x = tr_x[train_idx].float().div_(255)
+        mean = tuple(x.mean(dim=(0, 2, 3)).tolist())
+        std = tuple(x.std(dim=(0, 2, 3)).tolist())
+    train_ds.transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+    return DataBundle(
+        name=cfg.data.name, classes=classes, in_channels=c, image_size=tr_x.shape[-1], mean=mean, std=std,
+        train_images=tr_x[train_idx], train_labels=tr_y[train_idx],
+        val_images=tr_x[val_idx], val_labels=tr_y[val_idx],
+        test_images=te_x, test_labels=te_y,
+        train_set=Subset(train_ds, train_idx.tolist()), train_indices=train_idx, val_indices=val_idx,
+    )
+
+
+def normalize_batch(x_u8: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 NCHW -> float, the same arithmetic as ToTensor + Normalize: (x/255 - mean) / std."""
+    x = x_u8.float().div_(255)
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return x.sub_(m).div_(s)

@@ -1,0 +1,111 @@
+"""Evaluate a trained checkpoint on a whole split; the checkpoint carries its config, so nothing
+else is needed.
+
+    python evaluate.py --checkpoint runs/<run>/ --json out.json
+    accelerate launch --config_file accelerate_configs/cpu_ddp.yaml evaluate.py --checkpoint runs/<run>/ --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from .checkpoint import atomic_write_bytes, load_checkpoint
+from .errors import UserError
+
+
+def build_from_checkpoint(ckpt: dict, path) -> torch.nn.Module:
+    from .models import build_model
+
+    m = ckpt["model"]
+    try:
+        model = build_model(m["name"], m["in_channels"], m["image_size"], m["num_classes"],
+                            dropout=m.get("dropout", 0.3), width=m.get("width", 64))
+        model.load_state_dict(ckpt["model_state"])
+    except (RuntimeError, KeyError) as e:
+        raise UserError(f"{path} does not match model {m.get('name')!r} with {m.get('num_classes')} classes "
+                        f"({str(e).splitlines()[0][:100]}); it was written by another model or version") from None
+    return model.eval()
+
+
+def print_report(result, split: str, accelerator) -> None:
+    if not accelerator.is_main_process:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{split} split: {result.num_samples:,} images, loss {result.loss:.6f}")
+    table.add_column("class")
+    table.add_column("accuracy", justify="right")
+    table.add_column("correct / total", justify="right")
+    for name, pc in result.per_class.items():
+        acc = f"{100 * pc['correct'] / pc['total']:.1f}%" if pc["total"] else "n/a"
+        table.add_row(name, acc, f"{pc['correct']}/{pc['total']}")
+    table.add_row("[bold]overall", f"[bold]{100 * result.accuracy:.2f}%", f"{result.correct}/{result.num_samples}")
+    console = Console()
+    console.print(table)
+    label = "Test" if split == "test" else "Validation"
+    print(f"{label} Loss: {result.loss:.6f}\n")
+    for line in result.tutorial_lines():
+        print(line.replace("Test Accuracy", f"{label} Accuracy"))
+
+
+def main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(prog="cifar-eval", allow_abbrev=False, description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="best.pt or the run folder holding it")
+    p.add_argument("--split", choices=["test", "val"], default="test")
+    p.add_argument("--json", default=None, help="write loss, accuracy, per-class counts and the confusion matrix here")
+    p.add_argument("--batch-size", type=int, default=None, help="per-device evaluation batch size")
+    p.add_argument("--plots", default=None, help="write the figures (PNG) into this folder")
+    p.add_argument("--images", nargs="+", default=None, help="predict these image files or folders instead")
+    args, rest = p.parse_known_args(argv)
+
+    from .config import from_dict, parse_overrides, _apply, validate
+
+    ckpt = load_checkpoint(args.checkpoint)
+    cfg = from_dict(ckpt["config"])
+    overrides = parse_overrides(rest)
+    if set(overrides) - {"data", "eval", "train"}:
+        raise UserError(f"evaluate.py takes only --data.*, --eval.* and --train.* overrides, got {', '.join(rest)}")
+    _apply(cfg, overrides, "command line")
+    cfg.train.compile = False
+    if args.batch_size is not None:
+        if args.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+        cfg.eval.per_device_batch_size = args.batch_size
+    validate(cfg)
+    model = build_from_checkpoint(ckpt, args.checkpoint)
+
+    if args.images:
+        from .predict import predict_files
+
+        predict_files(model, ckpt, args.images, args.json)
+        return
+
+    from .data import load_data
+    from .distributed import build_accelerator
+    from .evaluation import evaluate
+
+    accelerator = build_accelerator(cfg)
+    data = load_data(cfg, accelerator)
+    if data.num_classes != ckpt["model"]["num_classes"] or data.in_channels != ckpt["model"]["in_channels"]:
+        raise UserError(f"{args.checkpoint} has {ckpt['model']['num_classes']} classes / {ckpt['model']['in_channels']} "
+                        f"channels but {cfg.data.name} has {data.num_classes} / {data.in_channels}")
+    model = accelerator.prepare(model)
+    images, labels = (data.test_images, data.test_labels) if args.split == "test" else (data.val_images, data.val_labels)
+    result = evaluate(model, images, labels, data.mean, data.std, accelerator, data.classes,
+                      batch_size=cfg.eval.per_device_batch_size, tta=cfg.eval.tta)
+    print_report(result, args.split, accelerator)
+    if args.json and accelerator.is_main_process:
+        out = {"split": args.split, **result.to_json()}
+        try:
+            atomic_write_bytes(Path(args.json), (json.dumps(out, indent=2) + "\n").encode())
+        except OSError as e:
+            raise UserError(f"cannot write {args.json} ({e.strerror}); choose a writable path for --json") from None
+    if args.plots:
+        from .plots import write_all
+
+        write_all(Path(args.plots), model, ckpt, data, result, accelerator, Path(args.checkpoint))
+    accelerator.wait_for_everyone()

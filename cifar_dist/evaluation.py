@@ -1,0 +1,95 @@
+"""Exact, sharded evaluation over a whole split.
+
+Each rank evaluates whole single-process batches (no padding), then per-sample losses and
+predictions are gathered, ordered by sample index and reduced as sums and counts in float64.
+The result is identical for 1, 2 or N processes, also when N × batch does not divide the split.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .data import normalize_batch
+from .distributed import eval_batches, gather_varlen
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    accuracy: float
+    num_samples: int
+    correct: int
+    confusion: list[list[int]]  # confusion[true][pred]
+    classes: list[str]
+    predictions: torch.Tensor = field(repr=False)  # (N,) predicted class per sample, in split order
+    confidences: torch.Tensor = field(repr=False)  # (N,) softmax probability of the prediction
+    top3: torch.Tensor = field(repr=False)  # (N, 3) classes
+
+    @property
+    def per_class(self) -> dict[str, dict[str, int]]:
+        return {name: {"correct": self.confusion[i][i], "total": sum(self.confusion[i])}
+                for i, name in enumerate(self.classes)}
+
+    def to_json(self) -> dict:
+        return {"loss": self.loss, "accuracy": self.accuracy, "num_samples": self.num_samples,
+                "per_class": self.per_class, "confusion": self.confusion}
+
+    def tutorial_lines(self) -> list[str]:
+        """The tutorial's report: 'Test Accuracy of  bird: 65% (659/1000)'."""
+        lines = []
+        for name, pc in self.per_class.items():
+            if pc["total"]:
+                lines.append(f"Test Accuracy of {name:>5s}: {100 * pc['correct'] // pc['total']:2d}% "
+                             f"({pc['correct']:2d}/{pc['total']:2d})")
+            else:
+                lines.append(f"Test Accuracy of {name:>5s}: N/A (no training examples)")
+        lines.append(f"\nTest Accuracy (Overall): {100 * self.correct // max(self.num_samples, 1)}% "
+                     f"({self.correct}/{self.num_samples})")
+        return lines
+
+
+@torch.no_grad()
+def evaluate(model, images_u8: torch.Tensor, labels: torch.Tensor, mean, std, accelerator, classes: list[str],
+             batch_size: int = 500, tta: bool = False, channels_last: bool = False) -> EvalResult:
+    """Collective: every rank must call it. `model` may be DDP-wrapped; we run the bare module so
+    no rank waits on another's forward (uneven batch counts are fine)."""
+    net = accelerator.unwrap_model(model)
+    was_training = net.training
+    net.eval()
+    idx_parts, loss_parts, prob_parts = [], [], []
+    for batch in eval_batches(len(labels), batch_size, accelerator.process_index, accelerator.num_processes):
+        index = torch.tensor(batch)
+        x = normalize_batch(images_u8[index].to(accelerator.device, non_blocking=True), mean, std)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = labels[index].to(accelerator.device)
+        with accelerator.autocast():
+            logits = net(x)
+            if tta:  # flip test-time augmentation: average the logits of the image and its mirror
+                logits = 0.5 * (logits + net(torch.flip(x, dims=[3])))
+        logits = logits.float()
+        idx_parts.append(index)
+        loss_parts.append(F.cross_entropy(logits, y, reduction="none").cpu())
+        prob_parts.append(torch.softmax(logits, dim=1).cpu())
+    net.train(was_training)
+    num_classes = len(classes)
+    idx = torch.cat(idx_parts) if idx_parts else torch.zeros(0, dtype=torch.int64)
+    losses = torch.cat(loss_parts) if loss_parts else torch.zeros(0)
+    probs = torch.cat(prob_parts) if prob_parts else torch.zeros(0, num_classes)
+    idx = gather_varlen(accelerator, idx)
+    losses = gather_varlen(accelerator, losses)
+    probs = gather_varlen(accelerator, probs)
+    order = torch.argsort(idx)  # split order, whatever the world size
+    idx, losses, probs = idx[order], losses[order], probs[order]
+    assert torch.equal(idx, torch.arange(len(labels))), "evaluation shards must cover the split exactly once"
+    conf, preds = probs.max(dim=1)
+    top3 = probs.topk(min(3, num_classes), dim=1).indices
+    n = len(labels)
+    correct = int((preds == labels).sum())
+    confusion = torch.bincount(labels * num_classes + preds, minlength=num_classes ** 2).view(num_classes, num_classes)
+    loss = float(losses.double().sum() / max(n, 1))  # sum, then divide
+    return EvalResult(loss=loss, accuracy=correct / max(n, 1), num_samples=n, correct=correct,
+                      confusion=confusion.tolist(), classes=list(classes), predictions=preds,
+                      confidences=conf, top3=top3)

@@ -1,0 +1,31 @@
+"""Stop requests: SIGUSR1 (SLURM's warning before the time limit), SIGTERM (scancel, node drain).
+
+The handler only sets a flag; the loop asks `requested()` at every step boundary (a collective OR
+across ranks, so all ranks stop at the same step), saves the full state on every rank, then exits.
+"""
+from __future__ import annotations
+
+import signal
+
+from .distributed import any_rank
+
+
+class StopRequest:
+    def __init__(self, accelerator):
+        self.accelerator = accelerator
+        self.signum: int | None = None
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            try:
+                signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread
+                pass
+
+    def _handler(self, signum, frame) -> None:
+        self.signum = signum
+
+    def requested(self) -> bool:
+        return any_rank(self.accelerator, self.signum is not None)
+
+    def exit_code(self) -> int:
+        # SIGTERM: 128 + 15, what a killed job reports; SIGUSR1 (or a peer's signal): resumable stop
+        return 143 if self.signum == signal.SIGTERM else 0

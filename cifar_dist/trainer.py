@@ -1,0 +1,226 @@
+"""The training loop: one function, the same code on a laptop CPU, one GPU, DDP and SLURM.
+
+    accelerate launch train.py                                   # the tutorial run (preset seed)
+    accelerate launch --config_file accelerate_configs/cpu_ddp.yaml train.py --data.name=synthetic --train.epochs=2
+
+It reads top to bottom in the order a run happens: accelerator, run folder, data, model,
+optimizer, resume, epochs (train, validate, checkpoint, log), test with the best weights.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import Checkpointer, MetricsLog, TrainState, atomic_write_bytes, load_checkpoint
+from .config import Config, format_config
+from .data import load_data
+from .distributed import broadcast_object, build_accelerator, raise_if_any, reduce_sum
+from .errors import UserError
+from .evaluation import evaluate
+from .loaders import build_train_loader
+from .models import build_model, count_parameters
+from .preemption import StopRequest
+from .schedules import lr_at
+from .tracking import accelerator_log_with, build_tracker
+
+# Config keys that must not change when a run resumes: they define the model and the data split.
+RESUME_FIXED = [("seed",), ("data", "name"), ("data", "val_fraction"), ("data", "normalize"),
+                ("data", "synthetic_train_size"), ("data", "synthetic_test_size"), ("model", "name"),
+                ("model", "width"), ("train", "per_device_batch_size")]
+
+
+def _get(tree: dict, path: tuple):
+    for p in path:
+        tree = tree.get(p, {}) if isinstance(tree, dict) else None
+    return tree
+
+
+def prepare_run_dir(cfg: Config, accelerator) -> tuple[Path, bool]:
+    """Pick run.dir, decide whether this is a resume, and fail early (on every rank) when the
+    folder holds another run, cannot be written, or was made with a different model/data config."""
+    name = cfg.run.dir or f"runs/{cfg.data.name}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(broadcast_object(accelerator, name))
+    cfg.run.dir = str(run_dir)
+    error, resume = None, False
+    if accelerator.is_main_process:
+        has_state = any((run_dir / p / "custom_checkpoint_0.pkl").exists() for p in ("last", "last.old"))
+        has_run = has_state or (run_dir / "best.pt").exists() or (run_dir / "metrics.jsonl").exists()
+        if cfg.train.resume == "false" and has_run:
+            error = (f"run.dir {run_dir} already holds a run; pass --resume to continue it "
+                     f"or choose a new --run.dir (nothing was changed)")
+        elif cfg.train.resume == "true" and not has_state:
+            error = f"nothing to resume in {run_dir} (no last/ state); drop --resume to start a new run there"
+        resume = has_state and cfg.train.resume != "false"
+        if error is None and resume and (run_dir / "config.json").exists():
+            saved = json.loads((run_dir / "config.json").read_text())
+            changed = [".".join(p) for p in RESUME_FIXED if _get(saved, p) != _get(cfg.to_dict(), p)]
+            if changed:
+                error = (f"cannot resume {run_dir}: {', '.join(changed)} differ from the saved run "
+                         f"(see {run_dir}/config.json); resume with the same settings or start a new --run.dir")
+        if error is None:
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
+            except OSError as e:
+                error = f"cannot write to run.dir {run_dir} ({e.strerror}); choose a writable --run.dir"
+    raise_if_any(accelerator, error)
+    return run_dir, broadcast_object(accelerator, resume)
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    disable=not enabled, transient=True)
+
+
+def train(cfg: Config) -> dict:
+    accelerator = build_accelerator(cfg, log_with=accelerator_log_with(cfg))
+    run_dir, resume = prepare_run_dir(cfg, accelerator)
+    accelerator.print(format_config(cfg))
+
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
+    data = load_data(cfg, accelerator)
+    model = build_model(cfg.model.name, data.in_channels, data.image_size, data.num_classes,
+                        dropout=cfg.model.dropout, width=cfg.model.width)
+    accelerator.print(f"model {cfg.model.name}: {count_parameters(model):,} parameters; "
+                      f"{data.name}: {len(data.train_labels):,} train / {len(data.val_labels):,} val / "
+                      f"{len(data.test_labels):,} test; world size {accelerator.num_processes} on {accelerator.device}")
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if cfg.train.compile:
+        model = torch.compile(model)
+    loader = build_train_loader(cfg, data, accelerator)
+    steps_per_epoch = len(loader)
+    total_steps = steps_per_epoch * cfg.train.epochs
+    warmup_steps = int(cfg.optim.warmup_epochs * steps_per_epoch)
+
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+    meta = {"model": {"name": cfg.model.name, "in_channels": data.in_channels, "image_size": data.image_size,
+                      "num_classes": data.num_classes, "dropout": cfg.model.dropout, "width": cfg.model.width},
+            "classes": data.classes, "normalize": {"mean": list(data.mean), "std": list(data.std)}}
+    checkpointer = Checkpointer(accelerator, run_dir, cfg, meta, state)
+    metrics_log = MetricsLog(run_dir / "metrics.jsonl", accelerator)
+    if resume:
+        checkpointer.load_state()
+        metrics_log.load(epochs_completed=state.epoch)
+        accelerator.print(f"resumed {run_dir} at epoch {state.epoch + 1}, step {state.step} "
+                          f"(best validation loss so far {state.best_val_loss:.6f})")
+    tracker = build_tracker(cfg, accelerator, run_dir, state)
+    stop = StopRequest(accelerator)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+    eval_kw = dict(accelerator=accelerator, classes=data.classes, batch_size=cfg.eval.per_device_batch_size,
+                   tta=cfg.eval.tta, channels_last=cfg.train.channels_last)
+
+    def check_finite(loss_sum: float) -> None:
+        if not math.isfinite(loss_sum):
+            raise UserError(f"training loss became {loss_sum} by step {state.step} (epoch {state.epoch + 1}); lower "
+                            f"--optim.lr or check the data; the last good state is kept in {run_dir}/last")
+
+    with _progress(accelerator.is_main_process and cfg.run.progress) as progress:
+        while state.epoch < cfg.train.epochs and not (cfg.train.max_steps and state.step >= cfg.train.max_steps):
+            epoch = state.epoch
+            loader.set_epoch(epoch)
+            model.train()
+            task = progress.add_task("train", total=steps_per_epoch, completed=state.step_in_epoch,
+                                     epoch=epoch + 1, loss=float("nan"))
+            batches = loader.iterate(skip=state.step_in_epoch)
+            if state.step_in_epoch and state.rng_state is not None:  # mid-epoch resume: dropout RNG as it was
+                torch.set_rng_state(state.rng_state)
+                if state.cuda_rng_state is not None and torch.cuda.is_available():
+                    torch.cuda.set_rng_state(state.cuda_rng_state)
+            partial = state.partial or {}
+            loss_sum = torch.tensor(partial.get("loss_sum", 0.0), dtype=torch.float64, device=accelerator.device)
+            correct = torch.tensor(partial.get("correct", 0), dtype=torch.int64, device=accelerator.device)
+            seen = partial.get("seen", 0)
+            t0, seen_at_t0 = time.perf_counter(), seen
+            for x, y in batches:
+                lr = lr_at(state.step, total_steps, cfg.optim.lr, cfg.optim.schedule, warmup_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                if cfg.train.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with accelerator.autocast():
+                    logits = model(x)
+                    loss = criterion(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                accelerator.backward(loss)
+                optimizer.step()
+                # Sums on the device, no host sync per step; the tutorial's loss.item() * batch size.
+                loss_sum += loss.detach().double() * y.shape[0]
+                correct += (logits.detach().argmax(1) == y).sum()
+                seen += y.shape[0]
+                state.step += 1
+                state.step_in_epoch += 1
+                if state.step % cfg.train.log_every_steps == 0:
+                    s, n = reduce_sum(accelerator, [loss_sum, seen])
+                    check_finite(s)
+                    elapsed = time.perf_counter() - t0
+                    ips = (seen - seen_at_t0) * accelerator.num_processes / max(elapsed, 1e-9)
+                    tracker.log({"train/loss": s / max(n, 1), "train/lr": lr, "train/images_per_sec": ips}, state.step)
+                    progress.update(task, loss=s / max(n, 1))
+                progress.advance(task)
+                if checkpointer.every and state.step % checkpointer.every == 0:
+                    check_finite(reduce_sum(accelerator, [loss_sum])[0])
+                    state.partial = {"loss_sum": float(loss_sum), "correct": int(correct), "seen": seen}
+                    checkpointer.save_state()
+                if stop.requested():
+                    check_finite(reduce_sum(accelerator, [loss_sum])[0])
+                    state.partial = {"loss_sum": float(loss_sum), "correct": int(correct), "seen": seen}
+                    checkpointer.save_state()
+                    accelerator.print(f"stop requested: full state saved at step {state.step} in {run_dir}/last; "
+                                      f"continue with --resume")
+                    tracker.finish()
+                    raise SystemExit(stop.exit_code())
+                if cfg.train.max_steps and state.step >= cfg.train.max_steps:
+                    break
+            train_seconds = time.perf_counter() - t0
+            progress.remove_task(task)
+            s, c, n = reduce_sum(accelerator, [loss_sum, correct, seen])  # sums over ranks, then divide
+            check_finite(s)
+            state.epoch += 1
+            state.step_in_epoch = 0
+            state.partial = {}
+            row = {"epoch": state.epoch, "step": state.step, "train_loss": s / max(n, 1), "train_accuracy": c / max(n, 1),
+                   "lr": lr_at(max(state.step - 1, 0), total_steps, cfg.optim.lr, cfg.optim.schedule, warmup_steps),
+                   "images_per_sec": (n - (partial.get("seen", 0) * accelerator.num_processes)) / max(train_seconds, 1e-9),
+                   "epoch_seconds": train_seconds, "world_size": accelerator.num_processes, "train_samples": int(n)}
+            if state.epoch % cfg.train.eval_every_epochs == 0 or state.epoch == cfg.train.epochs:
+                val = evaluate(model, data.val_images, data.val_labels, data.mean, data.std, **eval_kw)
+                row.update({"val_loss": val.loss, "val_accuracy": val.accuracy, "val_samples": val.num_samples})
+                accelerator.print(f"Epoch: {state.epoch} \tTraining Loss: {row['train_loss']:.6f} \t"
+                                  f"Validation Loss: {val.loss:.6f} \t(val acc {val.accuracy:.4f}, "
+                                  f"{row['images_per_sec']:.0f} img/s)")
+                row["best"] = checkpointer.maybe_save_best(
+                    model, state.epoch, {"val_loss": val.loss, "val_accuracy": val.accuracy})
+            metrics_log.append(row)
+            tracker.log({f"epoch/{k}": v for k, v in row.items()}, state.step)
+            checkpointer.save_state()
+
+    # The tutorial tests the best-validation model, not the last one.
+    accelerator.wait_for_everyone()
+    if checkpointer.best_path.exists():
+        best = load_checkpoint(checkpointer.best_path)
+        accelerator.unwrap_model(model).load_state_dict(best["model_state"])
+    test = evaluate(model, data.test_images, data.test_labels, data.mean, data.std, **eval_kw)
+    accelerator.print(f"Test Loss: {test.loss:.6f}\n")
+    for line in test.tutorial_lines():
+        accelerator.print(line)
+    summary = {**test.to_json(), "best_epoch": state.best_epoch, "best_val_loss": state.best_val_loss,
+               "epochs": state.epoch, "steps": state.step, "world_size": accelerator.num_processes}
+    if accelerator.is_main_process:
+        atomic_write_bytes(run_dir / "test_metrics.json", json.dumps(summary, indent=2).encode())
+    tracker.log_test(test, data, run_dir, checkpointer.best_path)
+    tracker.finish()
+    accelerator.end_training()
+    return summary

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One launcher per node: turn SLURM's (or your own) variables into `accelerate launch` arguments.
+# Every value is read HERE, inside the task on each node, never in the batch shell, so each
+# node gets its own machine rank (accelerate#1239, #3206).
+#
+#   srun --ntasks-per-node=1 bash slurm/launch.sh train.py --preset fast       # from an sbatch template
+#   NUM_MACHINES=2 MACHINE_RANK=1 MAIN_PROCESS_IP=10.0.0.1 bash slurm/launch.sh train.py   # by hand
+#
+# Knobs (environment):
+#   PROCESSES_PER_NODE  processes on this node (default: GPUs visible, or 1 on CPU)
+#   USE_CPU=1           CPU-only DDP over gloo (used by slurm/cpu.sbatch and the tests)
+#   NUM_MACHINES        default $SLURM_NNODES, else 1
+#   MACHINE_RANK        default $SLURM_NODEID, else $SLURM_PROCID, else 0
+#   MAIN_PROCESS_IP     default: first host of $SLURM_JOB_NODELIST (scontrol show hostnames)
+#   MAIN_PROCESS_PORT   default: 20000 + SLURM_JOB_ID % 20000 (jobs sharing a head node get different ports)
+#   NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME: the network interface to use (e.g. ib0, eth0), exported as is
+set -euo pipefail
+script=${1:?usage: launch.sh SCRIPT.py [ARGS...]}; shift
+
+num_machines=${NUM_MACHINES:-${SLURM_NNODES:-1}}
+machine_rank=${MACHINE_RANK:-${SLURM_NODEID:-${SLURM_PROCID:-0}}}
+if [ -n "${MAIN_PROCESS_IP:-}" ]; then
+  head=$MAIN_PROCESS_IP
+elif [ -n "${SLURM_JOB_NODELIST:-}" ]; then
+  head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+else
+  head=127.0.0.1
+fi
+port=${MAIN_PROCESS_PORT:-$((20000 + ${SLURM_JOB_ID:-9500} % 20000))}
+if [ -n "${PROCESSES_PER_NODE:-}" ]; then
+  per_node=$PROCESSES_PER_NODE
+elif [ "${USE_CPU:-0}" = 1 ]; then
+  per_node=1
+else
+  per_node=$(python -c 'import torch; print(max(torch.cuda.device_count(), 1))')
+fi
+world=$((per_node * num_machines))
+
+args=(--num_machines "$num_machines" --machine_rank "$machine_rank" --num_processes "$world"
+      --main_process_ip "$head" --main_process_port "$port" --mixed_precision "${MIXED_PRECISION:-no}"
+      --dynamo_backend no)
+if [ "$world" -gt 1 ]; then
+  args+=(--multi_gpu --rdzv_backend "${RDZV_BACKEND:-static}")
+  [ "$num_machines" -gt 1 ] && args+=(--same_network)
+fi
+if [ "${USE_CPU:-0}" = 1 ]; then
+  export ACCELERATE_USE_CPU=1
+  args+=(--cpu)
+fi
+echo "launch.sh: host $(hostname -s) machine_rank=$machine_rank/$num_machines processes=$world head=$head:$port" >&2
+exec accelerate launch "${args[@]}" "$script" "$@"

@@ -53,7 +53,9 @@ def _launcher_requested_processes() -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     args = [a.decode(errors="replace") for a in argv if a]
-    if not any(a.endswith("accelerate") for a in args[:2]) or "launch" not in args:
+    via_module = "accelerate.commands.launch" in args[:3]
+    via_script = any(a.endswith("accelerate") for a in args[:2]) and "launch" in args[:3]
+    if not (via_module or via_script):
         return None
     for i, a in enumerate(args):
         if a in ("--num_processes", "--num-processes") and i + 1 < len(args):

@@ -1,0 +1,94 @@
+"""Config layering (defaults < preset < YAML < overrides) and one-line errors before any work."""
+import pytest
+
+from cifar_dist.config import PRESETS, from_dict, parse_overrides, resolve
+from cifar_dist.errors import UserError
+
+from conftest import run, train_cmd
+
+
+def test_defaults_are_the_tutorial():
+    cfg = resolve()
+    assert cfg.preset == "seed"
+    assert (cfg.data.name, cfg.data.root, cfg.data.val_fraction, cfg.data.normalize) == ("cifar10", "./data", 0.2, "half")
+    assert (cfg.model.name, cfg.model.dropout) == ("seed_cnn", 0.3)
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.schedule) == (0.01, 0.0, 0.0, "constant")
+    assert (cfg.train.epochs, cfg.train.per_device_batch_size) == (30, 16)
+    assert cfg.data.loader == "torch" and cfg.data.augment is False
+
+
+def test_layering_order(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("optim:\n  lr: 0.2\n  momentum: 0.5\ntrain:\n  epochs: 7\n")
+    cfg = resolve("seed_fast", str(y), ["--optim.lr=0.3", "--seed", "5"])
+    assert cfg.optim.lr == 0.3  # override beats YAML
+    assert cfg.optim.momentum == 0.5  # YAML beats preset (0.9)
+    assert cfg.train.epochs == 7
+    assert cfg.train.per_device_batch_size == PRESETS["seed_fast"]["train"]["per_device_batch_size"]  # preset beats default
+    assert cfg.seed == 5
+
+
+def test_type_coercion():
+    cfg = resolve(overrides=["--optim.lr=1", "--train.channels_last=true", "--tracking.tags=a,b", "--train.resume=auto"])
+    assert isinstance(cfg.optim.lr, float) and cfg.optim.lr == 1.0
+    assert cfg.train.channels_last is True
+    assert cfg.tracking.tags == ["a", "b"]
+    assert cfg.train.resume == "auto"
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--optim.lrr=0.1"], "unknown key 'optim.lrr'; valid keys in 'optim': lr"),
+    (["--optimizer.lr=0.1"], "unknown key 'optimizer'"),
+    (["--optim.lr=-1"], "optim.lr=-1.0 must be > 0"),
+    (["--optim.lr=fast"], "optim.lr must be a number"),
+    (["--train.per_device_batch_size=0"], "train.per_device_batch_size=0 must be >= 1"),
+    (["--train.epochs=2.5"], "train.epochs must be an integer"),
+    (["--data.val_fraction=1"], "data.val_fraction=1.0 must be in [0, 1)"),
+    (["--data.name=imagenet"], "choose one of: cifar10, cifar100, fashion_mnist, synthetic"),
+    (["--model.name=vit"], "model.name='vit' is not valid; choose one of: seed_cnn"),
+    (["--train.channels_last=maybe"], "must be true or false"),
+])
+def test_bad_values_name_the_fix(args, fragment):
+    with pytest.raises(UserError) as e:
+        resolve(overrides=args)
+    assert fragment in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_preset_and_bad_yaml(tmp_path):
+    with pytest.raises(UserError, match="unknown preset 'nope'; choose one of: seed"):
+        resolve("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: [1, 2\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        resolve(config_file=str(bad))
+    unknown = tmp_path / "u.yaml"
+    unknown.write_text("trian:\n  epochs: 3\n")
+    with pytest.raises(UserError, match="unknown key 'trian'"):
+        resolve(config_file=str(unknown))
+    with pytest.raises(UserError, match="does not exist"):
+        resolve(config_file=str(tmp_path / "missing.yaml"))
+
+
+def test_roundtrip_through_checkpoint_dict():
+    cfg = resolve("seed_fast", overrides=["--optim.lr=0.07", "--tracking.tags=x"])
+    again = from_dict(cfg.to_dict())
+    assert again == cfg
+
+
+def test_parse_overrides_forms():
+    assert parse_overrides(["--a.b=1", "--c.d", "x", "--seed=3"]) == {"a": {"b": 1}, "c": {"d": "x"}, "seed": 3}
+
+
+def test_cli_error_is_one_line_before_any_work(tmp_path):
+    p = run(train_cmd("--optim.lr=-0.1", f"--run.dir={tmp_path / 'r'}"), timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == ["error: optim.lr=-0.1 must be > 0"]
+    assert "Traceback" not in p.stderr + p.stdout
+    assert not (tmp_path / "r").exists()
+
+
+def test_print_config(tmp_path):
+    p = run(train_cmd("--preset", "seed_fast", "--optim.lr=0.2", "--print-config"), timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "preset: seed_fast" in p.stdout and "lr=0.2" in p.stdout

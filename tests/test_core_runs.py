@@ -1,0 +1,131 @@
+"""End-to-end runs through the real launchers: 2-process CPU DDP, exact evaluation across world
+sizes, resume, the offline CIFAR-10 error and the collapsed-launch trap."""
+import json
+import sys
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from conftest import REPO, SMALL, accelerate_cmd, eval_cmd, run, train_cmd
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_train_shards_are_disjoint_and_cover_the_epoch(world):
+    """Accelerate's own sharding (what prepare() does on each rank), simulated for every rank."""
+    from accelerate.data_loader import prepare_data_loader
+
+    n, batch = 103, 4
+    dataset = list(range(n))
+    shards = []
+    for rank in range(world):
+        dl = DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True)
+        dl = prepare_data_loader(dl, num_processes=world, process_index=rank, put_on_device=False,
+                                 use_seedable_sampler=True, data_seed=0)
+        dl.set_epoch(3)
+        shards.append([int(i) for b in dl for i in b])
+    flat = [i for s in shards for i in s]
+    assert len(flat) == len(set(flat)), "a sample was given to two ranks (or twice)"
+    assert len(set(len(s) for s in shards)) == 1, "ranks must take the same number of steps"
+    assert n - len(flat) < world * batch  # only the tail that cannot fill a global batch sits out
+    # the order is a function of (seed, epoch): the same rank gets the same shard again ...
+    dl = prepare_data_loader(DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True), num_processes=world,
+                             process_index=0, put_on_device=False, use_seedable_sampler=True, data_seed=0)
+    dl.set_epoch(3)
+    assert [int(i) for b in dl for i in b] == shards[0]
+    dl.set_epoch(4)  # ... and a different one next epoch
+    assert [int(i) for b in dl for i in b] != shards[0]
+
+
+def test_ddp_two_processes_one_best_checkpoint(tmp_path, data_root):
+    run_dir = tmp_path / "ddp"
+    p = run(train_cmd(*SMALL, f"--data.root={data_root}", "--train.epochs=2", f"--run.dir={run_dir}",
+                      "--run.progress=false", launch=accelerate_cmd()), check=True)
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(r["world_size"] == 2 for r in rows)
+    # 400 training images, batch 16 per rank, 2 ranks: 12 full global batches of 32 = 384 per epoch
+    assert all(r["train_samples"] == 384 for r in rows)
+    assert rows[0]["step"] == 12  # steps per rank: half the single-process count
+    assert sorted(x.name for x in run_dir.iterdir() if x.suffix == ".pt") == ["best.pt"]
+    assert sorted(x.name for x in (run_dir / "last").glob("random_states_*.pkl")) == ["random_states_0.pkl", "random_states_1.pkl"]
+    assert p.stdout.count("Validation loss decreased") >= 1
+    assert p.stdout.count("model seed_cnn: 541,094 parameters") == 1  # printed by the main process only
+    ckpt = torch.load(run_dir / "best.pt", weights_only=True)
+    assert ckpt["config"]["data"]["name"] == "synthetic" and ckpt["world_size"] == 2
+    assert ckpt["classes"][2] == "bird" and ckpt["epoch"] in (1, 2)
+    assert ckpt["val_metrics"]["val_loss"] == min(r["val_loss"] for r in rows)
+    test = json.loads((run_dir / "test_metrics.json").read_text())
+    assert test["num_samples"] == 101
+
+
+def test_evaluate_one_and_two_processes_identical(tmp_path, trained_run):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    # 101 test images, batch 16: 7 batches, 4 on rank 0 and 3 on rank 1, the last one of 5 images
+    p1 = run(eval_cmd("--checkpoint", str(trained_run), "--json", str(a), "--batch-size", "16"), check=True)
+    run(eval_cmd("--checkpoint", str(trained_run), "--json", str(b), "--batch-size", "16", launch=accelerate_cmd()), check=True)
+    assert a.read_bytes() == b.read_bytes()
+    result = json.loads(a.read_text())
+    assert result["num_samples"] == 101
+    assert sum(v["total"] for v in result["per_class"].values()) == 101
+    assert sum(map(sum, result["confusion"])) == 101
+    assert result["accuracy"] == sum(v["correct"] for v in result["per_class"].values()) / 101
+    assert "Test Accuracy (Overall):" in p1.stdout
+    # the training run's own test evaluation (batch 500) gives the same numbers
+    assert json.loads((trained_run / "test_metrics.json").read_text())["accuracy"] == result["accuracy"]
+    v = tmp_path / "v.json"
+    run(eval_cmd("--checkpoint", str(trained_run / "best.pt"), "--split", "val", "--json", str(v)), check=True)
+    assert json.loads(v.read_text())["num_samples"] == 100
+
+
+def test_resume_continues_at_next_epoch(tmp_path, data_root):
+    run_dir = tmp_path / "r"
+    common = [*SMALL, f"--data.root={data_root}", f"--run.dir={run_dir}", "--run.progress=false"]
+    run(train_cmd(*common, "--train.epochs=1"), check=True)
+    # a second start without --resume must refuse and leave the run alone
+    before = (run_dir / "best.pt").read_bytes()
+    p = run(train_cmd(*common, "--train.epochs=2"))
+    assert p.returncode == 2 and "already holds a run; pass --resume" in p.stderr
+    assert (run_dir / "best.pt").read_bytes() == before
+    p = run(train_cmd(*common, "--train.epochs=2", "--resume"), check=True)
+    assert "resumed" in p.stdout and "at epoch 2, step 25" in p.stdout
+    assert "Epoch: 1 " not in p.stdout and "Epoch: 2 " in p.stdout
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["step"] == 50
+    # resuming with a different model/data config is refused
+    p = run(train_cmd(*common, "--train.epochs=3", "--resume", "--seed=9"))
+    assert p.returncode == 2 and "seed differ" in p.stderr
+
+
+def test_resume_equals_uninterrupted(tmp_path, data_root):
+    """Epoch-boundary resume is exact: 1 epoch + resume to 2 gives the same weights as 2 straight."""
+    common = [*SMALL, f"--data.root={data_root}", "--run.progress=false", "--optim.momentum=0.9"]
+    run(train_cmd(*common, "--train.epochs=2", f"--run.dir={tmp_path / 'straight'}"), check=True)
+    run(train_cmd(*common, "--train.epochs=1", f"--run.dir={tmp_path / 'split'}"), check=True)
+    run(train_cmd(*common, "--train.epochs=2", f"--run.dir={tmp_path / 'split'}", "--resume"), check=True)
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "straight" / "last" / "model.safetensors")
+    b = load_file(tmp_path / "split" / "last" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_missing_cifar10_offline_is_one_line(tmp_path):
+    empty = tmp_path / "nodata"
+    empty.mkdir()
+    p = run(train_cmd("--data.name=cifar10", f"--data.root={empty}", f"--run.dir={tmp_path / 'r'}"), timeout=180)
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    assert str(empty) in lines[0] and "offline" in lines[0] and "cifar-10-python.tar.gz" in lines[0]
+    assert "Traceback" not in p.stderr
+
+
+def test_collapsed_launch_is_detected(tmp_path, data_root):
+    """`accelerate launch --num_processes 2` without a multi-process mode runs ONE process on CPU."""
+    p = run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+             "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "train.py"), *SMALL,
+             f"--data.root={data_root}", f"--run.dir={tmp_path / 'r'}"], timeout=180)
+    assert p.returncode != 0
+    assert "asked for 2 processes but started one" in p.stderr
+    assert not (tmp_path / "r" / "best.pt").exists()

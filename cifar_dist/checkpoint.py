@@ -37,6 +37,7 @@ class TrainState:
     best_val_loss: float = float("inf")
     best_epoch: int = -1
     tracker_run_id: str = ""
+    config: dict = field(default_factory=dict)  # the resolved config, so last/ is self-describing too
     rng_state: torch.Tensor | None = None  # torch CPU RNG at the save point (restored after the loader skips)
     cuda_rng_state: torch.Tensor | None = None
     partial: dict = field(default_factory=dict)  # running train sums of a partly done epoch

@@ -80,6 +80,14 @@ def _progress(enabled: bool):
                     disable=not enabled, transient=True)
 
 
+def _restore_rng(state) -> bool:
+    """Put the torch RNG back where the interrupted run saved it; returns False (nothing left to restore)."""
+    torch.set_rng_state(state.rng_state)
+    if state.cuda_rng_state is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state.cuda_rng_state)
+    return False
+
+
 def train(cfg: Config) -> dict:
     accelerator = build_accelerator(cfg, log_with=accelerator_log_with(cfg))
     run_dir, resume = prepare_run_dir(cfg, accelerator)
@@ -127,6 +135,13 @@ def train(cfg: Config) -> dict:
             raise UserError(f"training loss became {loss_sum} by step {state.step} (epoch {state.epoch + 1}); lower "
                             f"--optim.lr or check the data; the last good state is kept in {run_dir}/last")
 
+    def keep_partial(loss_sum, correct, seen) -> None:
+        """Before a mid-epoch save: the epoch's running train sums, totalled over ranks (Accelerate saves
+        TrainState from rank 0 only, so per-rank sums would lose the other ranks' share)."""
+        s, c, n = reduce_sum(accelerator, [loss_sum, correct, seen])
+        check_finite(s)
+        state.partial = {"loss_sum": s, "correct": int(c), "seen": int(n)}
+
     with _progress(accelerator.is_main_process and cfg.run.progress) as progress:
         while state.epoch < cfg.train.epochs and not (cfg.train.max_steps and state.step >= cfg.train.max_steps):
             epoch = state.epoch
@@ -135,16 +150,20 @@ def train(cfg: Config) -> dict:
             task = progress.add_task("train", total=steps_per_epoch, completed=state.step_in_epoch,
                                      epoch=epoch + 1, loss=float("nan"))
             batches = loader.iterate(skip=state.step_in_epoch)
-            if state.step_in_epoch and state.rng_state is not None:  # mid-epoch resume: dropout RNG as it was
-                torch.set_rng_state(state.rng_state)
-                if state.cuda_rng_state is not None and torch.cuda.is_available():
-                    torch.cuda.set_rng_state(state.cuda_rng_state)
+            # Mid-epoch resume: the dropout RNG is set back once the loader has started, not before: the
+            # DataLoader draws its base seed from the global RNG when its iterator starts (lazily, at the
+            # first batch), which the interrupted run did before it saved (measured: restoring earlier
+            # shifted every later dropout mask).
+            restore_rng = bool(state.step_in_epoch) and state.rng_state is not None
             partial = state.partial or {}
-            loss_sum = torch.tensor(partial.get("loss_sum", 0.0), dtype=torch.float64, device=accelerator.device)
-            correct = torch.tensor(partial.get("correct", 0), dtype=torch.int64, device=accelerator.device)
-            seen = partial.get("seen", 0)
+            carry = partial if accelerator.is_main_process else {}  # totals over ranks: rank 0 carries them
+            loss_sum = torch.tensor(carry.get("loss_sum", 0.0), dtype=torch.float64, device=accelerator.device)
+            correct = torch.tensor(carry.get("correct", 0), dtype=torch.int64, device=accelerator.device)
+            seen = carry.get("seen", 0)
             t0, seen_at_t0 = time.perf_counter(), seen
             for x, y in batches:
+                if restore_rng:
+                    restore_rng = _restore_rng(state)
                 lr = lr_at(state.step, total_steps, cfg.optim.lr, cfg.optim.schedule, warmup_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -171,12 +190,10 @@ def train(cfg: Config) -> dict:
                     progress.update(task, loss=s / max(n, 1))
                 progress.advance(task)
                 if checkpointer.every and state.step % checkpointer.every == 0:
-                    check_finite(reduce_sum(accelerator, [loss_sum])[0])
-                    state.partial = {"loss_sum": float(loss_sum), "correct": int(correct), "seen": seen}
+                    keep_partial(loss_sum, correct, seen)
                     checkpointer.save_state()
                 if stop.requested():
-                    check_finite(reduce_sum(accelerator, [loss_sum])[0])
-                    state.partial = {"loss_sum": float(loss_sum), "correct": int(correct), "seen": seen}
+                    keep_partial(loss_sum, correct, seen)
                     checkpointer.save_state()
                     accelerator.print(f"stop requested: full state saved at step {state.step} in {run_dir}/last; "
                                       f"continue with --resume")
@@ -184,6 +201,8 @@ def train(cfg: Config) -> dict:
                     raise SystemExit(stop.exit_code())
                 if cfg.train.max_steps and state.step >= cfg.train.max_steps:
                     break
+            if restore_rng:  # resumed after the epoch's last step: no batch left, the RNG still goes back
+                _restore_rng(state)
             train_seconds = time.perf_counter() - t0
             progress.remove_task(task)
             s, c, n = reduce_sum(accelerator, [loss_sum, correct, seen])  # sums over ranks, then divide
@@ -193,7 +212,7 @@ def train(cfg: Config) -> dict:
             state.partial = {}
             row = {"epoch": state.epoch, "step": state.step, "train_loss": s / max(n, 1), "train_accuracy": c / max(n, 1),
                    "lr": lr_at(max(state.step - 1, 0), total_steps, cfg.optim.lr, cfg.optim.schedule, warmup_steps),
-                   "images_per_sec": (n - (partial.get("seen", 0) * accelerator.num_processes)) / max(train_seconds, 1e-9),
+                   "images_per_sec": (n - partial.get("seen", 0)) / max(train_seconds, 1e-9),
                    "epoch_seconds": train_seconds, "world_size": accelerator.num_processes, "train_samples": int(n)}
             if state.epoch % cfg.train.eval_every_epochs == 0 or state.epoch == cfg.train.epochs:
                 val = evaluate(model, data.val_images, data.val_labels, data.mean, data.std, **eval_kw)

@@ -59,6 +59,8 @@ def main(argv: list[str]) -> None:
     p.add_argument("--json", default=None, help="write loss, accuracy, per-class counts and the confusion matrix here")
     p.add_argument("--batch-size", type=int, default=None, help="per-device evaluation batch size")
     p.add_argument("--plots", default=None, help="write the figures (PNG) into this folder")
+    p.add_argument("--plots-images", type=int, default=16,
+                   help="images in batch.png and predictions.png (two rows; default 16, a 2x8 grid)")
     p.add_argument("--images", nargs="+", default=None, help="predict these image files or folders instead")
     args, rest = p.parse_known_args(argv)
 
@@ -107,5 +109,6 @@ def main(argv: list[str]) -> None:
     if args.plots:
         from .plots import write_all
 
-        write_all(Path(args.plots), model, ckpt, data, result, accelerator, Path(args.checkpoint))
+        write_all(Path(args.plots), data, result, args.split, ckpt, Path(args.checkpoint), accelerator,
+                  n_images=args.plots_images)
     accelerator.wait_for_everyone()

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import torch
 
+from .distributed import raise_if_any
 from .errors import UserError
+from .faults import clean_stale, write_failure
 
 FORMAT = "cifar-dist-checkpoint"
 FORMAT_VERSION = 1
@@ -118,9 +120,15 @@ class MetricsLog:
             self.rows = [r for r in rows if r.get("epoch", 0) <= epochs_completed]
 
     def append(self, row: dict) -> None:
+        """Collective: every rank keeps the rows, the main process writes, all stop if that fails."""
         self.rows.append(row)
+        error = None
         if self.accelerator.is_main_process:
-            atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in self.rows).encode())
+            try:
+                atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in self.rows).encode())
+            except OSError as e:
+                error = write_failure("the metrics", self.path, e, kept="the previous metrics.jsonl")
+        raise_if_any(self.accelerator, error)
 
 
 class Checkpointer:
@@ -151,6 +159,7 @@ class Checkpointer:
         self.state.best_val_loss = val_metrics["val_loss"]
         self.state.best_epoch = epoch
         self.accelerator.print(f"Validation loss decreased ({previous:.6f} --> {val_metrics['val_loss']:.6f}).  Saving model ...")
+        error = None
         if self.accelerator.is_main_process:
             weights = {k: v.detach().cpu() for k, v in self.accelerator.unwrap_model(model).state_dict().items()}
             weights = {k.removeprefix("_orig_mod."): v for k, v in weights.items()}  # torch.compile wrapper
@@ -161,7 +170,11 @@ class Checkpointer:
                     **self.meta}
             buf = io.BytesIO()
             torch.save(ckpt, buf)
-            atomic_write_bytes(self.best_path, buf.getvalue())
+            try:
+                atomic_write_bytes(self.best_path, buf.getvalue())
+            except OSError as e:
+                error = write_failure("the best model", self.best_path, e, kept="the previous best.pt")
+        raise_if_any(self.accelerator, error)  # collective: every rank stops, none waits for the writer
         return True
 
     # -- full state --------------------------------------------------------------------------
@@ -171,22 +184,52 @@ class Checkpointer:
         self.state.cuda_rng_state = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
         tmp = self.run_dir / f"last.tmp-{self.state.step}"
         if self.accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
+            clean_stale(self.run_dir)  # this step's and any a crash left behind
         self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(tmp))
-        self.accelerator.wait_for_everyone()
+        error = None
+        try:
+            self.accelerator.save_state(str(tmp))  # no collective inside: a rank that fails here goes on
+        except Exception as e:  # disk full: OSError, SafetensorError or torch's "unexpected pos"
+            error = write_failure("the training state", tmp, e, kept=self._kept())
+        if error is None and self.accelerator.is_main_process:
+            try:
+                for f in tmp.iterdir():  # accelerate does not fsync; we do, before the rename publishes it
+                    with open(f, "rb") as fh:
+                        os.fsync(fh.fileno())
+                fsync_dir(tmp)
+            except OSError as e:
+                error = write_failure("the training state", tmp, e, kept=self._kept())
+        try:
+            raise_if_any(self.accelerator, error)
+        except UserError:
+            if self.accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)  # give the space back; `last` was never touched
+            raise
         if self.accelerator.is_main_process:
-            for f in tmp.iterdir():  # accelerate does not fsync; we do, before the rename publishes it
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
             old = self.run_dir / "last.old"
-            shutil.rmtree(old, ignore_errors=True)
+            # `last` or `last.old` is complete at every instant: `last.old` goes only once a newer
+            # `last` exists (after a crash between the two renames, `last.old` is all there is).
             if self.last_path.exists():
-                os.replace(self.last_path, old)  # `last` or `last.old` is complete at every instant
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(self.last_path, old)
             os.replace(tmp, self.last_path)
             fsync_dir(self.run_dir)
             shutil.rmtree(old, ignore_errors=True)
+            self._write_config()
         self.accelerator.wait_for_everyone()
+
+    def _kept(self) -> str:
+        path = self.resumable_path()
+        return f"{path} (the state before this save)" if path else "the rest of run.dir"
+
+    def _write_config(self) -> None:
+        """`run.dir/config.json` is the config of the state in `last/`: written with it, so a run that
+        fails before its first save (bad data, a bad resume) leaves run.dir exactly as it was.
+        Small, so it fits where the state just did; a failure here loses nothing (the state is saved)."""
+        data = json.dumps(self.cfg.to_dict(), indent=2).encode()
+        path = self.run_dir / "config.json"
+        if not path.exists() or path.read_bytes() != data:
+            atomic_write_bytes(path, data)
 
     def maybe_save_state(self) -> bool:
         if self.every and self.state.step % self.every == 0:

@@ -31,6 +31,14 @@ def run_cli(fn, argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a collective whose peer died or hung: one line per surviving rank
+        from .faults import peer_failure
+
+        message = None if debug else peer_failure(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        return 1
 
 
 def _train(argv: list[str]) -> None:

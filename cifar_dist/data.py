@@ -144,15 +144,22 @@ def _synthetic_class(root: Path):
 # --------------------------------------------------------------------------- readers
 
 def _open_cifar(cls, root: Path, train: bool, download: bool, label: str, transform=None):
+    synthetic = label.startswith("synthetic")
     try:
         return cls(str(root), train=train, download=download, transform=transform)
     except RuntimeError as e:  # "Dataset not found or corrupted"
+        if synthetic:  # written by us, md5-checked against its manifest: regenerate rather than download
+            raise UserError(f"{label} under {root} is corrupted ({e}); delete {root} and run again "
+                            f"(it is rewritten)") from None
         raise UserError(
             f"{label} not found or corrupted under {root} ({e}); "
             f"{'the download failed too, so this machine seems offline: ' if download else ''}"
             f"place {'cifar-10-python.tar.gz' if 'CIFAR-10' in label else 'cifar-100-python.tar.gz'} in {root}/ and run again"
         ) from None
-    except (OSError, ValueError) as e:  # URLError is an OSError: no network
+    except ValueError as e:  # the pickles load but their arrays do not reshape to N×3×32×32
+        raise UserError(f"{label} files under {root} hold data of the wrong shape ({str(e).splitlines()[0][:100]}); "
+                        f"they are not CIFAR batches: delete them and {'run again' if synthetic else 'download again'}") from None
+    except OSError as e:  # URLError is an OSError: no network
         raise UserError(
             f"{label} is not in {root} and the download failed ({getattr(e, 'reason', e)}); this machine seems "
             f"offline: place {'cifar-10-python.tar.gz' if 'CIFAR-10' in label else 'cifar-100-python.tar.gz'} "

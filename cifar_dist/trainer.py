@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -63,9 +64,11 @@ def prepare_run_dir(cfg: Config, accelerator) -> tuple[Path, bool]:
                 error = (f"cannot resume {run_dir}: {', '.join(changed)} differ from the saved run "
                          f"(see {run_dir}/config.json); resume with the same settings or start a new --run.dir")
         if error is None:
-            try:
+            try:  # only a probe: config.json is written with the first saved state (Checkpointer), so
+                # a run that fails before then (bad data, a bad resume) leaves run.dir as it was
                 run_dir.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
+                atomic_write_bytes(run_dir / f".write-probe{os.getpid()}", b"")
+                (run_dir / f".write-probe{os.getpid()}").unlink()
             except OSError as e:
                 error = f"cannot write to run.dir {run_dir} ({e.strerror}); choose a writable --run.dir"
     raise_if_any(accelerator, error)
@@ -188,6 +191,9 @@ def train(cfg: Config) -> dict:
                     ips = (seen - seen_at_t0) * accelerator.num_processes / max(elapsed, 1e-9)
                     tracker.log({"train/loss": s / max(n, 1), "train/lr": lr, "train/images_per_sec": ips}, state.step)
                     progress.update(task, loss=s / max(n, 1))
+                    if not cfg.run.progress:  # no bar (batch jobs, log files): a plain line instead
+                        accelerator.print(f"step {state.step} epoch {epoch + 1} loss {s / max(n, 1):.4f} "
+                                          f"lr {lr:.4g} {ips:.0f} img/s")
                 progress.advance(task)
                 if checkpointer.every and state.step % checkpointer.every == 0:
                     keep_partial(loss_sum, correct, seen)

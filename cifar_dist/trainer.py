@@ -115,7 +115,7 @@ def train(cfg: Config) -> dict:
     total_steps = steps_per_epoch * cfg.train.epochs
     warmup_steps = int(cfg.optim.warmup_epochs * steps_per_epoch)
 
-    state = TrainState()
+    state = TrainState(config=cfg.to_dict())
     accelerator.register_for_checkpointing(state)
     meta = {"model": {"name": cfg.model.name, "in_channels": data.in_channels, "image_size": data.image_size,
                       "num_classes": data.num_classes, "dropout": cfg.model.dropout, "width": cfg.model.width},

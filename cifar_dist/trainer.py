@@ -203,7 +203,7 @@ def train(cfg: Config) -> dict:
                     checkpointer.save_state()
                     accelerator.print(f"stop requested: full state saved at step {state.step} in {run_dir}/last; "
                                       f"continue with --resume")
-                    tracker.finish()
+                    tracker.finish(preempted=True)
                     raise SystemExit(stop.exit_code())
                 if cfg.train.max_steps and state.step >= cfg.train.max_steps:
                     break

@@ -207,7 +207,8 @@ def _read_raw(cfg, main_process_first, transform):
             _prepare_fashion_mnist(root)
     if cls is not None:
         with main_process_first():
-            train = _open_cifar(cls, root, True, cfg.data.download, label, transform)
+            # never for synthetic: torchvision would fetch the real CIFAR-10 into the synthetic folder
+            train = _open_cifar(cls, root, True, cfg.data.download and name != "synthetic", label, transform)
             test = _open_cifar(cls, root, False, False, label)
         tr_x = torch.from_numpy(np.ascontiguousarray(train.data)).permute(0, 3, 1, 2).contiguous()
         te_x = torch.from_numpy(np.ascontiguousarray(test.data)).permute(0, 3, 1, 2).contiguous()

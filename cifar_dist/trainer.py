@@ -93,6 +93,9 @@ def _restore_rng(state) -> bool:
 
 def train(cfg: Config) -> dict:
     accelerator = build_accelerator(cfg, log_with=accelerator_log_with(cfg))
+    # Handlers first: a stop request during start-up (data, model, resume) is kept and honoured at
+    # the first step; under slurm/launch.sh USR1 is ignored until this line.
+    stop = StopRequest(accelerator)
     run_dir, resume = prepare_run_dir(cfg, accelerator)
     accelerator.print(format_config(cfg))
 
@@ -128,7 +131,6 @@ def train(cfg: Config) -> dict:
         accelerator.print(f"resumed {run_dir} at epoch {state.epoch + 1}, step {state.step} "
                           f"(best validation loss so far {state.best_val_loss:.6f})")
     tracker = build_tracker(cfg, accelerator, run_dir, state)
-    stop = StopRequest(accelerator)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
     eval_kw = dict(accelerator=accelerator, classes=data.classes, batch_size=cfg.eval.per_device_batch_size,
                    tta=cfg.eval.tta, channels_last=cfg.train.channels_last)

@@ -14,6 +14,8 @@
 #   MAIN_PROCESS_IP     default: first host of $SLURM_JOB_NODELIST (scontrol show hostnames)
 #   MAIN_PROCESS_PORT   default: 20000 + SLURM_JOB_ID % 20000 (jobs sharing a head node get different ports)
 #   NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME: the network interface to use (e.g. ib0, eth0), exported as is
+#   RDZV_TIMEOUT        seconds a node waits to reach the head / for all nodes at start (default 600,
+#                       torch's); an unreachable head fails within about twice this (one retry)
 set -euo pipefail
 script=${1:?usage: launch.sh SCRIPT.py [ARGS...]}; shift
 
@@ -41,11 +43,18 @@ args=(--num_machines "$num_machines" --machine_rank "$machine_rank" --num_proces
       --dynamo_backend no)
 if [ "$world" -gt 1 ]; then
   args+=(--multi_gpu --rdzv_backend "${RDZV_BACKEND:-static}")
-  [ "$num_machines" -gt 1 ] && args+=(--same_network)
+  [ "$num_machines" -gt 1 ] && args+=(--same_network --rdzv_conf "timeout=${RDZV_TIMEOUT:-600}")
 fi
 if [ "${USE_CPU:-0}" = 1 ]; then
   export ACCELERATE_USE_CPU=1
-  args+=(--cpu)
+  # accelerate refuses --cpu next to --multi_gpu ("only one of"); with several processes the
+  # exported ACCELERATE_USE_CPU=1 is what makes the MULTI_GPU workers one gloo job on the CPU.
+  [ "$world" -gt 1 ] || args+=(--cpu)
 fi
+# USR1 asks the TRAINING processes to save at the next step and stop (cifar_dist/preemption.py).
+# The launchers must survive it: USR1 would kill `accelerate launch` and torchrun's agent (default
+# action), orphaning the workers. An ignored signal stays ignored across exec and in the launchers'
+# children until the training installs its own handler.
+trap '' USR1
 echo "launch.sh: host $(hostname -s) machine_rank=$machine_rank/$num_machines processes=$world head=$head:$port" >&2
 exec accelerate launch "${args[@]}" "$script" "$@"

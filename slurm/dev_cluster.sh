@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# A real single-node SLURM cluster on this machine, for the tests and for trying the templates.
+# Debian's slurm-wlm (22.05) + munge, as root, no systemd. All its state lives in one scratch folder.
+#
+#   sudo apt-get install slurm-wlm munge            # once
+#   eval "$(slurm/dev_cluster.sh up)"               # starts munged (if none answers), slurmctld, slurmd; exports SLURM_CONF
+#   sbatch --wait slurm/cpu.sbatch --data.name=synthetic --train.epochs=2
+#   slurm/dev_cluster.sh down                       # cancels its jobs, stops what `up` started
+#
+# Knobs (environment): SLURM_DEV_DIR (scratch folder, default /tmp/cifar-dist-slurm),
+# SLURM_DEV_PORT (slurmctld port, default 6817; slurmd uses the next one), SLURM_DEV_CPUS (default nproc).
+# `up` prints only the `export SLURM_CONF=...` line on stdout; progress goes to stderr.
+set -euo pipefail
+cmd=${1:-}
+dir=${SLURM_DEV_DIR:-/tmp/cifar-dist-slurm}
+conf=$dir/slurm.conf
+say() { echo "dev_cluster: $*" >&2; }
+die() { echo "error: $*" >&2; exit 2; }
+
+daemon_alive() {  # NAME: is the daemon whose pid file is in $dir running?
+  local pid
+  pid=$(cat "$dir/$1.pid" 2>/dev/null) || return 1
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+}
+
+munge_ok() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
+
+up() {
+  [ "$(id -u)" = 0 ] || die "the dev cluster runs slurmd as root (SlurmdUser=root); run as root"
+  for b in munged munge slurmctld slurmd sbatch scontrol; do
+    command -v "$b" >/dev/null || [ -x "/usr/sbin/$b" ] || die "$b not found; apt-get install slurm-wlm munge"
+  done
+  mkdir -p "$dir/state" "$dir/spool"
+  if daemon_alive slurmctld && daemon_alive slurmd; then
+    say "already up in $dir"
+    echo "export SLURM_CONF=$conf"
+    return
+  fi
+
+  # munge: one per machine (its socket is /run/munge); reuse one that answers, else start ours.
+  if ! munge_ok; then
+    mkdir -p /run/munge /var/log/munge /var/lib/munge
+    chown munge:munge /run/munge /var/log/munge /var/lib/munge
+    runuser -u munge -- /usr/sbin/munged
+    touch "$dir/munged.started"  # `down` stops only a munged that `up` started
+    for _ in $(seq 50); do munge_ok && break; sleep 0.1; done
+    munge_ok || die "munged did not start (see /var/log/munge/munged.log)"
+  fi
+
+  local host cpus mem port
+  host=$(hostname -s)
+  cpus=${SLURM_DEV_CPUS:-$(nproc)}
+  mem=$(awk '/MemTotal/ {print int($2 / 1024)}' /proc/meminfo)
+  port=${SLURM_DEV_PORT:-6817}
+  : > "$dir/plugstack.conf"  # empty: ignore /etc/slurm's plugin stack
+  cat > "$conf" <<EOF
+# Written by slurm/dev_cluster.sh: one node, root, no accounting (sacct does not work: use sbatch --wait / scontrol show job).
+ClusterName=cifardev
+SlurmctldHost=$host(127.0.0.1)
+SlurmctldPort=$port
+SlurmdPort=$((port + 1))
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+# A requeued job waits cred_expire seconds before it may start again (default 120); 10 keeps tests short.
+AuthInfo=cred_expire=${SLURM_DEV_CRED_EXPIRE:-10}
+CredType=cred/munge
+MpiDefault=none
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ReturnToService=2
+# The main scheduler looks at pending jobs every sched_interval s (default 60): a requeued job becomes
+# eligible after cred_expire and would otherwise wait for that pass.
+SchedulerParameters=sched_interval=2
+# Finished jobs stay visible to scontrol for 5 minutes (the tests read Restarts= and ExitCode= there).
+MinJobAge=300
+StateSaveLocation=$dir/state
+SlurmdSpoolDir=$dir/spool
+SlurmctldPidFile=$dir/slurmctld.pid
+SlurmdPidFile=$dir/slurmd.pid
+SlurmctldLogFile=$dir/slurmctld.log
+SlurmdLogFile=$dir/slurmd.log
+PlugStackConfig=$dir/plugstack.conf
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
+PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
+EOF
+  export SLURM_CONF=$conf
+  # Without -D both daemonize and write their pid files into $dir.
+  slurmctld -f "$conf" </dev/null >>"$dir/slurmctld.log" 2>&1
+  slurmd -f "$conf" </dev/null >>"$dir/slurmd.log" 2>&1
+  local state=""
+  for _ in $(seq 150); do
+    state=$(sinfo -h -n "$host" -o %T 2>/dev/null | head -n 1) || true
+    case $state in idle|mixed|allocated) break ;; esac
+    sleep 0.2
+  done
+  case $state in
+    idle|mixed|allocated) say "up: node $host $state, $cpus CPUs, SLURM_CONF=$conf" ;;
+    *) die "node $host is '${state:-unknown}' after 30 s; see $dir/slurmctld.log and $dir/slurmd.log" ;;
+  esac
+  echo "export SLURM_CONF=$conf"
+}
+
+down() {
+  [ -f "$conf" ] || { say "nothing to stop in $dir"; return; }
+  export SLURM_CONF=$conf
+  if daemon_alive slurmctld; then
+    # Jobs first: `scontrol shutdown` stops the daemons but leaves running job steps behind.
+    local jobs
+    jobs=$(squeue -h -o %i 2>/dev/null || true)
+    if [ -n "$jobs" ]; then
+      # shellcheck disable=SC2086
+      scancel $jobs || true
+      for _ in $(seq 100); do [ -z "$(squeue -h -o %i 2>/dev/null)" ] && break; sleep 0.2; done
+    fi
+    scontrol shutdown >/dev/null 2>&1 || true
+  fi
+  local name pid
+  for name in slurmctld slurmd; do
+    pid=$(cat "$dir/$name.pid" 2>/dev/null) || continue
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    if kill -0 "$pid" 2>/dev/null; then say "$name ($pid) still running; sending SIGTERM"; kill "$pid" || true; fi
+  done
+  if [ -f "$dir/munged.started" ]; then
+    pid=$(cat /run/munge/munged.pid 2>/dev/null || true)
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+    rm -f "$dir/munged.started"
+  fi
+  say "down ($dir kept: logs and state)"
+}
+
+case $cmd in
+  up) up ;;
+  down) down ;;
+  status) export SLURM_CONF=$conf; daemon_alive slurmctld && daemon_alive slurmd && sinfo && squeue ;;
+  *) echo "usage: slurm/dev_cluster.sh up|down|status   (scratch folder: \$SLURM_DEV_DIR, default /tmp/cifar-dist-slurm)" >&2; exit 2 ;;
+esac

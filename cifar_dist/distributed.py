@@ -103,6 +103,25 @@ def check_launch(accelerator) -> None:
             f"accelerate launch was asked for {requested} processes but started one (no multi-process mode was set); "
             f"use --config_file accelerate_configs/cpu_ddp.yaml on CPU or --multi_gpu on GPUs"
         )
+    # Collective, so a rank on a machine whose launcher was right does not wait for one that quit.
+    raise_if_any(accelerator, _machines_disagree())
+
+
+def _machines_disagree() -> str | None:
+    """torchrun (under `accelerate launch`) lets machines bring different process counts and forms
+    a job of their sum: measured on two hosts, `--num_processes 2` on one and 4 on the other trained
+    with 3 processes, then hung at exit; `--num_machines 3` on one of two trained with 2. Each
+    launcher's own view is LOCAL_WORLD_SIZE × GROUP_WORLD_SIZE (per machine × machines)."""
+    try:
+        world, local, machines = (int(os.environ[k]) for k in ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_WORLD_SIZE"))
+    except (KeyError, ValueError):
+        return None
+    if local * machines == world:
+        return None
+    rank = os.environ.get("GROUP_RANK", "?")
+    return (f"the machines disagree on the world size: machine {rank} was launched for {local} process(es) x "
+            f"{machines} machine(s) = {local * machines}, but {world} processes joined the job; launch every machine "
+            f"with the same --num_machines and --num_processes (the TOTAL over all machines)")
 
 
 def broadcast_object(accelerator, obj):

@@ -87,7 +87,7 @@ class RunConfig:
 
 @dataclass
 class TrackingConfig:
-    backend: str = "none"
+    backend: str = "wandb"  # offline by itself without a key or server (tracking.mode=auto)
     project: str = "cifar-dist"
     entity: str = ""
     run_name: str = ""

@@ -17,8 +17,10 @@ SMALL = ["--data.name=synthetic", "--data.synthetic_train_size=500", "--data.syn
 
 
 def base_env(**extra) -> dict:
+    # WANDB_MODE=disabled: tracking is on by default (tracking.backend=wandb) and would add a
+    # run.dir/wandb/ folder and ~6 s per run here; tests/test_wandb.py sets its own W&B environment.
     env = dict(os.environ)
-    env.update({"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "WANDB_MODE": "offline",
+    env.update({"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "WANDB_MODE": "disabled",
                 "WANDB_SILENT": "true", "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
     env.pop("ACCELERATE_USE_CPU", None)
     env.update({k: str(v) for k, v in extra.items()})

@@ -193,8 +193,9 @@ def per_class_figure(per_class: dict[str, dict[str, int]], split: str):
     k = len(names)
     acc = [100 * v["correct"] / v["total"] if v["total"] else 0.0 for v in per_class.values()]
     bar = 0.4 if k <= 30 else 0.15
-    fig = _figure(9, k * bar + 1.4)
-    ax = fig.add_axes((0.16, 0.9 / (k * bar + 1.4), 0.8, k * bar / (k * bar + 1.4)))
+    fig_h = k * bar + 1.2  # + 0.7 in below for the axis label, 0.5 in above for the title
+    fig = _figure(9, fig_h)
+    ax = fig.add_axes((0.16, 0.7 / fig_h, 0.8, k * bar / fig_h))
     y = list(range(k))
     bars = ax.barh(y, acc, color="#4c72b0")
     ax.set_yticks(y, names, fontsize=9 if k <= 30 else 5)
@@ -204,12 +205,13 @@ def per_class_figure(per_class: dict[str, dict[str, int]], split: str):
     ax.set_xlabel("accuracy (%)")
     if k <= 30:
         ax.bar_label(bars, [f"{a:.1f}% ({v['correct']}/{v['total']})" if v["total"] else "no images"
-                            for a, v in zip(acc, per_class.values())], padding=3, fontsize=8)
+                            for a, v in zip(acc, per_class.values())], padding=3, fontsize=8,
+                     bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5, "alpha": 0.85})  # over the lines
     correct = sum(v["correct"] for v in per_class.values())
     total = sum(v["total"] for v in per_class.values())
     overall = 100 * correct / max(total, 1)
-    ax.axvline(overall, color="black", linestyle="--", linewidth=1)
-    ax.axvline(100 / k, color="grey", linestyle=":", linewidth=1)
+    ax.axvline(overall, color="black", linestyle="--", linewidth=1, zorder=0)  # behind bars and labels
+    ax.axvline(100 / k, color="grey", linestyle=":", linewidth=1, zorder=0)
     ax.set_title(f"per-class accuracy, {split} split (dashed: overall {overall:.1f}%, dotted: chance {100 / k:.0f}%)",
                  fontsize=11)
     return fig
@@ -247,7 +249,8 @@ def curves_figure(rows: list[dict], best_epoch: int | None):
                         markeredgecolor="#cf222e")  # hollow, so the validation point stays visible under it
         ax.set_xlabel("epoch")
         ax.set_ylabel(what if what == "loss" else "accuracy (%)")
-        ax.set_title(f"{what} per epoch")
+        # why validation can sit below train: the train value is the mean over the epoch's steps
+        ax.set_title(f"{what} per epoch (train: mean over the epoch, validation: at its end)", fontsize=10)
         last = max([r.get("epoch", 1) for r in rows] + [best_epoch or 1])
         ax.set_xlim(0.5, last + 0.5)  # also a 1-epoch run gets whole-epoch ticks, not 0.945 ... 1.05
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))

@@ -22,7 +22,7 @@ EXPECTED_SIZE = {
     "predictions.png": (760, 450),   # 4 × 1.9 in, 2 × 2.0 + 0.5 in
     "channels.png": (4212, 1524),    # 3 panels × 32 px × 0.28 in + 4 × 0.3 in margins; 32 × 0.28 + 1.05 + 0.15 in; 150 dpi
     "confusion.png": (865, 780),     # 1.4 + 10 × 0.6 + 1.25 in; 1.3 + 6 + 0.5 in
-    "per_class.png": (900, 540),     # 9 in; 10 × 0.4 + 1.4 in
+    "per_class.png": (900, 520),     # 9 in; 10 × 0.4 + 1.2 in
     "curves.png": (1200, 460),       # 12 × 4.6 in
 }
 

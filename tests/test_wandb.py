@@ -184,6 +184,22 @@ def test_resume_continues_the_same_run(ddp_run, data_root):
     assert set(second.artifact("model")["aliases"]) >= {"best", "latest"}
 
 
+def test_failed_online_start_falls_back_to_offline(tmp_path, data_root):
+    """tracking.mode=online without a key: wandb.init refuses; the job goes on offline, and the
+    WANDB_* variables the config leaves open (project, tags) are honoured."""
+    run_dir = tmp_path / "run"
+    p = run(train_cmd(*SMALL, f"--data.root={data_root}", "--train.epochs=1", f"--run.dir={run_dir}",
+                      "--run.progress=false", "--tracking.mode=online"),
+            env=wandb_env(tmp_path / "home", WANDB_PROJECT="from-env", WANDB_TAGS="e1,e2"), check=True)
+    line = [l for l in p.stdout.splitlines() if "wandb sync" in l]
+    assert len(line) == 1 and "online start failed" in line[0], p.stdout[-3000:]
+    files = find_run_files(run_dir / "wandb")
+    assert len(files) == 1 and files[0].parent.name.startswith("offline-run-")
+    rec = read_run(files[0])
+    assert rec.exit_code == 0 and rec.project == "from-env" and rec.tags == ["e1", "e2"]
+    assert rec.summary["test/accuracy"] == json.loads((run_dir / "test_metrics.json").read_text())["accuracy"]
+
+
 def _children(pid: int) -> dict[int, str]:
     out = {}
     for entry in filter(str.isdigit, os.listdir("/proc")):

@@ -123,6 +123,17 @@ PRESETS: dict[str, dict] = {
                   "schedule": "onecycle", "warmup_epochs": 1.0, "label_smoothing": 0.1},
         "train": {"epochs": 12, "per_device_batch_size": 128, "channels_last": True},
     },
+    # resnet_fast (ResNet-9 family) with the airbench-style recipe: tensor-held data, crop + flip in
+    # batches, Nesterov SGD, label smoothing, warm-up then linear decay, flip-TTA at evaluation.
+    # Width 16 keeps it trainable on 2 CPU cores; on a GPU pass --model.width=64 (ResNet-9 proper).
+    "fast": {
+        "data": {"loader": "tensor", "normalize": "dataset", "augment": True},
+        "model": {"name": "resnet_fast", "width": 16},
+        "optim": {"lr": 0.2, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
+                  "schedule": "linear", "warmup_epochs": 1.0, "label_smoothing": 0.2},
+        "train": {"epochs": 10, "per_device_batch_size": 256, "channels_last": True},
+        "eval": {"tta": True},
+    },
 }
 
 
@@ -195,6 +206,12 @@ def _check_choice(path: str, value: str, choices) -> None:
         raise UserError(f"{path}={value!r} is not valid; choose one of: {', '.join(choices)}")
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def validate(cfg: Config) -> Config:
     from .models import MODELS  # the registry is the single source of model names
 
@@ -236,6 +253,11 @@ def validate(cfg: Config) -> Config:
             raise UserError(f"{path}={getattr(getattr(cfg, section), key)!r} {why}")
     if cfg.optim.nesterov and cfg.optim.momentum == 0:
         raise UserError("optim.nesterov=true needs optim.momentum > 0")
+    if cfg.train.mixed_precision == "fp16" and (cfg.train.device == "cpu" or not _cuda_available()):
+        # Measured (accelerate 1.15): Accelerator(cpu=True, mixed_precision="fp16") autocasts nothing
+        # and trains in fp32 without a word.
+        raise UserError("train.mixed_precision=fp16 needs a CUDA GPU (on the CPU Accelerate would silently train "
+                        "in fp32); use --train.mixed_precision=bf16 or no")
     if cfg.data.augment and cfg.data.loader != "tensor":
         raise UserError("data.augment=true needs data.loader=tensor (the tutorial loader has no augmentation)")
     return cfg

@@ -238,7 +238,9 @@ def train(cfg: Config) -> dict:
     accelerator.wait_for_everyone()
     if checkpointer.best_path.exists():
         best = load_checkpoint(checkpointer.best_path)
-        accelerator.unwrap_model(model).load_state_dict(best["model_state"])
+        # best.pt holds the bare module's keys; with train.compile the unwrapped model would still be
+        # the compile wrapper (its keys start with _orig_mod.), so unwrap that too.
+        accelerator.unwrap_model(model, keep_torch_compile=False).load_state_dict(best["model_state"])
     test = evaluate(model, data.test_images, data.test_labels, data.mean, data.std, **eval_kw)
     accelerator.print(f"Test Loss: {test.loss:.6f}\n")
     for line in test.tutorial_lines():

@@ -12,7 +12,6 @@ import base64
 import hashlib
 import json
 import os
-import re
 import socket
 import struct
 import subprocess

@@ -95,7 +95,8 @@ def predict_files(model, ckpt: dict, paths: list[str], json_path: str | None = N
             ok_files.append(f)
         except ValueError as e:
             failed.append({"file": str(f), "error": str(e)})
-            print(f"error: {f}: {e}", file=sys.stderr, flush=True)
+            if len(files) > 1:  # one file: its line is the final error below (one line in all)
+                print(f"error: {f}: {e}", file=sys.stderr, flush=True)
     rows = []
     if tensors:
         probs = predict_tensor(model, torch.stack(tensors), mean, std)
@@ -126,6 +127,8 @@ def predict_files(model, ckpt: dict, paths: list[str], json_path: str | None = N
             atomic_write_bytes(Path(json_path), (json.dumps(doc, indent=2) + "\n").encode())
         except OSError as e:
             raise UserError(f"cannot write {json_path} ({e.strerror}); choose a writable path for --json") from None
+    if failed and len(files) == 1:
+        raise UserError(f"{failed[0]['file']}: {failed[0]['error']}")
     if failed:
         names = ", ".join(x["file"] for x in failed[:3]) + (" ..." if len(failed) > 3 else "")
         raise UserError(f"{len(failed)} of {len(files)} files could not be predicted ({names}); the other {len(rows)} were")

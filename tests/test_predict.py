@@ -127,3 +127,12 @@ def test_folder_without_images_is_a_user_error(tmp_path, trained_run):
     ckpt = load_checkpoint(trained_run)
     with pytest.raises(UserError, match="no image files"):
         predict_files(build_from_checkpoint(ckpt, trained_run), ckpt, [str(tmp_path / "empty")])
+
+
+def test_a_single_bad_file_is_exactly_one_error(tmp_path, trained_run, capsys):
+    bad = tmp_path / "cat.png"
+    bad.write_text("not a png")
+    ckpt = load_checkpoint(trained_run)
+    with pytest.raises(UserError, match=r"cat\.png: not an image PIL can read$"):
+        predict_files(build_from_checkpoint(ckpt, trained_run), ckpt, [str(bad)])
+    assert capsys.readouterr().err == ""  # the UserError is the one line; no per-file line before it

@@ -81,13 +81,19 @@ def main(argv: list[str]) -> None:
     model = build_from_checkpoint(ckpt, args.checkpoint)
 
     if args.images:
+        from .distributed import env_world_size
         from .predict import predict_files
+
+        if args.plots:
+            raise UserError("--images predicts files and --plots draws a split's figures; run them as two commands")
+        if env_world_size() > 1:
+            raise UserError("--images runs in one process; use 'python evaluate.py --images ...' without accelerate launch")
 
         predict_files(model, ckpt, args.images, args.json)
         return
 
     from .data import load_data
-    from .distributed import build_accelerator
+    from .distributed import build_accelerator, raise_if_any
     from .evaluation import evaluate
 
     accelerator = build_accelerator(cfg)
@@ -100,12 +106,14 @@ def main(argv: list[str]) -> None:
     result = evaluate(model, images, labels, data.mean, data.std, accelerator, data.classes,
                       batch_size=cfg.eval.per_device_batch_size, tta=cfg.eval.tta)
     print_report(result, args.split, accelerator)
+    error = None
     if args.json and accelerator.is_main_process:
         out = {"split": args.split, **result.to_json()}
         try:
             atomic_write_bytes(Path(args.json), (json.dumps(out, indent=2) + "\n").encode())
         except OSError as e:
-            raise UserError(f"cannot write {args.json} ({e.strerror}); choose a writable path for --json") from None
+            error = f"cannot write {args.json} ({e.strerror}); choose a writable path for --json"
+    raise_if_any(accelerator, error)  # every rank stops together, none waits for a rank that gave up
     if args.plots:
         from .plots import write_all
 

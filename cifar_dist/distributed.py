@@ -157,6 +157,16 @@ def raise_if_any(accelerator, message: str | None) -> None:
         raise UserError(messages[0])
 
 
+def broadcast_module(accelerator, module) -> None:
+    """Copy the main process's parameters and buffers into every rank's module, in place."""
+    if accelerator.num_processes == 1:
+        return
+    from accelerate.utils import broadcast
+
+    for t in module.state_dict().values():
+        t.copy_(broadcast(t.detach().clone().to(accelerator.device), from_process=0).to(t.device))
+
+
 def any_rank(accelerator, flag: bool) -> bool:
     """Collective OR of a per-rank flag."""
     if accelerator.num_processes == 1:

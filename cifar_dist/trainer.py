@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .checkpoint import Checkpointer, MetricsLog, TrainState, atomic_write_bytes, load_checkpoint
 from .config import Config, format_config
 from .data import load_data
-from .distributed import broadcast_object, build_accelerator, raise_if_any, reduce_sum
+from .distributed import broadcast_module, broadcast_object, build_accelerator, raise_if_any, reduce_sum
 from .errors import UserError
 from .evaluation import evaluate
 from .loaders import build_train_loader
@@ -235,12 +235,16 @@ def train(cfg: Config) -> dict:
             checkpointer.save_state()
 
     # The tutorial tests the best-validation model, not the last one.
+    # Only the main process reads best.pt and sends the weights to the others: the file may live on a
+    # disk the other machines of a multi-node job do not see.
     accelerator.wait_for_everyone()
-    if checkpointer.best_path.exists():
-        best = load_checkpoint(checkpointer.best_path)
-        # best.pt holds the bare module's keys; with train.compile the unwrapped model would still be
-        # the compile wrapper (its keys start with _orig_mod.), so unwrap that too.
-        accelerator.unwrap_model(model, keep_torch_compile=False).load_state_dict(best["model_state"])
+    # best.pt holds the bare module's keys; with train.compile the unwrapped model would still be
+    # the compile wrapper (its keys start with _orig_mod.), so unwrap that too.
+    net = accelerator.unwrap_model(model, keep_torch_compile=False)
+    if broadcast_object(accelerator, checkpointer.best_path.exists()):
+        if accelerator.is_main_process:
+            net.load_state_dict(load_checkpoint(checkpointer.best_path)["model_state"])
+        broadcast_module(accelerator, net)
     test = evaluate(model, data.test_images, data.test_labels, data.mean, data.std, **eval_kw)
     accelerator.print(f"Test Loss: {test.loss:.6f}\n")
     for line in test.tutorial_lines():

@@ -47,11 +47,17 @@ up() {
     munge_ok || die "munged did not start (see /var/log/munge/munged.log)"
   fi
 
-  local host cpus mem port
+  local host cpus mem port gpus
   host=$(hostname -s)
   cpus=${SLURM_DEV_CPUS:-$(nproc)}
   mem=$(awk '/MemTotal/ {print int($2 / 1024)}' /proc/meminfo)
   port=${SLURM_DEV_PORT:-6817}
+  gpus=${SLURM_DEV_GPUS:-8}
+  # Counted GPUs: slurmd drops a GPU without File= and rejects a File= that is not a device, so each
+  # "GPU" is a /dev/null clone (char 1,3) in the scratch folder; nothing opens them.
+  local i
+  for ((i = 0; i < gpus; i++)); do [ -c "$dir/fake-gpu$i" ] || mknod -m 666 "$dir/fake-gpu$i" c 1 3; done
+  echo "Name=gpu File=$dir/fake-gpu[0-$((gpus - 1))]" > "$dir/gres.conf"  # read from slurm.conf's folder
   : > "$dir/plugstack.conf"  # empty: ignore /etc/slurm's plugin stack
   cat > "$conf" <<EOF
 # Written by slurm/dev_cluster.sh: one node, root, no accounting (sacct does not work: use sbatch --wait / scontrol show job).
@@ -85,7 +91,10 @@ SlurmdPidFile=$dir/slurmd.pid
 SlurmctldLogFile=$dir/slurmctld.log
 SlurmdLogFile=$dir/slurmd.log
 PlugStackConfig=$dir/plugstack.conf
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
+# GPUs are counted, not real (nothing enforced): so the GPU templates' --gpus-per-node lines are
+# accepted here (sbatch --test-only, runs with --cpus-per-task=2). A job that gets them runs on the CPU.
+GresTypes=gpu
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:$gpus State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
   export SLURM_CONF=$conf
@@ -95,12 +104,17 @@ EOF
   local state=""
   for _ in $(seq 150); do
     state=$(sinfo -h -n "$host" -o %T 2>/dev/null | head -n 1) || true
-    case $state in idle|mixed|allocated) break ;; esac
+    case $state in
+      idle|mixed|allocated) break ;;
+      # a drain or down state saved by an earlier run (e.g. another slurm.conf) outlives restarts
+      drain*|down*) scontrol update NodeName="$host" State=RESUME >/dev/null 2>&1 || true ;;
+    esac
     sleep 0.2
   done
   case $state in
     idle|mixed|allocated) say "up: node $host $state, $cpus CPUs, SLURM_CONF=$conf" ;;
-    *) die "node $host is '${state:-unknown}' after 30 s; see $dir/slurmctld.log and $dir/slurmd.log" ;;
+    *) down >/dev/null 2>&1 || true
+       die "node $host is '${state:-unknown}' after 30 s; see $dir/slurmctld.log and $dir/slurmd.log" ;;
   esac
   echo "export SLURM_CONF=$conf"
 }

@@ -14,6 +14,8 @@
 #   MAIN_PROCESS_IP     default: first host of $SLURM_JOB_NODELIST (scontrol show hostnames)
 #   MAIN_PROCESS_PORT   default: 20000 + SLURM_JOB_ID % 20000 (jobs sharing a head node get different ports)
 #   NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME: the network interface to use (e.g. ib0, eth0), exported as is
+#   RDZV_BACKEND        static (default: fixed machine ranks, every node dials the head) or c10d
+#                       (slurm/multinode.sbatch's choice; several machines only)
 #   RDZV_TIMEOUT        seconds a node waits to reach the head / for all nodes at start (default 600,
 #                       torch's); an unreachable head fails within about twice this (one retry)
 set -euo pipefail
@@ -37,13 +39,23 @@ else
   per_node=$(python -c 'import torch; print(max(torch.cuda.device_count(), 1))')
 fi
 world=$((per_node * num_machines))
+# c10d (node ranks assigned at rendezvous, tolerant of start order) is for several machines; one
+# machine always uses static (torchrun's c10d there would need an endpoint accelerate does not pass).
+rdzv=${RDZV_BACKEND:-static}
+[ "$num_machines" -gt 1 ] || rdzv=static
 
 args=(--num_machines "$num_machines" --machine_rank "$machine_rank" --num_processes "$world"
       --main_process_ip "$head" --main_process_port "$port" --mixed_precision "${MIXED_PRECISION:-no}"
       --dynamo_backend no)
 if [ "$world" -gt 1 ]; then
-  args+=(--multi_gpu --rdzv_backend "${RDZV_BACKEND:-static}")
-  [ "$num_machines" -gt 1 ] && args+=(--same_network --rdzv_conf "timeout=${RDZV_TIMEOUT:-600}")
+  args+=(--multi_gpu --rdzv_backend "$rdzv")
+  if [ "$num_machines" -gt 1 ]; then
+    args+=(--rdzv_conf "timeout=${RDZV_TIMEOUT:-600}")
+    # static: every node dials MASTER_ADDR:PORT with its own --machine_rank (accelerate's --same_network).
+    # c10d: accelerate passes HEAD:PORT as the rendezvous endpoint only WITHOUT --same_network; with
+    # it torchrun's endpoint stays empty and each node meets only itself on localhost.
+    [ "$rdzv" = static ] && args+=(--same_network)
+  fi
 fi
 if [ "${USE_CPU:-0}" = 1 ]; then
   export ACCELERATE_USE_CPU=1

@@ -12,6 +12,7 @@ The guarantees these serve are listed in the README, "What happens when things g
 from __future__ import annotations
 
 import errno
+import re
 import shutil
 from pathlib import Path
 
@@ -36,7 +37,8 @@ def clean_stale(run_dir: Path) -> list[Path]:
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
-    text = str(exc).strip()
+    # gloo prefixes its messages with its source location: "[/__w/.../pair.cc:561] Connection closed ..."
+    text = re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", str(exc).strip())
     return (text.splitlines()[0][:120] if text else type(exc).__name__)
 
 

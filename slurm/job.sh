@@ -15,7 +15,7 @@
 #   SIGTERM (scancel, time limit, node drain) also reaches every process: the training saves and
 #   exits non-zero; nothing is requeued (SLURM requeues by itself when it preempts with REQUEUE).
 #
-# run.dir defaults to runs/<job name>-<job id>; a --run.dir=DIR argument replaces it. The first start
+# run.dir defaults to runs/<job name>-<job id> in the submit folder; a --run.dir=DIR argument replaces it. The first start
 # passes --train.resume=false, so a run.dir that already holds a run stops the job with a clear
 # error instead of being continued by accident; restarts (SLURM_RESTART_COUNT > 0) pass auto.
 
@@ -25,7 +25,7 @@ cifar_job() {
     echo "error: $repo is not a cifar-dist checkout (no train.py); submit from the checkout or set CIFAR_DIST_DIR" >&2
     exit 2
   fi
-  local run_dir="runs/${SLURM_JOB_NAME:-cifar}-${SLURM_JOB_ID:?not inside a SLURM job}" prev=""
+  local run_dir="$PWD/runs/${SLURM_JOB_NAME:-cifar}-${SLURM_JOB_ID:?not inside a SLURM job}" prev=""
   local a
   for a in "$@"; do  # the user's --run.dir wins (the shell needs it to tell a finished run from a stopped one)
     case $a in --run.dir=*) run_dir=${a#--run.dir=} ;; esac

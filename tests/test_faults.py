@@ -387,6 +387,7 @@ def test_sigkill_at_random_points_loses_at_most_one_interval(tmp_path, data_root
                 pass
         return out
 
+    interrupted_writes = 0
     for trial in range(10):
         leftovers = writes_in_progress() if run_dir.exists() else set()
         t = Trial(cmd)
@@ -402,6 +403,7 @@ def test_sigkill_at_random_points_loses_at_most_one_interval(tmp_path, data_root
         assert t.proc.poll() is None, f"trial {trial}: the run ended before it was killed\n{''.join(t.lines)[-2000:]}\n{t.proc.stderr.read()[-2000:]}"
         t.kill()
         kills["during a checkpoint write" if during_write else "at a random step"] += 1
+        interrupted_writes += any(run_dir.glob("last.tmp-*"))  # the kill landed before the swap
         assert t.resumed_at == (saved_step or None), f"trial {trial}: resumed at {t.resumed_at}, the state said {saved_step}"
         reached = max(t.steps)  # the last step the process reported before it was killed
         state = resumable(run_dir)
@@ -415,12 +417,29 @@ def test_sigkill_at_random_points_loses_at_most_one_interval(tmp_path, data_root
 
             assert load_checkpoint(run_dir / "best.pt")["epoch"] >= 1
     assert kills == {"during a checkpoint write": 5, "at a random step": 5}
+    assert interrupted_writes >= 1, "no kill landed inside a state write"
+    print(f"{interrupted_writes} of 10 kills left a half-written last.tmp-N behind")
     final = run(cmd, check=True)
     assert f"step {saved_step} " in final.stdout
     rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
     assert json.loads((run_dir / "test_metrics.json").read_text())["steps"] == epochs * STEPS_PER_EPOCH
     assert not [p for p in run_dir.iterdir() if ".tmp" in p.name], sorted(os.listdir(run_dir))
+
+
+def test_crash_between_the_two_renames_resumes_from_last_old(trained_run, data_root, tmp_path):
+    """The instant inside a save when last/ has been renamed to last.old/ and the new state is not
+    yet renamed to last/: --resume must take last.old/, and the next save must keep it until the new
+    last/ exists."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    os.replace(run_dir / "last", run_dir / "last.old")
+    shutil.copytree(run_dir / "last.old", run_dir / "last.tmp-53")  # a complete but unpublished write
+    p = run(train_cmd(*SMALL, f"--data.root={data_root}", f"--run.dir={run_dir}", "--resume", "--train.epochs=3",
+                      "--run.progress=false", "--tracking.backend=none"), check=True)
+    assert re.search(r"resumed .* at epoch 3, step 50 ", p.stdout), p.stdout[-2000:]
+    assert state_step(run_dir / "last") == 3 * STEPS_PER_EPOCH
+    assert not [n for n in os.listdir(run_dir) if n.startswith("last.")], os.listdir(run_dir)
 
 
 # --------------------------------------------------------------------------- a rank dies

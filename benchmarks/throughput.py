@@ -50,19 +50,22 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_gflops(device: torch.device, n: int = 4096, repeats: int = 3) -> float:
-    """Best of `repeats` fp32 n×n matmuls (2n³ FLOPs each), after one warm-up. TF32 stays off
-    (PyTorch's default for matmul), so on a GPU this is the true fp32 rate."""
+def matmul_gflops(device: torch.device, n: int = 4096, seconds: float = 2.0) -> float:
+    """Sustained fp32 n×n matmul rate (2n³ FLOPs each): one warm-up, then matmuls for at least
+    `seconds` (and at least 2), total FLOPs over total time. Sustained, not best-of, because the
+    training rates it is compared with are sustained too (whole epochs), under the same load.
+    TF32 stays off (PyTorch's default for matmul), so on a GPU this is the true fp32 rate."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
     sync(device)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
+    count, t = 0, time.perf_counter()
+    while count < 2 or time.perf_counter() - t < seconds:
         a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
+        count += 1
+        if count % 8 == 0 or count < 8:
+            sync(device)
+    sync(device)
+    return 2 * n ** 3 * count / (time.perf_counter() - t) / 1e9
 
 
 def train_flops_per_image(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -176,6 +176,8 @@ def _coerce(path: str, value: Any, current: Any) -> Any:
         raise UserError(f"{path} must be a list (a,b,c), got {value!r}")
     if kind is str:
         if isinstance(value, bool):  # resume=true parses as bool in YAML
+            if path == "train.mixed_precision" and not value:  # YAML 1.1 reads `no` as false
+                return "no"
             return "true" if value else "false"
         if isinstance(value, (dict, list)):
             raise UserError(f"{path} must be a string, got {value!r}")

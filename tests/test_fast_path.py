@@ -246,3 +246,30 @@ def test_mid_epoch_resume_restores_the_data_order(tmp_path, data_root):
     b = load_file(split / "last" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [r["train_loss"] for r in rows_of(split)] == [r["train_loss"] for r in rows_of(tmp_path / "straight")]
+
+
+def test_mixed_precision_no_survives_yaml_parsing(tmp_path):
+    """YAML 1.1 reads `no` as false; `--train.mixed_precision=no` (and `mixed_precision: no` in a
+    file) must still mean no mixed precision, not the invalid string 'false'."""
+    from cifar_dist.config import resolve
+
+    assert resolve("fast", None, ["--train.mixed_precision=no"]).train.mixed_precision == "no"
+    f = tmp_path / "c.yaml"
+    f.write_text("train: {mixed_precision: no}\n")
+    assert resolve("fast", str(f), []).train.mixed_precision == "no"
+    assert resolve("fast", None, ["--train.mixed_precision=bf16"]).train.mixed_precision == "bf16"
+
+
+def test_gpu_check_script_runs_tiny_on_cpu(tmp_path):
+    """benchmarks/gpu_check.sh is written for a lent GPU; its CPU smoke mode runs the same driver
+    code on tiny data and must produce its table and JSON."""
+    out = tmp_path / "out"
+    p = run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(out)], timeout=400,
+            env=base_env(GPU_CHECK_TINY=1, GPU_CHECK_DATA=tmp_path / "data"))
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    result = json.loads((out / "gpu_check.json").read_text())
+    assert [r["model"] for r in result["runs"]] == ["seed_cnn", "resnet_fast"]
+    assert all(r["error"] is None and r["images_per_sec"] > 0 for r in result["runs"])
+    assert [f["width"] for f in result["fast_full"]] == [16] and all(f["error"] is None for f in result["fast_full"])
+    assert "| seed_cnn |" in (out / "gpu_check.md").read_text()
+    assert "speedup_vs_tutorial=" in p.stdout.strip().splitlines()[-2]

@@ -1,7 +1,14 @@
 """Stop requests: SIGUSR1 (SLURM's warning before the time limit), SIGTERM (scancel, node drain).
 
 The handler only sets a flag; the loop asks `requested()` at every step boundary (a collective OR
-across ranks, so all ranks stop at the same step), saves the full state on every rank, then exits.
+across ranks, so all ranks stop at the same step), saves the full state on every rank, then exits:
+0 after USR1 (a resumable stop, not a failure), 143 after SIGTERM. By hand:
+
+    python train.py --run.dir=runs/x          # meanwhile, elsewhere: kill -USR1 <its pid>
+    python train.py --run.dir=runs/x --resume # continues at the exact step, bit-exact on one process
+
+Under SLURM (slurm/job.sh) the batch shell gets the warning, passes USR1 to every training process,
+and after their clean exit requeues the job, which resumes with --train.resume=auto.
 """
 from __future__ import annotations
 

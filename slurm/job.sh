@@ -35,7 +35,7 @@ cifar_job() {
   local resume=false
   [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ] && resume=auto
 
-  _cifar_warned=0 _cifar_terminated=0 _cifar_trapped=0
+  _cifar_warned=0 _cifar_terminated=0 _cifar_trapped=0 _cifar_resender=""
   trap '_cifar_signal USR1' USR1
   trap '_cifar_signal TERM' TERM
   echo "[job $SLURM_JOB_ID] start $(date -Is) restart ${SLURM_RESTART_COUNT:-0} on $SLURM_JOB_NODELIST; run.dir $run_dir, resume=$resume"
@@ -50,11 +50,16 @@ cifar_job() {
     if [ "$_cifar_trapped" = 1 ] && [ "$rc" -gt 128 ]; then continue; fi
     break
   done
+  [ -n "$_cifar_resender" ] && kill "$_cifar_resender" 2>/dev/null
   echo "[job $SLURM_JOB_ID] training step ended with status $rc $(date -Is)"
 
   if [ "$_cifar_warned" = 1 ] && [ "$_cifar_terminated" = 0 ] && [ "$rc" = 0 ] && [ ! -e "$run_dir/test_metrics.json" ]; then
     echo "[job $SLURM_JOB_ID] state saved in $run_dir/last; requeueing (it resumes there)"
-    scontrol requeue "$SLURM_JOB_ID"
+    if ! scontrol requeue "$SLURM_JOB_ID"; then
+      echo "[job $SLURM_JOB_ID] requeue refused (--no-requeue or JobRequeue=0?); continue with:" \
+           "sbatch <template> --run.dir=$run_dir --resume ..." >&2
+      exit 1
+    fi
     exit 0
   fi
   if [ "$_cifar_terminated" = 1 ] && [ "$rc" = 0 ] && [ ! -e "$run_dir/test_metrics.json" ]; then
@@ -70,6 +75,12 @@ _cifar_signal() {
       _cifar_warned=1
       echo "[job $SLURM_JOB_ID] USR1 (time limit near): asking the training to save and stop $(date -Is)"
       scancel --signal=USR1 "$SLURM_JOB_ID" || echo "[job $SLURM_JOB_ID] could not pass USR1 on" >&2
+      # Again every 30 s until the step ends: a training process still starting up (before its
+      # handler exists, USR1 is ignored) would otherwise miss it; a second USR1 changes nothing.
+      if [ -z "$_cifar_resender" ]; then
+        (while sleep 30; do scancel --signal=USR1 "$SLURM_JOB_ID" 2>/dev/null; done) &
+        _cifar_resender=$!
+      fi
       ;;
     TERM)
       _cifar_terminated=1

@@ -19,6 +19,11 @@
 #   RDZV_TIMEOUT        seconds a node waits to reach the head / for all nodes at start (default 600,
 #                       torch's); an unreachable head fails within about twice this (one retry)
 set -euo pipefail
+# First thing: USR1 asks the TRAINING processes to save at the next step and stop (cifar_dist/preemption.py).
+# The launchers must survive it: USR1 would kill `accelerate launch` and torchrun's agent (default
+# action), orphaning the workers. An ignored signal stays ignored across exec and in the launchers'
+# children until the training installs its own handler.
+trap '' USR1
 script=${1:?usage: launch.sh SCRIPT.py [ARGS...]}; shift
 
 num_machines=${NUM_MACHINES:-${SLURM_NNODES:-1}}
@@ -63,10 +68,5 @@ if [ "${USE_CPU:-0}" = 1 ]; then
   # exported ACCELERATE_USE_CPU=1 is what makes the MULTI_GPU workers one gloo job on the CPU.
   [ "$world" -gt 1 ] || args+=(--cpu)
 fi
-# USR1 asks the TRAINING processes to save at the next step and stop (cifar_dist/preemption.py).
-# The launchers must survive it: USR1 would kill `accelerate launch` and torchrun's agent (default
-# action), orphaning the workers. An ignored signal stays ignored across exec and in the launchers'
-# children until the training installs its own handler.
-trap '' USR1
 echo "launch.sh: host $(hostname -s) machine_rank=$machine_rank/$num_machines processes=$world head=$head:$port" >&2
 exec accelerate launch "${args[@]}" "$script" "$@"

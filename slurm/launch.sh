@@ -68,5 +68,11 @@ if [ "${USE_CPU:-0}" = 1 ]; then
   # exported ACCELERATE_USE_CPU=1 is what makes the MULTI_GPU workers one gloo job on the CPU.
   [ "$world" -gt 1 ] || args+=(--cpu)
 fi
+# One process under SLURM: `accelerate launch` runs it as a plain child and dies on SIGTERM at once
+# (measured: "task 0: Terminated" while the training was still saving); slurmstepd then ends the
+# step and kills what is left. SLURM sends SIGTERM to every process of the step anyway, so the
+# launcher can ignore it and wait for the training to save and exit. (Several processes: torchrun's
+# agent handles SIGTERM itself, passing it on and waiting for its workers.)
+if [ "$world" = 1 ] && [ -n "${SLURM_JOB_ID:-}" ]; then trap '' TERM; fi
 echo "launch.sh: host $(hostname -s) machine_rank=$machine_rank/$num_machines processes=$world head=$head:$port" >&2
 exec accelerate launch "${args[@]}" "$script" "$@"

@@ -31,7 +31,8 @@ class DataConfig:
     val_fraction: float = 0.2
     loader: str = "torch"  # torch: the tutorial's per-sample DataLoader; tensor: uint8 tensors + batch ops
     normalize: str = "half"
-    augment: bool = False  # random crop (pad 4) + horizontal flip; tensor loader only
+    augment: bool = False  # random crop (pad data.crop_pad) + horizontal flip; tensor loader only
+    crop_pad: int = 4  # pixels of reflect padding for the random crop (shifts up to ±crop_pad); 0 = flip only
     download: bool = True
     num_workers: int = 0
     synthetic_train_size: int = 5000
@@ -54,6 +55,10 @@ class OptimConfig:
     label_smoothing: float = 0.0
     schedule: str = "constant"
     warmup_epochs: float = 0.0
+    # Images. > 0: lr and weight_decay are given for this global batch; the trainer scales lr by
+    # global batch / reference_batch_size, which keeps weight decay per epoch fixed (schedules.scaled_lr).
+    # 0: lr is used as given, whatever the batch size or process count.
+    reference_batch_size: int = 0
 
 
 @dataclass
@@ -230,6 +235,7 @@ def validate(cfg: Config) -> Config:
     checks = [
         ("data.val_fraction", 0.0 <= cfg.data.val_fraction < 1.0, "must be in [0, 1)"),
         ("data.num_workers", cfg.data.num_workers >= 0, "must be >= 0"),
+        ("data.crop_pad", 0 <= cfg.data.crop_pad <= 8, "must be in [0, 8]"),
         ("data.synthetic_train_size", cfg.data.synthetic_train_size >= 10, "must be >= 10"),
         ("data.synthetic_test_size", cfg.data.synthetic_test_size >= 1, "must be >= 1"),
         ("model.dropout", 0.0 <= cfg.model.dropout < 1.0, "must be in [0, 1)"),
@@ -239,6 +245,7 @@ def validate(cfg: Config) -> Config:
         ("optim.weight_decay", cfg.optim.weight_decay >= 0, "must be >= 0"),
         ("optim.label_smoothing", 0.0 <= cfg.optim.label_smoothing < 1.0, "must be in [0, 1)"),
         ("optim.warmup_epochs", cfg.optim.warmup_epochs >= 0, "must be >= 0"),
+        ("optim.reference_batch_size", cfg.optim.reference_batch_size >= 0, "must be >= 0 (0: lr as given)"),
         ("train.epochs", cfg.train.epochs >= 1, "must be >= 1"),
         ("train.per_device_batch_size", cfg.train.per_device_batch_size >= 1, "must be >= 1"),
         ("train.checkpoint_every_steps", cfg.train.checkpoint_every_steps >= 0, "must be >= 0"),

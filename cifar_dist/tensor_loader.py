@@ -29,7 +29,7 @@ from .augment import draw_crop_flip, gather_crop_flip, mirrored_padded
 from .data import normalize_batch
 from .errors import UserError
 
-CROP_PAD = 4  # the standard CIFAR translation: up to ±4 pixels
+CROP_PAD = 4  # the standard CIFAR translation: up to ±4 pixels (data.crop_pad's default)
 _ORDER, _AUGMENT = 0, 1  # separate random streams: turning augmentation on does not change the order
 
 
@@ -70,6 +70,7 @@ class TensorTrainLoader:
         self.batch = cfg.train.per_device_batch_size
         self.seed = cfg.seed
         self.augment = cfg.data.augment
+        self.pad = cfg.data.crop_pad
         self.channels_last = cfg.train.channels_last
         self.mean, self.std = data.mean, data.std
         self.n = len(data.train_labels)
@@ -79,7 +80,7 @@ class TensorTrainLoader:
                             f"exceeds the {self.n} training samples; lower the batch size")
         images = data.train_images
         # With augmentation: [padded, padded+mirrored], so a batch is gathered, cropped and flipped in one op.
-        self.images = (mirrored_padded(images, CROP_PAD) if self.augment else images).to(self.device)
+        self.images = (mirrored_padded(images, self.pad) if self.augment else images).to(self.device)
         self.labels = data.train_labels.to(self.device)
         self.epoch = 0
 
@@ -100,7 +101,7 @@ class TensorTrainLoader:
         order = rank_batches(self.n, self.batch, self.world, self.rank, self.seed, self.epoch).to(self.device)
         if self.augment:
             dy, dx, flip = (p.to(self.device) for p in
-                            rank_augment(self.n, self.batch, self.world, self.rank, self.seed, self.epoch))
+                            rank_augment(self.n, self.batch, self.world, self.rank, self.seed, self.epoch, self.pad))
         for i in range(skip, len(order)):
             index = order[i]
             if self.augment:

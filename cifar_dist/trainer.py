@@ -26,7 +26,7 @@ from .evaluation import evaluate
 from .loaders import build_train_loader
 from .models import build_model, count_parameters
 from .preemption import StopRequest
-from .schedules import lr_at
+from .schedules import lr_at, scaled_lr
 from .tracking import accelerator_log_with, build_tracker
 
 # Config keys that must not change when a run resumes: they define the model and the data split.
@@ -108,7 +108,8 @@ def train(cfg: Config) -> dict:
                       f"{len(data.test_labels):,} test; world size {accelerator.num_processes} on {accelerator.device}")
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+    base_lr = scaled_lr(cfg, accelerator.num_processes)  # optim.reference_batch_size: lr given per that batch
+    optimizer = torch.optim.SGD(model.parameters(), lr=base_lr, momentum=cfg.optim.momentum,
                                 nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     if cfg.train.compile:
@@ -169,7 +170,7 @@ def train(cfg: Config) -> dict:
             for x, y in batches:
                 if restore_rng:
                     restore_rng = _restore_rng(state)
-                lr = lr_at(state.step, total_steps, cfg.optim.lr, cfg.optim.schedule, warmup_steps)
+                lr = lr_at(state.step, total_steps, base_lr, cfg.optim.schedule, warmup_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 if cfg.train.channels_last:
@@ -219,7 +220,7 @@ def train(cfg: Config) -> dict:
             state.step_in_epoch = 0
             state.partial = {}
             row = {"epoch": state.epoch, "step": state.step, "train_loss": s / max(n, 1), "train_accuracy": c / max(n, 1),
-                   "lr": lr_at(max(state.step - 1, 0), total_steps, cfg.optim.lr, cfg.optim.schedule, warmup_steps),
+                   "lr": lr_at(max(state.step - 1, 0), total_steps, base_lr, cfg.optim.schedule, warmup_steps),
                    "images_per_sec": (n - partial.get("seen", 0)) / max(train_seconds, 1e-9),
                    "epoch_seconds": train_seconds, "world_size": accelerator.num_processes, "train_samples": int(n)}
             if state.epoch % cfg.train.eval_every_epochs == 0 or state.epoch == cfg.train.epochs:

@@ -30,3 +30,61 @@ def test_short_fashion_mnist_run_is_far_above_chance(tmp_path):
     assert sum(c["total"] for c in result["per_class"].values()) == 10_000
     assert result["test_accuracy"] > 0.6, result["test_accuracy"]  # chance is 0.1
     assert float(last.split()[0].split("=")[1]) == pytest.approx(result["test_accuracy"], abs=1e-4)
+
+
+def test_reference_batch_size_scales_lr_and_keeps_decay_per_epoch():
+    """optim.reference_batch_size: lr (and with it PyTorch's per-step decay lr·wd) grows with the
+    global batch, so the decay per epoch, steps × lr × wd, does not change."""
+    from cifar_dist.config import resolve
+    from cifar_dist.schedules import scaled_lr
+
+    cfg = resolve("fast", None, ["--optim.reference_batch_size=256", "--train.per_device_batch_size=256"])
+    assert scaled_lr(cfg, 1) == pytest.approx(cfg.optim.lr)
+    assert scaled_lr(cfg, 4) == pytest.approx(4 * cfg.optim.lr)
+    n = 256 * 4 * 47  # divisible by every global batch here, so steps per epoch are exact
+    decay_per_epoch = [(n // (256 * w)) * scaled_lr(cfg, w) * cfg.optim.weight_decay for w in (1, 2, 4)]
+    assert decay_per_epoch == pytest.approx([decay_per_epoch[0]] * 3, rel=1e-12)
+    cfg.optim.reference_batch_size = 0  # off: lr as given, whatever the batch
+    assert scaled_lr(cfg, 4) == cfg.optim.lr
+    from cifar_dist.errors import UserError
+
+    with pytest.raises(UserError, match="optim.reference_batch_size"):
+        resolve("fast", None, ["--optim.reference_batch_size=-1"])
+    with pytest.raises(UserError, match="data.crop_pad"):
+        resolve("fast", None, ["--data.crop_pad=9"])
+
+
+def test_reference_batch_size_reaches_the_optimizer(tmp_path):
+    """The trainer trains with the scaled lr: a 1-process run at batch 64 with lr 0.02 given for
+    batch 32 logs the peak lr 0.04."""
+    from conftest import SMALL, train_cmd
+
+    run_dir = tmp_path / "run"
+    run(train_cmd("--preset=seed_fast", *SMALL, f"--data.root={tmp_path / 'data'}", "--train.epochs=1",
+                  "--train.per_device_batch_size=64", "--optim.lr=0.02", "--optim.reference_batch_size=32",
+                  "--optim.schedule=constant", f"--run.dir={run_dir}", "--tracking.backend=none"), check=True)
+    row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["lr"] == pytest.approx(0.04)
+
+
+def test_crop_pad_zero_is_flip_only(tmp_path):
+    """data.crop_pad=0: every training image is the stored image or its mirror, never shifted."""
+    import torch
+    from accelerate import Accelerator
+
+    from conftest import SMALL
+    from cifar_dist.config import resolve
+    from cifar_dist.data import load_data, normalize_batch
+    from cifar_dist.tensor_loader import TensorTrainLoader, rank_batches
+
+    cfg = resolve("seed_fast", None, [*SMALL, f"--data.root={tmp_path}", "--data.crop_pad=0",
+                                      "--train.per_device_batch_size=100", "--train.channels_last=false"])
+    accelerator = Accelerator(cpu=True)
+    data = load_data(cfg, accelerator)
+    loader = TensorTrainLoader(cfg, data, accelerator)
+    x, _ = next(loader.iterate())
+    src = data.train_images[rank_batches(400, 100, 1, 0, cfg.seed, 0)[0]]
+    plain, mirror = normalize_batch(src, data.mean, data.std), normalize_batch(src.flip(3), data.mean, data.std)
+    same = (x == plain).flatten(1).all(1)
+    flipped = (x == mirror).flatten(1).all(1)
+    assert bool((same | flipped).all()) and 0 < int(flipped.sum()) and int((flipped & ~same).sum()) > 10

@@ -106,7 +106,8 @@ def test_loader_batches_resume_and_normalise(tmp_path):
     from cifar_dist.errors import UserError
     from cifar_dist.tensor_loader import TensorTrainLoader
 
-    cfg = resolve("seed_fast", None, [*SMALL, f"--data.root={tmp_path}", "--train.per_device_batch_size=32"])
+    cfg = resolve("seed_fast", None, [*SMALL, f"--data.root={tmp_path}", "--train.per_device_batch_size=32",
+                                      f"--data.crop_pad={CROP_PAD}"])  # the pad the checks below use
     accelerator = Accelerator(cpu=True)
     data = load_data(cfg, accelerator)
     loader = TensorTrainLoader(cfg, data, accelerator)

@@ -88,3 +88,23 @@ def test_crop_pad_zero_is_flip_only(tmp_path):
     same = (x == plain).flatten(1).all(1)
     flipped = (x == mirror).flatten(1).all(1)
     assert bool((same | flipped).all()) and 0 < int(flipped.sum()) and int((flipped & ~same).sum()) > 10
+
+
+def test_several_seeds_give_mean_spread_and_medians(tmp_path):
+    """--seeds runs one training per seed; the JSON holds every run and the summary statistics, and
+    the last line the medians (what the README table quotes)."""
+    import statistics
+
+    from conftest import SMALL
+
+    out = tmp_path / "seeds.json"
+    p = run([sys.executable, str(REPO / "benchmarks" / "accuracy.py"), "--preset", "seed_fast", *SMALL,
+             f"--data.root={tmp_path / 'data'}", "--train.epochs=1", "--seeds", "0", "1", "2", "--quiet",
+             "--json", str(out)], timeout=300, check=True)
+    summary = json.loads(out.read_text())
+    acc = [r["test_accuracy"] for r in summary["runs"]]
+    assert [r["seed"] for r in summary["runs"]] == [0, 1, 2]
+    assert summary["test_accuracy_mean"] == pytest.approx(statistics.mean(acc))
+    assert summary["test_accuracy_std"] == pytest.approx(statistics.stdev(acc))
+    assert p.stdout.strip().splitlines()[-1] == (f"test_accuracy={statistics.median(acc):.4f} "
+                                                 f"train_seconds={summary['train_seconds_median']:.1f}")

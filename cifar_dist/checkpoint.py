@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .distributed import raise_if_any
+from .distributed import gather_per_rank, raise_if_any
 from .errors import UserError
 from .faults import clean_stale, write_failure
 
@@ -40,8 +40,8 @@ class TrainState:
     best_epoch: int = -1
     tracker_run_id: str = ""
     config: dict = field(default_factory=dict)  # the resolved config, so last/ is self-describing too
-    rng_state: torch.Tensor | None = None  # torch CPU RNG at the save point (restored after the loader skips)
-    cuda_rng_state: torch.Tensor | None = None
+    rng_state: list | None = None  # per rank: torch CPU RNG at the save point (restored after the loader skips)
+    cuda_rng_state: list | None = None
     partial: dict = field(default_factory=dict)  # running train sums of a partly done epoch
 
     def state_dict(self) -> dict:
@@ -180,8 +180,11 @@ class Checkpointer:
     # -- full state --------------------------------------------------------------------------
     def save_state(self) -> None:
         """Collective: every rank calls it (save_state writes per-rank RNG files)."""
-        self.state.rng_state = torch.get_rng_state()
-        self.state.cuda_rng_state = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+        # Every rank's RNG (each draws its own dropout masks); TrainState is written by rank 0 only,
+        # so the states are gathered into it, one per rank.
+        self.state.rng_state = gather_per_rank(self.accelerator, torch.get_rng_state())
+        self.state.cuda_rng_state = (gather_per_rank(self.accelerator, torch.cuda.get_rng_state())
+                                     if torch.cuda.is_available() else None)
         tmp = self.run_dir / f"last.tmp-{self.state.step}"
         if self.accelerator.is_main_process:
             clean_stale(self.run_dir)  # this step's and any a crash left behind

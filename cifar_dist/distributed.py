@@ -167,6 +167,23 @@ def broadcast_module(accelerator, module) -> None:
         t.copy_(broadcast(t.detach().clone().to(accelerator.device), from_process=0).to(t.device))
 
 
+def seed_each_rank(accelerator, seed: int) -> None:
+    """After the (identical) initial weights are drawn, give each rank its own random stream, so
+    ranks do not draw the same dropout masks. Rank r of W > 1 gets seed·65537 + 1 + r; a single
+    process keeps the stream it has."""
+    if accelerator.num_processes > 1:
+        torch.manual_seed(seed * 65537 + 1 + accelerator.process_index)
+
+
+def gather_per_rank(accelerator, obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank (collective)."""
+    if accelerator.num_processes == 1:
+        return [obj]
+    from accelerate.utils import gather_object
+
+    return gather_object([obj])
+
+
 def any_rank(accelerator, flag: bool) -> bool:
     """Collective OR of a per-rank flag."""
     if accelerator.num_processes == 1:

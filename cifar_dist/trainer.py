@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from .checkpoint import Checkpointer, MetricsLog, TrainState, atomic_write_bytes, load_checkpoint
 from .config import Config, format_config
 from .data import load_data
-from .distributed import broadcast_module, broadcast_object, build_accelerator, raise_if_any, reduce_sum
+from .distributed import (broadcast_module, broadcast_object, build_accelerator, raise_if_any, reduce_sum,
+                          seed_each_rank)
 from .errors import UserError
 from .evaluation import evaluate
 from .loaders import build_train_loader
@@ -83,11 +84,12 @@ def _progress(enabled: bool):
                     disable=not enabled, transient=True)
 
 
-def _restore_rng(state) -> bool:
-    """Put the torch RNG back where the interrupted run saved it; returns False (nothing left to restore)."""
-    torch.set_rng_state(state.rng_state)
+def _restore_rng(state, rank: int) -> bool:
+    """Put this rank's torch RNG back where the interrupted run saved it; returns False (nothing
+    left to restore)."""
+    torch.set_rng_state(state.rng_state[rank % len(state.rng_state)])
     if state.cuda_rng_state is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state.cuda_rng_state)
+        torch.cuda.set_rng_state(state.cuda_rng_state[rank % len(state.cuda_rng_state)])
     return False
 
 
@@ -103,6 +105,7 @@ def train(cfg: Config) -> dict:
     data = load_data(cfg, accelerator)
     model = build_model(cfg.model.name, data.in_channels, data.image_size, data.num_classes,
                         dropout=cfg.model.dropout, width=cfg.model.width)
+    seed_each_rank(accelerator, cfg.seed)
     accelerator.print(f"model {cfg.model.name}: {count_parameters(model):,} parameters; "
                       f"{data.name}: {len(data.train_labels):,} train / {len(data.val_labels):,} val / "
                       f"{len(data.test_labels):,} test; world size {accelerator.num_processes} on {accelerator.device}")
@@ -169,7 +172,7 @@ def train(cfg: Config) -> dict:
             t0, seen_at_t0 = time.perf_counter(), seen
             for x, y in batches:
                 if restore_rng:
-                    restore_rng = _restore_rng(state)
+                    restore_rng = _restore_rng(state, accelerator.process_index)
                 lr = lr_at(state.step, total_steps, base_lr, cfg.optim.schedule, warmup_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -211,7 +214,7 @@ def train(cfg: Config) -> dict:
                 if cfg.train.max_steps and state.step >= cfg.train.max_steps:
                     break
             if restore_rng:  # resumed after the epoch's last step: no batch left, the RNG still goes back
-                _restore_rng(state)
+                _restore_rng(state, accelerator.process_index)
             train_seconds = time.perf_counter() - t0
             progress.remove_task(task)
             s, c, n = reduce_sum(accelerator, [loss_sum, correct, seen])  # sums over ranks, then divide

@@ -8,7 +8,8 @@
 #   slurm/dev_cluster.sh down                       # cancels its jobs, stops what `up` started
 #
 # Knobs (environment): SLURM_DEV_DIR (scratch folder, default /tmp/cifar-dist-slurm),
-# SLURM_DEV_PORT (slurmctld port, default 6817; slurmd uses the next one), SLURM_DEV_CPUS (default nproc).
+# SLURM_DEV_PORT (slurmctld port, default 6817; slurmd uses the next one), SLURM_DEV_CPUS (default: the
+# online CPUs; not `nproc`, which reports OMP_NUM_THREADS when it is set and made a 1-CPU node).
 # `up` prints only the `export SLURM_CONF=...` line on stdout; progress goes to stderr.
 set -euo pipefail
 cmd=${1:-}
@@ -49,7 +50,7 @@ up() {
 
   local host cpus mem port gpus
   host=$(hostname -s)
-  cpus=${SLURM_DEV_CPUS:-$(nproc)}
+  cpus=${SLURM_DEV_CPUS:-$(getconf _NPROCESSORS_ONLN)}
   mem=$(awk '/MemTotal/ {print int($2 / 1024)}' /proc/meminfo)
   port=${SLURM_DEV_PORT:-6817}
   gpus=${SLURM_DEV_GPUS:-8}

@@ -1,8 +1,10 @@
 """Stop requests: SIGUSR1 (SLURM's warning before the time limit), SIGTERM (scancel, node drain).
 
-The handler only sets a flag; the loop asks `requested()` at every step boundary (a collective OR
-across ranks, so all ranks stop at the same step), saves the full state on every rank, then exits:
-0 after USR1 (a resumable stop, not a failure), 143 after SIGTERM. By hand:
+The handler only sets a flag; the loop asks `requested(step)` at every step boundary. With several
+ranks the answer is a collective OR (so all ranks stop at the same step), taken every
+CHECK_EVERY_STEPS steps only: it costs a host sync, which a GPU step should not pay each time,
+and a stop a few steps later is well inside SLURM's warning time (seconds to minutes). The run
+saves the full state on every rank, then exits: 0 after USR1 (a resumable stop, not a failure), 143 after SIGTERM. By hand:
 
     python train.py --run.dir=runs/x          # meanwhile, elsewhere: kill -USR1 <its pid>
     python train.py --run.dir=runs/x --resume # continues at the exact step, bit-exact on one process
@@ -15,6 +17,8 @@ from __future__ import annotations
 import signal
 
 from .distributed import any_rank
+
+CHECK_EVERY_STEPS = 10  # multi-process runs only; one process checks its own flag at every step
 
 
 class StopRequest:
@@ -30,7 +34,12 @@ class StopRequest:
     def _handler(self, signum, frame) -> None:
         self.signum = signum
 
-    def requested(self) -> bool:
+    def requested(self, step: int) -> bool:
+        """Collective when several ranks: every rank must call it with the same step."""
+        if self.accelerator.num_processes == 1:
+            return self.signum is not None
+        if step % CHECK_EVERY_STEPS:
+            return False
         return any_rank(self.accelerator, self.signum is not None)
 
     def exit_code(self) -> int:

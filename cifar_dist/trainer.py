@@ -204,7 +204,7 @@ def train(cfg: Config) -> dict:
                 if checkpointer.every and state.step % checkpointer.every == 0:
                     keep_partial(loss_sum, correct, seen)
                     checkpointer.save_state()
-                if stop.requested():
+                if stop.requested(state.step):
                     keep_partial(loss_sum, correct, seen)
                     checkpointer.save_state()
                     accelerator.print(f"stop requested: full state saved at step {state.step} in {run_dir}/last; "
@@ -215,9 +215,11 @@ def train(cfg: Config) -> dict:
                     break
             if restore_rng:  # resumed after the epoch's last step: no batch left, the RNG still goes back
                 _restore_rng(state, accelerator.process_index)
+            # Sums over ranks, then divide. The reduction copies to the host, so it also waits for the
+            # GPU's queued work: only after it does the clock show the epoch's real training time.
+            s, c, n = reduce_sum(accelerator, [loss_sum, correct, seen])
             train_seconds = time.perf_counter() - t0
             progress.remove_task(task)
-            s, c, n = reduce_sum(accelerator, [loss_sum, correct, seen])  # sums over ranks, then divide
             check_finite(s)
             state.epoch += 1
             state.step_in_epoch = 0

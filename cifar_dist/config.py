@@ -17,7 +17,7 @@ DATASETS = ("cifar10", "cifar100", "fashion_mnist", "synthetic")
 LOADERS = ("torch", "tensor")
 NORMALIZE = ("half", "dataset")  # half = the tutorial's Normalize(0.5, 0.5)
 SCHEDULES = ("constant", "onecycle", "linear")
-PRECISIONS = ("no", "bf16", "fp16")
+PRECISIONS = ("no", "bf16", "fp16", "auto")  # auto: bf16 on a CUDA GPU that supports it, else no
 DEVICES = ("auto", "cpu", "cuda")
 RESUME = ("false", "true", "auto")  # auto: continue if run.dir/last exists, else start fresh
 BACKENDS = ("none", "wandb")

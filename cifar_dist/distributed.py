@@ -75,6 +75,15 @@ def _launcher_requested_processes() -> int | None:
     return None
 
 
+def resolve_mixed_precision(requested: str, use_cpu: bool) -> str:
+    """`auto`: bf16 autocast on a CUDA GPU with bf16 (Ampere and newer), otherwise fp32. Never bf16
+    on a CPU: measured on CPUs without avx512_bf16, bf16 autocast trained ~15× slower (270 vs 4,080
+    images/s for the seed CNN)."""
+    if requested != "auto":
+        return requested
+    return "bf16" if not use_cpu and torch.cuda.is_bf16_supported() else "no"
+
+
 def build_accelerator(cfg, log_with=None, project_dir: str | None = None):
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
@@ -85,7 +94,7 @@ def build_accelerator(cfg, log_with=None, project_dir: str | None = None):
     configure_threads(cfg)
     accelerator = Accelerator(
         cpu=use_cpu,
-        mixed_precision=cfg.train.mixed_precision,
+        mixed_precision=resolve_mixed_precision(cfg.train.mixed_precision, use_cpu),
         # seedable sampler + set_epoch(epoch): the shuffle order is a pure function of (seed, epoch),
         # the same on every rank, and restorable on resume.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),

@@ -92,3 +92,11 @@ def test_print_config(tmp_path):
     p = run(train_cmd("--preset", "seed_fast", "--optim.lr=0.2", "--print-config"), timeout=120)
     assert p.returncode == 0, p.stderr
     assert "preset: seed_fast" in p.stdout and "lr=0.2" in p.stdout
+
+
+def test_mixed_precision_auto_is_fp32_on_cpu():
+    from cifar_dist.distributed import resolve_mixed_precision
+
+    assert resolve(overrides=["--train.mixed_precision=auto"]).train.mixed_precision == "auto"
+    assert resolve_mixed_precision("auto", use_cpu=True) == "no"
+    assert resolve_mixed_precision("bf16", use_cpu=True) == "bf16"  # asked for by name: honoured

@@ -23,9 +23,9 @@ def run_cli(fn, argv: list[str] | None) -> int:
     except UserError as e:
         if debug:
             raise
-        from .distributed import env_rank
+        from .distributed import env_local_rank
 
-        if env_rank() == 0:  # every rank fails the same way; say it once
+        if env_local_rank() == 0:  # every rank fails the same way; say it once per machine
             print(f"error: {e}", file=sys.stderr, flush=True)
         return e.exit_code
     except KeyboardInterrupt:

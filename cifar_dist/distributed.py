@@ -18,10 +18,11 @@ import torch
 from .errors import UserError
 
 
-def env_rank() -> int:
-    """Global rank from the launcher's environment, for code that runs before Accelerate exists
-    (printing a one-line error once, not once per rank)."""
-    for key in ("RANK", "SLURM_PROCID"):
+def env_local_rank() -> int:
+    """This process's rank on its machine, from the launcher's environment, for code that runs
+    before Accelerate exists: a one-line error is printed once per machine, so every machine's
+    log says why the job stopped."""
+    for key in ("LOCAL_RANK", "SLURM_LOCALID"):
         if key in os.environ:
             try:
                 return int(os.environ[key])

@@ -129,7 +129,7 @@ PRESETS: dict[str, dict] = {
         "model": {"name": "seed_cnn", "dropout": 0.0},
         "optim": {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "reference_batch_size": 128,
                   "schedule": "onecycle", "warmup_epochs": 1.0, "label_smoothing": 0.1},
-        "train": {"epochs": 12, "per_device_batch_size": 128, "channels_last": True, "eval_every_epochs": 3},
+        "train": {"epochs": 12, "per_device_batch_size": 128, "channels_last": True, "mixed_precision": "auto", "eval_every_epochs": 3},
         "eval": {"tta": True},
     },
     # resnet_fast (ResNet-9 family) with the airbench-style recipe: tensor-held data, flip in batches,
@@ -144,7 +144,7 @@ PRESETS: dict[str, dict] = {
         "model": {"name": "resnet_fast", "width": 16},
         "optim": {"lr": 0.2, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "reference_batch_size": 256,
                   "schedule": "linear", "warmup_epochs": 1.0, "label_smoothing": 0.2},
-        "train": {"epochs": 7, "per_device_batch_size": 256, "channels_last": True, "eval_every_epochs": 7},
+        "train": {"epochs": 7, "per_device_batch_size": 256, "channels_last": True, "mixed_precision": "auto", "eval_every_epochs": 7},
         "eval": {"tta": True},
     },
 }
@@ -274,7 +274,7 @@ def validate(cfg: Config) -> Config:
         # Measured (accelerate 1.15): Accelerator(cpu=True, mixed_precision="fp16") autocasts nothing
         # and trains in fp32 without a word.
         raise UserError("train.mixed_precision=fp16 needs a CUDA GPU (on the CPU Accelerate would silently train "
-                        "in fp32); use --train.mixed_precision=bf16 or no")
+                        "in fp32); use --train.mixed_precision=bf16, auto or no")
     if cfg.data.augment and cfg.data.loader != "tensor":
         raise UserError("data.augment=true needs data.loader=tensor (the tutorial loader has no augmentation)")
     return cfg

@@ -177,16 +177,6 @@ def broadcast_module(accelerator, module) -> None:
         t.copy_(broadcast(t.detach().clone().to(accelerator.device), from_process=0).to(t.device))
 
 
-def shutdown(accelerator) -> None:
-    """Leave the process group together: a barrier, then destroy it. Exiting without this let the
-    process hosting the rendezvous store abort at interpreter exit while a peer was still connected
-    ("terminate called without an active exception", seen once in a two-host run after it had
-    finished and written everything)."""
-    if accelerator.num_processes > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-        accelerator.wait_for_everyone()
-        torch.distributed.destroy_process_group()
-
-
 def seed_each_rank(accelerator, seed: int) -> None:
     """After the (identical) initial weights are drawn, give each rank its own random stream, so
     ranks do not draw the same dropout masks. Rank r of W > 1 gets seed·65537 + 1 + r; a single

@@ -93,7 +93,7 @@ def main(argv: list[str]) -> None:
         return
 
     from .data import load_data
-    from .distributed import build_accelerator, raise_if_any, shutdown
+    from .distributed import build_accelerator, raise_if_any
     from .evaluation import evaluate
 
     accelerator = build_accelerator(cfg)
@@ -119,4 +119,4 @@ def main(argv: list[str]) -> None:
 
         write_all(Path(args.plots), data, result, args.split, ckpt, Path(args.checkpoint), accelerator,
                   n_images=args.plots_images)
-    shutdown(accelerator)
+    accelerator.wait_for_everyone()

@@ -21,7 +21,7 @@ from .checkpoint import Checkpointer, MetricsLog, TrainState, atomic_write_bytes
 from .config import Config, format_config
 from .data import load_data
 from .distributed import (broadcast_module, broadcast_object, build_accelerator, raise_if_any, reduce_sum,
-                          seed_each_rank, shutdown)
+                          seed_each_rank)
 from .errors import UserError
 from .evaluation import evaluate
 from .loaders import build_train_loader
@@ -262,5 +262,4 @@ def train(cfg: Config) -> dict:
     tracker.log_test(test, data, run_dir, checkpointer.best_path)
     tracker.finish()
     accelerator.end_training()
-    shutdown(accelerator)
     return summary

@@ -21,18 +21,30 @@ from .distributed import any_rank
 CHECK_EVERY_STEPS = 10  # multi-process runs only; one process checks its own flag at every step
 
 
+class _Flag:
+    """The installed handler. The signal module keeps it until the process exits, so it holds
+    nothing but the flag (a bound method of StopRequest would keep the accelerator, and with it the
+    model, optimizer and loaders, alive into interpreter shutdown)."""
+
+    signum: int | None = None
+
+    def __call__(self, signum, frame) -> None:
+        self.signum = signum
+
+
 class StopRequest:
     def __init__(self, accelerator):
         self.accelerator = accelerator
-        self.signum: int | None = None
+        self._flag = _Flag()
         for sig in (signal.SIGUSR1, signal.SIGTERM):
             try:
-                signal.signal(sig, self._handler)
+                signal.signal(sig, self._flag)
             except ValueError:  # not the main thread
                 pass
 
-    def _handler(self, signum, frame) -> None:
-        self.signum = signum
+    @property
+    def signum(self) -> int | None:
+        return self._flag.signum
 
     def requested(self, step: int) -> bool:
         """Collective when several ranks: every rank must call it with the same step."""

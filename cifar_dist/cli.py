@@ -13,13 +13,15 @@ import sys
 from .errors import UserError
 
 
-def run_cli(fn, argv: list[str] | None) -> int:
+def run_cli(fn, argv: list[str] | None) -> int | str | None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     try:
         fn(argv)
-        return 0
+        code = 0
+    except SystemExit as e:  # a stop request (state saved: 0 after USR1, 143 after TERM), or argparse
+        code = e.code
     except UserError as e:
         if debug:
             raise
@@ -27,7 +29,7 @@ def run_cli(fn, argv: list[str] | None) -> int:
 
         if env_local_rank() == 0:  # every rank fails the same way; say it once per machine
             print(f"error: {e}", file=sys.stderr, flush=True)
-        return e.exit_code
+        code = e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -38,7 +40,17 @@ def run_cli(fn, argv: list[str] | None) -> int:
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr, flush=True)
-        return 1
+        # The normal (slower) interpreter exit, not exit_process's immediate one: the launcher then
+        # sees the dead rank fail first and names it as the root cause. Measured: with both ranks
+        # leaving at once, torchrun's report named this surviving rank instead.
+        raise SystemExit(1) from None
+    # Only after a clean end or a one-line error that every rank raised together (not after a peer
+    # failure, where tearing down could wait on the dead peer); outside the `except`, so the stopped
+    # run's frames, and the model they hold, are gone.
+    from .distributed import release_process_group
+
+    release_process_group()
+    return code
 
 
 def _train(argv: list[str]) -> None:
@@ -70,8 +82,12 @@ def _eval(argv: list[str]) -> None:
 
 
 def train_main(argv: list[str] | None = None) -> None:
-    sys.exit(run_cli(_train, argv))
+    from .distributed import exit_process
+
+    exit_process(run_cli(_train, argv))
 
 
 def eval_main(argv: list[str] | None = None) -> None:
-    sys.exit(run_cli(_eval, argv))
+    from .distributed import exit_process
+
+    exit_process(run_cli(_eval, argv))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import REPO, SMALL, accelerate_cmd, eval_cmd, run, train_cmd
+from conftest import REPO, SMALL, accelerate_cmd, base_env, eval_cmd, run, train_cmd
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
@@ -57,6 +57,54 @@ def test_ddp_two_processes_one_best_checkpoint(tmp_path, data_root):
     assert ckpt["val_metrics"]["val_loss"] == min(r["val_loss"] for r in rows)
     test = json.loads((run_dir / "test_metrics.json").read_text())
     assert test["num_samples"] == 101
+
+
+RELEASE_PROBE = """
+import gc, sys
+import torch
+from cifar_dist.cli import _train, run_cli
+code = run_cli(_train, sys.argv[1:])
+from accelerate import Accelerator
+alive = [type(o).__name__ for o in gc.get_objects()
+         if isinstance(o, (Accelerator, torch.nn.Module, torch.optim.Optimizer, torch.utils.data.DataLoader))]
+group = "up" if torch.distributed.is_initialized() else "down"
+print(f"after run_cli: exit {code}, process group {group}, still alive: {sorted(set(alive))}", flush=True)
+"""
+
+
+def test_ddp_run_frees_its_process_group_before_interpreter_exit(tmp_path, data_root):
+    """What train.py's process holds when run_cli returns, on each of 2 ranks: no process group and
+    no accelerator, model, optimizer or loader left for interpreter shutdown to destroy (the stop
+    signal handler used to keep the accelerator, and everything it prepared, alive until then)."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(RELEASE_PROBE)
+    p = run([*accelerate_cmd(), str(probe), *SMALL, f"--data.root={data_root}", "--train.epochs=1",
+             f"--run.dir={tmp_path / 'run'}", "--run.progress=false"], check=True)
+    assert p.stdout.count("after run_cli: exit 0, process group down, still alive: []") == 2, p.stdout[-2000:]
+
+
+EXIT_PROBE = """
+import atexit, sys
+from cifar_dist.distributed import exit_process
+atexit.register(lambda: print("atexit handler ran", flush=True))
+print("unflushed line", end="")
+exit_process(None if sys.argv[1] == "none" else int(sys.argv[1]) if sys.argv[1].isdigit() else sys.argv[1])
+print("not reached")
+"""
+
+
+@pytest.mark.parametrize("world", ["1", "2"])
+@pytest.mark.parametrize("code, status", [("none", 0), ("0", 0), ("143", 143), ("a message", 1)])
+def test_exit_process_keeps_exit_codes_output_and_atexit(tmp_path, world, code, status):
+    """A rank of a multi-process job leaves through os._exit (no interpreter finalization, see
+    exit_process); it must still exit like sys.exit: the same status, atexit handlers run (wandb's
+    teardown is one), buffered output written, sys.exit's message printed."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(EXIT_PROBE)
+    p = run([sys.executable, str(probe), code], env=base_env(WORLD_SIZE=world))
+    assert p.returncode == status, p.stderr
+    assert p.stdout.startswith("unflushed line") and "atexit handler ran" in p.stdout and "not reached" not in p.stdout
+    assert ("a message" in p.stderr) == (code == "a message")
 
 
 def test_evaluate_one_and_two_processes_identical(tmp_path, trained_run):

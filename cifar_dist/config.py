@@ -75,7 +75,9 @@ class TrainConfig:
     device: str = "auto"
     threads_per_process: int = 0  # 0: cores / local processes
     dist_timeout_s: int = 1800
-    max_steps: int = 0  # 0: no limit; stops early (smoke runs, tests)
+    # 0: no limit. For smoke runs and tests: the epoch it cuts short still counts as done (validated,
+    # saved), so --resume goes on at the next epoch.
+    max_steps: int = 0
 
 
 @dataclass

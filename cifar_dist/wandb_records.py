@@ -97,6 +97,14 @@ def _remove(tree: dict, path: list[str]) -> None:
     tree.pop(path[-1], None)
 
 
+def _apply(tree: dict, updates=(), removes=()) -> None:
+    """A config or summary record: its `update` items, then its `remove` items."""
+    for item in updates:
+        _set(tree, _path_of(item), json.loads(item.value_json))
+    for item in removes:
+        _remove(tree, _path_of(item))
+
+
 @dataclass
 class RunRecords:
     path: Path  # the .wandb file
@@ -159,23 +167,15 @@ def read_run(path: str | Path) -> RunRecords:
             r = record.run
             out.run_id, out.project, out.entity, out.name = r.run_id, r.project, r.entity, r.display_name
             out.tags, out.resumed = list(r.tags), r.resumed
-            for item in r.config.update:
-                _set(out.config, _path_of(item), json.loads(item.value_json))
+            _apply(out.config, r.config.update)
         elif kind == "config":
-            for item in record.config.update:
-                _set(out.config, _path_of(item), json.loads(item.value_json))
-            for item in record.config.remove:
-                _remove(out.config, _path_of(item))
+            _apply(out.config, record.config.update, record.config.remove)
         elif kind == "history":
             row: dict = {}
-            for item in record.history.item:
-                _set(row, _path_of(item), json.loads(item.value_json))
+            _apply(row, record.history.item)
             out.history.append(row)
         elif kind == "summary":
-            for item in record.summary.update:
-                _set(out.summary, _path_of(item), json.loads(item.value_json))
-            for item in record.summary.remove:
-                _remove(out.summary, _path_of(item))
+            _apply(out.summary, record.summary.update, record.summary.remove)
         elif kind == "artifact":
             a = record.artifact
             out.artifacts.append({

@@ -56,14 +56,20 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def data_root(tmp_path_factory) -> Path:
-    """A data root holding the small synthetic CIFAR-10 (written by the toolkit itself)."""
-    root = tmp_path_factory.mktemp("data")
+def synthetic_root(tmp_path_factory, train_size: int, test_size: int) -> Path:
+    """A fresh data root holding synthetic CIFAR-10 files of these sizes (written by the toolkit
+    itself, in CIFAR-10's on-disk format), for --data.name=synthetic with the same sizes."""
     from cifar_dist.data import write_synthetic_cifar10
 
-    write_synthetic_cifar10(root / "synthetic_500_101", 500, 101)
+    root = tmp_path_factory.mktemp(f"data{train_size}")
+    write_synthetic_cifar10(root / f"synthetic_{train_size}_{test_size}", train_size, test_size)
     return root
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """The small synthetic CIFAR-10 that SMALL names (500 training, 101 test images)."""
+    return synthetic_root(tmp_path_factory, 500, 101)
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, base_env, require
+from conftest import REPO, base_env, require, synthetic_root
 
 SLURM_DIR = REPO / "slurm"
 TEMPLATES = sorted(SLURM_DIR.glob("*.sbatch"))
@@ -136,11 +136,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
-    from cifar_dist.data import write_synthetic_cifar10
-
-    root = tmp_path_factory.mktemp("data2000")
-    write_synthetic_cifar10(root / "synthetic_2000_101", 2000, 101)
-    return root
+    return synthetic_root(tmp_path_factory, 2000, 101)
 
 
 @pytest.fixture(scope="module")

@@ -164,7 +164,7 @@ def exit_process(code) -> None:
     starts finalizing, the decref must take the GIL, which ends the thread inside a C++ frame:
     std::terminate, SIGABRT, "terminate called without an active exception". gdb on a core:
     ~AsyncAllgatherWork -> THPVariable_clear -> take_gil -> PyThread_exit_thread -> abort. Measured
-    on this 2-core machine before the change: 1 of 22 single-host 2-process runs under load, 1 of 8
+    on this 2-core machine before the change: 2 of 40 single-host 2-process runs under load, 1 of 8
     two-host runs, and 2 of 4 CI runs lost a worker after the run had written everything; the
     other machine's torchrun agent then waited 300 s at its exit barrier."""
     if env_world_size() <= 1:

@@ -44,12 +44,6 @@ def run_cli(fn, argv: list[str] | None) -> int | str | None:
         # sees the dead rank fail first and names it as the root cause. Measured: with both ranks
         # leaving at once, torchrun's report named this surviving rank instead.
         raise SystemExit(1) from None
-    # Only after a clean end or a one-line error that every rank raised together (not after a peer
-    # failure, where tearing down could wait on the dead peer); outside the `except`, so the stopped
-    # run's frames, and the model they hold, are gone.
-    from .distributed import release_process_group
-
-    release_process_group()
     return code
 
 

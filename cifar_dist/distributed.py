@@ -143,16 +143,6 @@ def _machines_disagree() -> str | None:
             f"with the same --num_machines and --num_processes (the TOTAL over all machines)")
 
 
-def release_process_group() -> None:
-    """Destroy the process group (if `end_training` has not) and collect the run's reference cycles,
-    on every rank, after the last collective."""
-    import gc
-
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    gc.collect()
-
-
 def exit_process(code) -> None:
     """Leave the process with `code` (what sys.exit takes). A process that was one rank of several
     skips interpreter finalization, after running what a normal exit runs (atexit: wandb's

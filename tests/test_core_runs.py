@@ -64,6 +64,7 @@ import gc, sys
 import torch
 from cifar_dist.cli import _train, run_cli
 code = run_cli(_train, sys.argv[1:])
+gc.collect()  # the run's reference cycles; what is left after this would live until interpreter exit
 from accelerate import Accelerator
 alive = [type(o).__name__ for o in gc.get_objects()
          if isinstance(o, (Accelerator, torch.nn.Module, torch.optim.Optimizer, torch.utils.data.DataLoader))]

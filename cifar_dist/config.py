@@ -125,7 +125,7 @@ PRESETS: dict[str, dict] = {
     # (benchmarks/accuracy.py; README "Results"): tensor-held data, flip only (this small CNN underfits
     # short runs: crop pad 2 / pad 4 and dropout 0.3 all scored lower), Nesterov one-cycle lr 0.1 given
     # for a global batch of 128, label smoothing 0.1, flip-TTA, 18 epochs (validation 0.9323 vs 0.9272
-    # at 12; ~155 s on 2 quiet cores); validation every 3 epochs (the one-cycle run's best epoch is its
+    # at 12; ~147 s on 2 quiet cores); validation every 3 epochs (the one-cycle run's best epoch is its
     # last; each validation pass costs ~1/6 of an epoch).
     "seed_fast": {
         "data": {"loader": "tensor", "normalize": "dataset", "augment": True, "crop_pad": 0},
@@ -138,7 +138,7 @@ PRESETS: dict[str, dict] = {
     # resnet_fast (ResNet-9 family) with the airbench-style recipe: tensor-held data, flip in batches,
     # Nesterov SGD with lr 0.2 given for a global batch of 256, label smoothing, warm-up then linear
     # decay, flip-TTA at evaluation. Sized for 2 CPU cores and Fashion-MNIST (README "Results"): width 16,
-    # 13 epochs (~37 s each on 2 quiet cores: ~490 s of the 600 s budget), crop pad 1 + flip (validation:
+    # 13 epochs (~35 s each on 2 quiet cores: ~470 s of the 600 s budget), crop pad 1 + flip (validation:
     # flip only overfit at 12 epochs, train 0.987 / val 0.9438; pad 2 underfit, 0.952 / 0.9415; pad 1 at
     # 13 epochs 0.962 / 0.9443), label smoothing 0.1 (0.9462 vs 0.9443 with 0.2; weight decay 1e-3,
     # 14 epochs, smoothing 0.05 and widths 18/20 at 11/9 epochs all landed within seed noise), validated once,

@@ -86,8 +86,9 @@ def run_one(args, seed: int, overrides: list[str], run_dir: str | None, json_pat
           f"{torch.get_num_threads()} threads, torch {torch.__version__})")
     for name, pc in summary["per_class"].items():
         print(f"Test Accuracy of {name:>12s}: {100 * pc['correct'] / max(pc['total'], 1):5.1f}% ({pc['correct']}/{pc['total']})")
-    print(f"best epoch {summary['best_epoch']} (validation accuracy {result['val_accuracy_best_epoch']:.4f}); "
-          f"training loop {loop:.1f} s of {wall:.1f} s wall")
+    val = result["val_accuracy_best_epoch"]
+    print(f"best epoch {summary['best_epoch']} " + (f"(validation accuracy {val:.4f}); " if val is not None else
+          "(no validation split: data.val_fraction=0); ") + f"training loop {loop:.1f} s of {wall:.1f} s wall")
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2))
     if not keep:

@@ -2,7 +2,8 @@
 
 - `run.dir/best.pt`: the best-validation model, written by the main process only; a single file
   with weights, resolved config, epoch, validation metrics, class names and versions. It is what
-  `evaluate.py` reads.
+  `evaluate.py` reads. A run without a validation split (data.val_fraction=0) keeps its newest
+  weights there instead.
 - `run.dir/last/`: the full training state (`accelerator.save_state`: model, optimizer, RNG of
   every rank, plus our TrainState), written by all ranks together; what `--resume` reads.
 
@@ -149,16 +150,23 @@ class Checkpointer:
         return self.run_dir / "last"
 
     # -- best model ---------------------------------------------------------------------------
-    def maybe_save_best(self, model, epoch: int, val_metrics: dict) -> bool:
+    def maybe_save_best(self, model, epoch: int, val_metrics: dict | None) -> bool:
         """Collective in effect (same decision on every rank, since validation metrics are exact
-        and identical everywhere); only the main process writes."""
-        improved = val_metrics["val_loss"] < self.state.best_val_loss
-        if not improved:
+        and identical everywhere); only the main process writes.
+
+        val_metrics None: the run has no validation split (data.val_fraction=0, a final fit on every
+        training image), so there is nothing to compare and best.pt takes the newest weights."""
+        if val_metrics is None:
+            self.state.best_epoch = epoch
+            self.accelerator.print(f"No validation split (data.val_fraction=0): saving the epoch {epoch} model ...")
+            val_metrics = {}
+        elif val_metrics["val_loss"] < self.state.best_val_loss:
+            previous = self.state.best_val_loss
+            self.state.best_val_loss = val_metrics["val_loss"]
+            self.state.best_epoch = epoch
+            self.accelerator.print(f"Validation loss decreased ({previous:.6f} --> {val_metrics['val_loss']:.6f}).  Saving model ...")
+        else:
             return False
-        previous = self.state.best_val_loss
-        self.state.best_val_loss = val_metrics["val_loss"]
-        self.state.best_epoch = epoch
-        self.accelerator.print(f"Validation loss decreased ({previous:.6f} --> {val_metrics['val_loss']:.6f}).  Saving model ...")
         error = None
         if self.accelerator.is_main_process:
             weights = {k: v.detach().cpu() for k, v in self.accelerator.unwrap_model(model).state_dict().items()}

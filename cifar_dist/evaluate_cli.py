@@ -101,6 +101,9 @@ def main(argv: list[str]) -> None:
     if data.num_classes != ckpt["model"]["num_classes"] or data.in_channels != ckpt["model"]["in_channels"]:
         raise UserError(f"{args.checkpoint} has {ckpt['model']['num_classes']} classes / {ckpt['model']['in_channels']} "
                         f"channels but {cfg.data.name} has {data.num_classes} / {data.in_channels}")
+    if args.split == "val" and not len(data.val_labels):
+        raise UserError(f"{args.checkpoint} was trained on every training image (data.val_fraction=0), so there is "
+                        f"no validation split to evaluate; use --split test")
     model = accelerator.prepare(model)
     images, labels = (data.test_images, data.test_labels) if args.split == "test" else (data.val_images, data.val_labels)
     result = evaluate(model, images, labels, data.mean, data.std, accelerator, data.classes,

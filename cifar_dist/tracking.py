@@ -20,6 +20,7 @@ Rules this module keeps:
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 import socket
@@ -298,14 +299,15 @@ class WandbTracker:
             "test/predictions": self._predictions_table(result, data),
         }
         self.accelerator.log(values, step=self.last_step)
+        best_val_loss = self.state.best_val_loss if math.isfinite(self.state.best_val_loss) else None  # no val split
         self.run.summary.update({"test/per_class": per_class, "best/epoch": self.state.best_epoch,
-                                 "best/val_loss": self.state.best_val_loss,
+                                 "best/val_loss": best_val_loss,
                                  "run_dir": str(run_dir.resolve())})
         if best_path.exists():
             art = wandb.Artifact(
                 f"model-{self.run_id}", type="model",
-                description=f"best-validation {self.cfg.model.name} on {self.cfg.data.name} from {run_dir.resolve()}",
-                metadata={"epoch": self.state.best_epoch, "val_loss": self.state.best_val_loss,
+                description=f"{'best-validation' if best_val_loss is not None else 'final (no validation split)'} {self.cfg.model.name} on {self.cfg.data.name} from {run_dir.resolve()}",
+                metadata={"epoch": self.state.best_epoch, "val_loss": best_val_loss,
                           "test_loss": result.loss, "test_accuracy": result.accuracy,
                           "model": self.cfg.model.name, "data": self.cfg.data.name,
                           "world_size": self.accelerator.num_processes, "run_dir": str(run_dir.resolve())})

@@ -235,18 +235,20 @@ def train(cfg: Config) -> dict:
                    "images_per_sec": (n - partial.get("seen", 0)) / max(train_seconds, 1e-9),
                    "epoch_seconds": train_seconds, "world_size": accelerator.num_processes, "train_samples": int(n)}
             if state.epoch % cfg.train.eval_every_epochs == 0 or state.epoch == cfg.train.epochs:
-                val = evaluate(model, data.val_images, data.val_labels, data.mean, data.std, **eval_kw)
-                row.update({"val_loss": val.loss, "val_accuracy": val.accuracy, "val_samples": val.num_samples})
-                accelerator.print(f"Epoch: {state.epoch} \tTraining Loss: {row['train_loss']:.6f} \t"
-                                  f"Validation Loss: {val.loss:.6f} \t(val acc {val.accuracy:.4f}, "
-                                  f"{row['images_per_sec']:.0f} img/s)")
-                row["best"] = checkpointer.maybe_save_best(
-                    model, state.epoch, {"val_loss": val.loss, "val_accuracy": val.accuracy})
+                val_metrics = None  # data.val_fraction=0: a final fit, nothing to validate on
+                if len(data.val_labels):
+                    val = evaluate(model, data.val_images, data.val_labels, data.mean, data.std, **eval_kw)
+                    row.update({"val_loss": val.loss, "val_accuracy": val.accuracy, "val_samples": val.num_samples})
+                    val_metrics = {"val_loss": val.loss, "val_accuracy": val.accuracy}
+                accelerator.print(f"Epoch: {state.epoch} \tTraining Loss: {row['train_loss']:.6f} \t" + (
+                    f"Validation Loss: {val.loss:.6f} \t(val acc {val.accuracy:.4f}, " if val_metrics else "(")
+                    + f"{row['images_per_sec']:.0f} img/s)")
+                row["best"] = checkpointer.maybe_save_best(model, state.epoch, val_metrics)
             metrics_log.append(row)
             tracker.log({f"epoch/{k}": v for k, v in row.items()}, state.step)
             checkpointer.save_state()
 
-    # The tutorial tests the best-validation model, not the last one.
+    # The tutorial tests the best-validation model, not the last one (with data.val_fraction=0, the last).
     # Only the main process reads best.pt and sends the weights to the others: the file may live on a
     # disk the other machines of a multi-node job do not see.
     accelerator.wait_for_everyone()
@@ -261,7 +263,8 @@ def train(cfg: Config) -> dict:
     accelerator.print(f"Test Loss: {test.loss:.6f}\n")
     for line in test.tutorial_lines():
         accelerator.print(line)
-    summary = {**test.to_json(), "best_epoch": state.best_epoch, "best_val_loss": state.best_val_loss,
+    best_val_loss = state.best_val_loss if math.isfinite(state.best_val_loss) else None  # None: no validation split
+    summary = {**test.to_json(), "best_epoch": state.best_epoch, "best_val_loss": best_val_loss,
                "epochs": state.epoch, "steps": state.step, "world_size": accelerator.num_processes}
     if accelerator.is_main_process:
         atomic_write_bytes(run_dir / "test_metrics.json", json.dumps(summary, indent=2).encode())

@@ -127,6 +127,35 @@ def test_evaluate_one_and_two_processes_identical(tmp_path, trained_run):
     assert json.loads(v.read_text())["num_samples"] == 100
 
 
+def test_final_fit_without_validation_keeps_the_newest_weights(tmp_path, data_root):
+    """data.val_fraction=0 (the `fast` preset's final fit on every training image): no validation
+    pass, best.pt holds the last epoch's weights (an empty split's loss of 0 must not freeze it at
+    epoch 1), and evaluate.py refuses --split val in one line instead of scoring 0 images."""
+    run_dir = tmp_path / "all"
+    p = run(train_cmd(*SMALL, f"--data.root={data_root}", "--data.val_fraction=0", "--train.epochs=2",
+                      f"--run.dir={run_dir}", "--run.progress=false"), check=True)
+    assert "500 train / 0 val / 101 test" in p.stdout
+    assert p.stdout.count("No validation split (data.val_fraction=0): saving the epoch") == 2
+    assert "Validation Loss" not in p.stdout and "Validation loss decreased" not in p.stdout
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and not any("val_loss" in r for r in rows)
+    assert rows[0]["train_samples"] == 496  # 500 images, batch 16: 31 full batches (the loader drops the tail)
+    ckpt = torch.load(run_dir / "best.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["val_metrics"] == {}
+    from safetensors.torch import load_file
+
+    last = load_file(run_dir / "last" / "model.safetensors")
+    assert all(torch.equal(ckpt["model_state"][k], last[k]) for k in last)
+    test = json.loads((run_dir / "test_metrics.json").read_text())  # strict JSON: no Infinity for the loss
+    assert test["best_epoch"] == 2 and test["best_val_loss"] is None and test["num_samples"] == 101
+    out = tmp_path / "t.json"
+    run(eval_cmd("--checkpoint", str(run_dir), "--json", str(out)), check=True)
+    assert json.loads(out.read_text())["accuracy"] == test["accuracy"]
+    p = run(eval_cmd("--checkpoint", str(run_dir), "--split", "val"))
+    assert p.returncode == 2 and "no validation split to evaluate; use --split test" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
 def test_resume_continues_at_next_epoch(tmp_path, data_root):
     run_dir = tmp_path / "r"
     common = [*SMALL, f"--data.root={data_root}", f"--run.dir={run_dir}", "--run.progress=false"]

@@ -6,7 +6,9 @@ print wall seconds, test accuracy and the tutorial's per-class lines.
     python benchmarks/accuracy.py --preset seed_fast --data.name fashion_mnist --seeds 0 1 2 --quiet   # mean, spread, medians
     python benchmarks/accuracy.py --preset fast --data.name cifar10 --train.mixed_precision=bf16   # on a GPU, with CIFAR-10 in ./data
 
-Recipes are tuned on the validation split (printed as val_accuracy), never on the test split.
+Recipes are tuned on the validation split (printed as val_accuracy), never on the test split. With
+--data.val_fraction=0 (a final fit on every training image) there is no validation split, and the
+last epoch's weights are tested.
 train_seconds is the wall time of the whole training call: data loading, every epoch's training
 and validation, checkpoints and the final test evaluation; the loop alone is printed too.
 Last line: `test_accuracy=<a> train_seconds=<s>`.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import sys
@@ -44,6 +45,11 @@ class TrainState:
     rng_state: list | None = None  # per rank: torch CPU RNG at the save point (restored after the loader skips)
     cuda_rng_state: list | None = None
     partial: dict = field(default_factory=dict)  # running train sums of a partly done epoch
+
+    @property
+    def best_val_loss_or_none(self) -> float | None:
+        """For JSON and W&B: None when nothing was validated (data.val_fraction=0), not Infinity."""
+        return self.best_val_loss if math.isfinite(self.best_val_loss) else None
 
     def state_dict(self) -> dict:
         return asdict(self)

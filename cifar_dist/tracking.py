@@ -20,7 +20,6 @@ Rules this module keeps:
 """
 from __future__ import annotations
 
-import math
 import os
 import random
 import socket
@@ -299,7 +298,7 @@ class WandbTracker:
             "test/predictions": self._predictions_table(result, data),
         }
         self.accelerator.log(values, step=self.last_step)
-        best_val_loss = self.state.best_val_loss if math.isfinite(self.state.best_val_loss) else None  # no val split
+        best_val_loss = self.state.best_val_loss_or_none
         self.run.summary.update({"test/per_class": per_class, "best/epoch": self.state.best_epoch,
                                  "best/val_loss": best_val_loss,
                                  "run_dir": str(run_dir.resolve())})

@@ -263,8 +263,7 @@ def train(cfg: Config) -> dict:
     accelerator.print(f"Test Loss: {test.loss:.6f}\n")
     for line in test.tutorial_lines():
         accelerator.print(line)
-    best_val_loss = state.best_val_loss if math.isfinite(state.best_val_loss) else None  # None: no validation split
-    summary = {**test.to_json(), "best_epoch": state.best_epoch, "best_val_loss": best_val_loss,
+    summary = {**test.to_json(), "best_epoch": state.best_epoch, "best_val_loss": state.best_val_loss_or_none,
                "epochs": state.epoch, "steps": state.step, "world_size": accelerator.num_processes}
     if accelerator.is_main_process:
         atomic_write_bytes(run_dir / "test_metrics.json", json.dumps(summary, indent=2).encode())

@@ -128,7 +128,7 @@ def test_evaluate_one_and_two_processes_identical(tmp_path, trained_run):
 
 
 def test_final_fit_without_validation_keeps_the_newest_weights(tmp_path, data_root):
-    """data.val_fraction=0 (the `fast` preset's final fit on every training image): no validation
+    """data.val_fraction=0 (a final fit on every training image): no validation
     pass, best.pt holds the last epoch's weights (an empty split's loss of 0 must not freeze it at
     epoch 1), and evaluate.py refuses --split val in one line instead of scoring 0 images."""
     run_dir = tmp_path / "all"

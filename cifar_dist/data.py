@@ -183,7 +183,11 @@ def _prepare_fashion_mnist(root: Path) -> None:
         )
     raw.mkdir(parents=True, exist_ok=True)
     for f in FASHION_FILES:
-        tmp = raw / f"{f}.tmp"
+        # A name of its own per process: two independent runs sharing a data root (main_process_first
+        # only orders the ranks of one job) each write their own copy, and os.replace makes the last one
+        # win atomically. A shared "<f>.tmp" let one run rename the file away under the other, which
+        # then died with FileNotFoundError.
+        tmp = raw / f"{f}.tmp-{os.getpid()}"
         with gzip.open(DEBIAN_FASHION_MNIST / f"{f}.gz", "rb") as src, open(tmp, "wb") as dst:
             shutil.copyfileobj(src, dst)
         os.replace(tmp, raw / f)

@@ -108,3 +108,32 @@ def test_several_seeds_give_mean_spread_and_medians(tmp_path):
     assert summary["test_accuracy_std"] == pytest.approx(statistics.stdev(acc))
     assert p.stdout.strip().splitlines()[-1] == (f"test_accuracy={statistics.median(acc):.4f} "
                                                  f"train_seconds={summary['train_seconds_median']:.1f}")
+
+
+def _prepare(root: str, barrier) -> None:
+    from cifar_dist.data import _prepare_fashion_mnist
+    barrier.wait()  # all start decompressing at once
+    _prepare_fashion_mnist(Path(root))
+
+
+def test_independent_runs_can_prepare_one_fashion_mnist_root_at_once(tmp_path):
+    """Two jobs sharing data.root both decompress Debian's files on first use (main_process_first only
+    orders the ranks inside one job). With one shared temporary name the first rename moved the file
+    away under the others, which died with FileNotFoundError."""
+    import gzip
+    import multiprocessing as mp
+
+    require(DEBIAN.exists(), "dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    procs = [ctx.Process(target=_prepare, args=(str(tmp_path), barrier)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * 4
+    raw = tmp_path / "FashionMNIST" / "raw"
+    for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        assert (raw / f).read_bytes() == gzip.open(DEBIAN.parent / f"{f}.gz").read()
+    assert sorted(p.name for p in raw.iterdir()) == sorted(["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                                             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"])

@@ -48,7 +48,7 @@ def run_cli(fn, argv: list[str] | None) -> int | str | None:
 
 
 def _train(argv: list[str]) -> None:
-    from .config import PRESETS, format_config, resolve
+    from .config import PRESETS, config_warnings, format_config, resolve
 
     p = argparse.ArgumentParser(prog="cifar-train", allow_abbrev=False,
                                 description="Train on CIFAR-10 (and friends). Any config key: --section.key=value.",
@@ -63,6 +63,8 @@ def _train(argv: list[str]) -> None:
     cfg = resolve(args.preset, args.config, rest)
     if args.print_config:
         print(format_config(cfg))
+        for warning in config_warnings(cfg):
+            print(f"warning: {warning}", file=sys.stderr)
         return
     from .trainer import train
 

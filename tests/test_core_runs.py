@@ -156,6 +156,22 @@ def test_final_fit_without_validation_keeps_the_newest_weights(tmp_path, data_ro
     assert "Traceback" not in p.stderr
 
 
+def test_flip_tta_on_a_model_trained_without_flips_warns_once(tmp_path, data_root, trained_run):
+    """eval.tta averages each image with its mirror; on a model that never saw a mirrored image that
+    lowers accuracy, so training, evaluate.py and --print-config each say so in one warning line (once,
+    also from 2 processes), and a preset that trains with flips says nothing."""
+    warning = "warning: eval.tta=true averages each image's logits with its mirror image's, but data.augment=false"
+    p = run(train_cmd("--preset", "seed_fast", "--data.augment=false", "--print-config"), check=True)
+    assert p.stderr.count(warning) == 1
+    assert "warning" not in run(train_cmd("--preset", "fast", "--print-config"), check=True).stderr
+    p = run(train_cmd(*SMALL, f"--data.root={data_root}", "--eval.tta=true", "--train.epochs=1", "--train.max_steps=2",
+                      f"--run.dir={tmp_path / 't'}", "--run.progress=false"), check=True)
+    assert p.stderr.count(warning) == 1
+    p = run(eval_cmd("--checkpoint", str(trained_run), "--eval.tta=true", launch=accelerate_cmd()), check=True)
+    assert p.stderr.count(warning) == 1
+    assert "warning" not in run(eval_cmd("--checkpoint", str(trained_run)), check=True).stderr
+
+
 def test_resume_continues_at_next_epoch(tmp_path, data_root):
     run_dir = tmp_path / "r"
     common = [*SMALL, f"--data.root={data_root}", f"--run.dir={run_dir}", "--run.progress=false"]

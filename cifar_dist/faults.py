@@ -67,7 +67,8 @@ def write_failure(what: str, path: Path, exc: BaseException, kept: str) -> str:
 
 # What gloo, NCCL and the c10d store say when the process at the other end of a collective is gone
 # or silent (measured with gloo: a SIGKILLed peer gives "Connection reset by peer" within ~1 s; a
-# stopped one, a timeout after train.dist_timeout_s).
+# stopped one, after train.dist_timeout_s, "Timed out waiting ..." or "Application timeout caused
+# pair closure").
 _PEER_SIGNS = ("connection reset by peer", "connection closed by peer", "broken pipe", "timed out",
                "timeout", "socket", "nccl", "gloo")
 

@@ -292,7 +292,8 @@ def config_warnings(cfg: Config) -> list[str]:
     """Settings that are valid but almost certainly not meant; printed as `warning:` lines, never fatal."""
     out = []
     if cfg.eval.tta and not cfg.data.augment:
-        # Measured on Fashion-MNIST: a model trained without flips validated at 0.79 with flip-TTA, 0.88 without.
+        # Measured on Fashion-MNIST, one model (seed_fast without augmentation, 3 epochs): validation
+        # accuracy 0.9077 without TTA, 0.8244 with flip-TTA.
         out.append("eval.tta=true averages each image's logits with its mirror image's, but data.augment=false: "
                    "this model never sees mirrored images in training, so TTA usually lowers accuracy; "
                    "set --data.augment=true (needs data.loader=tensor) or --eval.tta=false")

@@ -63,8 +63,8 @@ def _train(argv: list[str]) -> None:
     cfg = resolve(args.preset, args.config, rest)
     if args.print_config:
         print(format_config(cfg))
-        for warning in config_warnings(cfg):
-            print(f"warning: {warning}", file=sys.stderr)
+        for line in config_warnings(cfg):
+            print(line, file=sys.stderr)
         return
     from .trainer import train
 

@@ -98,8 +98,8 @@ def main(argv: list[str]) -> None:
     from .evaluation import evaluate
 
     accelerator = build_accelerator(cfg)
-    for warning in config_warnings(cfg):  # TTA matters here only: --images predicts without it
-        accelerator.print(f"warning: {warning}", file=sys.stderr)
+    for line in config_warnings(cfg):  # TTA matters here only: --images predicts without it
+        accelerator.print(line, file=sys.stderr)
     data = load_data(cfg, accelerator)
     if data.num_classes != ckpt["model"]["num_classes"] or data.in_channels != ckpt["model"]["in_channels"]:
         raise UserError(f"{args.checkpoint} has {ckpt['model']['num_classes']} classes / {ckpt['model']['in_channels']} "

@@ -101,8 +101,8 @@ def train(cfg: Config) -> dict:
     stop = StopRequest(accelerator)
     run_dir, resume = prepare_run_dir(cfg, accelerator)
     accelerator.print(format_config(cfg))
-    for warning in config_warnings(cfg):
-        accelerator.print(f"warning: {warning}", file=sys.stderr)
+    for line in config_warnings(cfg):
+        accelerator.print(line, file=sys.stderr)
 
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
     data = load_data(cfg, accelerator)

@@ -132,8 +132,9 @@ def test_independent_runs_can_prepare_one_fashion_mnist_root_at_once(tmp_path):
     for p in procs:
         p.join(120)
     assert [p.exitcode for p in procs] == [0] * 4
+    from cifar_dist.data import FASHION_FILES
+
     raw = tmp_path / "FashionMNIST" / "raw"
-    for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+    for f in FASHION_FILES:
         assert (raw / f).read_bytes() == gzip.open(DEBIAN.parent / f"{f}.gz").read()
-    assert sorted(p.name for p in raw.iterdir()) == sorted(["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                                                             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"])
+    assert sorted(p.name for p in raw.iterdir()) == sorted(FASHION_FILES)  # no temporary file left behind

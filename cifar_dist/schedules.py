@@ -2,12 +2,31 @@
 resume (the step is all the state there is), and immune to Accelerate's scheduler wrapper, which
 steps a prepared scheduler once per process.
 
-    lr_at(step=100, total_steps=1000, base_lr=0.05, schedule="onecycle", warmup_steps=50)
+    lr_at(step=100, total_steps=1000, base_lr=0.05, schedule="linear_to_1pct", warmup_steps=50)
+
+With s the optimizer step (0-based), T the run's total steps, W = optim.warmup_epochs × steps per
+epoch and p = clamp((s − W) / (T − W), 0, 1) the fraction of the decay done:
+
+    constant         lr(s) = lr                                  (no warm-up either)
+    warm-up, s < W   lr(s) = lr · (s + 1) / W                    (linear and linear_to_1pct)
+    linear           lr(s) = lr · (1 − p)                        ends at 0
+    linear_to_1pct   lr(s) = lr · (1 − 0.99 p)                   ends at lr / 100 (airbench's schedule)
+
+`onecycle` is the old name of `linear_to_1pct`, kept as a deprecated alias: it was never PyTorch's
+OneCycleLR (cosine annealing with momentum cycling), only a linear warm-up and a linear decay.
 """
 from __future__ import annotations
 
+DEPRECATED = {"onecycle": "linear_to_1pct"}  # old name -> the schedule it means
+
+
+def canonical(schedule: str) -> str:
+    """The current name of a schedule (a deprecated alias maps to the schedule it means)."""
+    return DEPRECATED.get(schedule, schedule)
+
 
 def lr_at(step: int, total_steps: int, base_lr: float, schedule: str = "constant", warmup_steps: int = 0) -> float:
+    schedule = canonical(schedule)
     if schedule == "constant":
         return base_lr
     if warmup_steps and step < warmup_steps:  # linear warm-up from base_lr/warmup_steps to base_lr
@@ -16,7 +35,7 @@ def lr_at(step: int, total_steps: int, base_lr: float, schedule: str = "constant
     progress = min(max(step - warmup_steps, 0) / span, 1.0)
     if schedule == "linear":  # linear decay to 0 at the last step
         return base_lr * (1.0 - progress)
-    if schedule == "onecycle":  # warm-up, then cosine-free triangular decay to base_lr/100 (airbench style)
+    if schedule == "linear_to_1pct":  # linear decay to base_lr/100
         return base_lr * (1.0 - progress * 0.99)
     raise ValueError(f"unknown schedule {schedule!r}")
 

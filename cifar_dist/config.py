@@ -18,7 +18,9 @@ DATASETS = ("cifar10", "cifar100", "fashion_mnist", "synthetic")
 LOADERS = ("torch", "tensor")
 NORMALIZE = ("half", "dataset")  # half = the tutorial's Normalize(0.5, 0.5)
 SCHEDULES = ("constant", "linear", "linear_to_1pct")  # formulas: cifar_dist/schedules.py; onecycle: deprecated alias
-PRECISIONS = ("no", "bf16", "fp16", "auto")  # auto: bf16 on a CUDA GPU that supports it, else no
+# launcher: what `accelerate launch` was given (--mixed_precision, its config file, `accelerate config`);
+# auto: bf16 on a CUDA GPU that supports it, else no. Details: distributed.choose_mixed_precision.
+PRECISIONS = ("launcher", "no", "bf16", "fp16", "auto")
 DEVICES = ("auto", "cpu", "cuda")
 RESUME = ("false", "true", "auto")  # auto: continue if run.dir/last exists, else start fresh
 BACKENDS = ("none", "wandb")
@@ -70,7 +72,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # 0: full state only at epoch ends
     eval_every_epochs: int = 1
     log_every_steps: int = 50
-    mixed_precision: str = "no"
+    mixed_precision: str = "launcher"  # the launcher's setting ("no" without one); any other value wins
     channels_last: bool = False
     compile: bool = False
     device: str = "auto"
@@ -284,7 +286,7 @@ def validate(cfg: Config) -> Config:
         # Measured (accelerate 1.15): Accelerator(cpu=True, mixed_precision="fp16") autocasts nothing
         # and trains in fp32 without a word.
         raise UserError("train.mixed_precision=fp16 needs a CUDA GPU (on the CPU Accelerate would silently train "
-                        "in fp32); use --train.mixed_precision=bf16, auto or no")
+                        "in fp32); use --train.mixed_precision=bf16, auto, no or launcher")
     if cfg.data.augment and cfg.data.loader != "tensor":
         raise UserError("data.augment=true needs data.loader=tensor (the tutorial loader has no augmentation)")
     return cfg

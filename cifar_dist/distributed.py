@@ -86,6 +86,43 @@ def resolve_mixed_precision(requested: str, use_cpu: bool) -> str:
     return "bf16" if not use_cpu and torch.cuda.is_bf16_supported() else "no"
 
 
+LAUNCHER_PRECISIONS = ("no", "bf16", "fp16")
+
+
+def choose_mixed_precision(requested: str, use_cpu: bool) -> tuple[str | None, str]:
+    """-> (what to pass as Accelerator(mixed_precision=...), where the choice came from).
+
+    `launcher` (the default) passes None: Accelerate then takes ACCELERATE_MIXED_PRECISION, which
+    `accelerate launch` sets from --mixed_precision, its --config_file or `accelerate config`'s default
+    file ("no" without a launcher). Any other value is explicit and wins: measured, an argument in
+    code overrides the launcher's setting."""
+    env = os.environ.get("ACCELERATE_MIXED_PRECISION", "").strip().lower()
+    if requested == "launcher":
+        if not env:
+            return None, "no launcher setting, so no"
+        if env not in LAUNCHER_PRECISIONS:
+            raise UserError(f"the launcher asked for mixed_precision {env} (ACCELERATE_MIXED_PRECISION); cifar-dist "
+                            f"supports {', '.join(LAUNCHER_PRECISIONS)}: launch with --mixed_precision bf16 or no")
+        if env == "fp16" and use_cpu:
+            # Measured (accelerate 1.15): Accelerator(cpu=True, mixed_precision="fp16") autocasts nothing.
+            raise UserError("the launcher's mixed_precision fp16 needs a CUDA GPU (ACCELERATE_MIXED_PRECISION=fp16; on the "
+                            "CPU Accelerate would silently train in fp32); launch with --mixed_precision bf16 or no, "
+                            "or pass --train.mixed_precision=bf16|auto|no")
+        return None, f"the launcher (ACCELERATE_MIXED_PRECISION={env})"
+    chosen = resolve_mixed_precision(requested, use_cpu)
+    why = f"train.mixed_precision={requested}"
+    if requested == "auto":
+        why += " (bf16 on a CUDA GPU that has it, else no)"
+    if env and env != chosen:
+        why += f"; the launcher's {env} is overridden"
+    return chosen, why
+
+
+def mixed_precision_source(cfg, accelerator) -> str:
+    """Where the run's precision came from, for the start line and the tracker's job info."""
+    return choose_mixed_precision(cfg.train.mixed_precision, accelerator.device.type != "cuda")[1]
+
+
 def build_accelerator(cfg, log_with=None, project_dir: str | None = None):
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
@@ -96,7 +133,7 @@ def build_accelerator(cfg, log_with=None, project_dir: str | None = None):
     configure_threads(cfg)
     accelerator = Accelerator(
         cpu=use_cpu,
-        mixed_precision=resolve_mixed_precision(cfg.train.mixed_precision, use_cpu),
+        mixed_precision=choose_mixed_precision(cfg.train.mixed_precision, use_cpu)[0],
         # seedable sampler + set_epoch(epoch): the shuffle order is a pure function of (seed, epoch),
         # the same on every rank, and restorable on resume.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),

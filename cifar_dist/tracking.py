@@ -147,9 +147,12 @@ def run_config(cfg, accelerator, run_dir: Path) -> dict:
     import wandb
 
     from .checkpoint import versions
+    from .distributed import mixed_precision_source
 
     job = {"world_size": accelerator.num_processes, "device": str(accelerator.device), "distributed_type": getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type)),
-           "mixed_precision": str(accelerator.mixed_precision), "torch_threads": torch.get_num_threads(),
+           "mixed_precision": str(accelerator.mixed_precision),
+           "mixed_precision_source": mixed_precision_source(cfg, accelerator),
+           "torch_threads": torch.get_num_threads(),
            "gpu": torch.cuda.get_device_name() if accelerator.device.type == "cuda" else None,
            "versions": {**versions(), "wandb": wandb.__version__, "cuda": torch.version.cuda},
            "git": git_state(), "run_dir": str(Path(run_dir).resolve()), "command": " ".join(sys.argv),

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from .checkpoint import Checkpointer, MetricsLog, TrainState, atomic_write_bytes, load_checkpoint
 from .config import Config, config_warnings, format_config
 from .data import load_data
-from .distributed import (broadcast_module, broadcast_object, build_accelerator, raise_if_any, reduce_sum,
-                          seed_each_rank)
+from .distributed import (broadcast_module, broadcast_object, build_accelerator, mixed_precision_source, raise_if_any,
+                          reduce_sum, seed_each_rank)
 from .errors import UserError
 from .evaluation import evaluate
 from .loaders import build_train_loader
@@ -111,7 +111,8 @@ def train(cfg: Config) -> dict:
     seed_each_rank(accelerator, cfg.seed)
     accelerator.print(f"model {cfg.model.name}: {count_parameters(model):,} parameters; "
                       f"{data.name}: {len(data.train_labels):,} train / {len(data.val_labels):,} val / "
-                      f"{len(data.test_labels):,} test; world size {accelerator.num_processes} on {accelerator.device}")
+                      f"{len(data.test_labels):,} test; world size {accelerator.num_processes} on {accelerator.device}; "
+                      f"mixed precision {accelerator.mixed_precision} ({mixed_precision_source(cfg, accelerator)})")
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     base_lr = scaled_lr(cfg, accelerator.num_processes)  # optim.reference_batch_size: lr given per that batch

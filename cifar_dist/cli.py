@@ -30,9 +30,6 @@ def run_cli(fn, argv: list[str] | None) -> int | str | None:
         if env_local_rank() == 0:  # every rank fails the same way; say it once per machine
             print(f"error: {e}", file=sys.stderr, flush=True)
         code = e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     except Exception as e:  # a collective whose peer died or hung: one line per surviving rank
         from .faults import peer_failure
 
@@ -40,11 +37,29 @@ def run_cli(fn, argv: list[str] | None) -> int | str | None:
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr, flush=True)
-        # The normal (slower) interpreter exit, not exit_process's immediate one: the launcher then
-        # sees the dead rank fail first and names it as the root cause. Measured: with both ranks
-        # leaving at once, torchrun's report named this surviving rank instead.
-        raise SystemExit(1) from None
+        from .distributed import let_launcher_see_peer_first
+
+        let_launcher_see_peer_first()
+        return 1
     return code
+
+
+def main(fn, argv: list[str] | None) -> None:
+    """The one way out of train.py and evaluate.py: whatever happened, the process ends through
+    exit_process (a rank of several skips interpreter finalization, where gloo's threads abort)."""
+    from .distributed import exit_process
+
+    try:
+        code = run_cli(fn, argv)
+    except KeyboardInterrupt:  # here, not in run_cli: Ctrl-C may also land in run_cli's own handlers
+        print("interrupted", file=sys.stderr)
+        code = 130
+    except BaseException:  # noqa: BLE001 - a bug, or --debug: the traceback Python prints, then the same exit
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    exit_process(code)
 
 
 def _train(argv: list[str]) -> None:
@@ -78,12 +93,8 @@ def _eval(argv: list[str]) -> None:
 
 
 def train_main(argv: list[str] | None = None) -> None:
-    from .distributed import exit_process
-
-    exit_process(run_cli(_train, argv))
+    main(_train, argv)
 
 
 def eval_main(argv: list[str] | None = None) -> None:
-    from .distributed import exit_process
-
-    exit_process(run_cli(_eval, argv))
+    main(_eval, argv)

@@ -181,11 +181,12 @@ def _machines_disagree() -> str | None:
 
 
 def exit_process(code) -> None:
-    """Leave the process with `code` (what sys.exit takes). A process that was one rank of several
-    skips interpreter finalization, after running what a normal exit runs (atexit: wandb's
-    teardown, logging's flush) and flushing its output.
+    """Leave the process with `code` (what sys.exit takes). Every exit of train.py and evaluate.py
+    comes here (cli.main): success, a one-line error, a stop request, a failed peer, a traceback.
+    A process that was one rank of several skips interpreter finalization, after running what a
+    normal exit runs (atexit: wandb's teardown, logging's flush) and flushing its output.
 
-    Why (issue 7): once DDP has used a gloo process group, torch never frees it, not even after
+    Why (issues 7, 19): once DDP has used a gloo process group, torch never frees it, not even after
     destroy_process_group and gc (its worker threads stay alive; pytorch#107298). If one of those
     threads drops its last finished collective (a gather of Python tensors) just as the main thread
     starts finalizing, the decref must take the GIL, which ends the thread inside a C++ frame:
@@ -193,7 +194,9 @@ def exit_process(code) -> None:
     ~AsyncAllgatherWork -> THPVariable_clear -> take_gil -> PyThread_exit_thread -> abort. Measured
     on this 2-core machine before the change: 2 of 40 single-host 2-process runs under load, 1 of 8
     two-host runs, and 2 of 4 CI runs lost a worker after the run had written everything; the
-    other machine's torchrun agent then waited 300 s at its exit barrier."""
+    other machine's torchrun agent then waited 300 s at its exit barrier. Until issue 19 a rank
+    whose peer failed mid-collective (and any traceback) still finalized: under load it aborted the
+    same way, and the launcher named it as the root cause instead of the peer that failed."""
     if env_world_size() <= 1:
         sys.exit(code)
     import atexit
@@ -209,6 +212,39 @@ def exit_process(code) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
+
+
+# torchrun polls its workers every 0.1 s (accelerate launch's --monitor_interval); waiting up to this
+# long for its SIGTERM is only paid in full when no local worker failed (a hung peer, or a peer on
+# another machine), where the job has already waited train.dist_timeout_s or lost a machine.
+LAUNCHER_GRACE_S = 10.0
+
+
+def let_launcher_see_peer_first(grace_s: float = LAUNCHER_GRACE_S) -> None:
+    """After a collective failed because a peer died: stay until the launcher has seen that peer's
+    exit, so its report names the peer as the root cause, not this rank. torchrun names the failure
+    it saw first (timestamps to the second; within one poll, the lowest local rank): a survivor that
+    left at once could land in the same poll as the dead rank and be blamed. Once torchrun has seen
+    a failure it sends SIGTERM to every other worker, so that signal is the sign to go; without
+    torchrun (srun, mpirun) there is no such report and nothing to wait for."""
+    import signal
+    import time
+
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    got: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    except ValueError:  # not the main thread
+        return
+    # preemption's handler recorded a SIGTERM that came before ours was installed
+    if getattr(previous, "signum", None) == signal.SIGTERM:
+        return
+    # A sleep, not sigwait: the signal may land on any of gloo's threads; Python runs the handler on
+    # the main thread between two sleeps.
+    deadline = time.monotonic() + grace_s
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def broadcast_object(accelerator, obj):

@@ -519,3 +519,67 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+# --------------------------------------------------------------------------- every way out of a 2-process job
+
+def _launcher_exitcodes(err: str) -> list[int]:
+    """Each failed worker's exit code, by rank, from the launcher's failure report (empty when every
+    worker exited 0; the report lists the root cause twice)."""
+    found = re.findall(r"rank\s*:\s*(\d+) \(local_rank: \d+\)\s*\n\s*exitcode\s*:\s*(-?\d+)", err)
+    return [code for _, code in sorted({int(r): int(c) for r, c in found}.items())]
+
+
+@pytest.mark.parametrize("how", ["user_error_at_start", "user_error_after_training", "sigterm", "sigusr1", "ctrl_c"])
+def test_exit_paths_of_a_two_process_job(tmp_path, data_root, how):
+    """Each way a 2-process gloo job can end on purpose: a one-line error once the process group
+    exists (before any training, and after DDP has trained), a stop request (SIGTERM from scancel,
+    SIGUSR1 from SLURM's warning) sent to both ranks, and Ctrl-C (SIGINT to the terminal's process
+    group: the launcher and both ranks). No rank may die by a signal of its own making: gloo's
+    teardown abort ("terminate called without an active exception", SIGABRT) showed up in the
+    launcher's report as exit code -6 and named the wrong rank (issue 19)."""
+    run_dir = tmp_path / "run"
+    args = [*SMALL, f"--data.root={data_root}", f"--run.dir={run_dir}", "--run.progress=false",
+            "--tracking.backend=none", "--train.checkpoint_every_steps=4"]
+    extra = {"user_error_at_start": ["--resume"],  # nothing to resume: a collective check after the group forms
+             "user_error_after_training": ["--train.epochs=3", "--optim.lr=1e6", "--train.log_every_steps=1"]}
+    cmd = train_cmd(*args, *extra.get(how, ["--train.epochs=20"]), launch=accelerate_cmd())
+    proc = subprocess.Popen(cmd, cwd=REPO, env=base_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        if how in ("sigterm", "sigusr1", "ctrl_c"):
+            deadline = time.monotonic() + 240
+            while not (run_dir / "last" / "custom_checkpoint_0.pkl").exists():
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+                time.sleep(0.05)
+            if how == "ctrl_c":
+                os.killpg(proc.pid, signal.SIGINT)
+            else:
+                workers = _workers(proc.pid)
+                assert sorted(workers) == [0, 1], workers
+                for pid in workers.values():
+                    os.kill(pid, signal.SIGTERM if how == "sigterm" else signal.SIGUSR1)
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    detail = f"exit {proc.returncode}\nSTDERR:\n{err[-4000:]}\nSTDOUT:\n{out[-1500:]}"
+    assert "terminate called" not in err and "SIGABRT" not in err, detail
+    codes = _launcher_exitcodes(err)
+    assert all(c >= 0 for c in codes), detail  # a negative code: the worker died by that signal
+    ours = [l for l in err.splitlines() if l.startswith("error: ")]
+    if how.startswith("user_error"):
+        pattern = r"nothing to resume" if how == "user_error_at_start" else r"training loss became"
+        assert len(ours) == 1 and re.search(pattern, ours[0]), detail
+        assert proc.returncode != 0 and codes == [2, 2], detail
+    elif how == "sigterm":
+        assert proc.returncode != 0 and codes == [143, 143], detail
+    elif how == "sigusr1":  # a resumable stop, not a failure
+        assert proc.returncode == 0 and codes == [], detail
+    else:
+        assert proc.returncode != 0 and set(codes) <= {130}, detail
+        assert not re.search(r"\[rank\d+\]:\s*Traceback", err), detail
+    if how in ("sigterm", "sigusr1"):
+        assert out.count("stop requested: full state saved") == 1, detail
+        assert state_step(resumable(run_dir)) > 0

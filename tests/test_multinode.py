@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,6 +41,10 @@ def hosts():
             yield pair
     except NamespaceError as e:
         require(False, f"cannot make network namespaces for the two test hosts: {e}")
+
+
+def require_scontrol() -> None:
+    require(shutil.which("scontrol") is not None, "slurm-wlm's scontrol is not installed (apt-get install slurm-wlm)")
 
 
 def host_env(host, **extra) -> dict:
@@ -182,8 +187,7 @@ def test_two_hosts_through_slurm_launch_script(hosts, reference, data_root, tmp_
     cluster's way: `scontrol show hostnames $SLURM_JOB_NODELIST | head -1` gives host 0's *name*,
     resolved through the hosts file of each namespace (MAIN_PROCESS_IP is not set: setting it would
     skip the very logic under test); the port comes from SLURM_JOB_ID (20000 + 4242)."""
-    require(subprocess.run(["sh", "-c", "command -v scontrol"], capture_output=True).returncode == 0,
-            "slurm-wlm's scontrol is not installed (apt-get install slurm-wlm)")
+    require_scontrol()
     runs, own = disks(tmp_path)
     conf, nodes = slurm_conf(tmp_path), nodelist(hosts)
     train = train_cmd(*SMALL, f"--data.root={data_root}", *TRAIN, f"--run.dir={runs / 'job'}")[1:]
@@ -200,6 +204,7 @@ def test_two_hosts_through_slurm_launch_script(hosts, reference, data_root, tmp_
 
 def test_unreachable_head_fails_within_the_rendezvous_timeout(hosts, data_root, tmp_path):
     """Host 1 starts, host 0's cable is unplugged: a clear error naming the head, not a hang."""
+    require_scontrol()  # launch.sh finds the head's name with it
     h0, h1 = hosts
     h0.set_link(False)
     conf = slurm_conf(tmp_path)

@@ -92,6 +92,8 @@ class EvalConfig:
 @dataclass
 class RunConfig:
     dir: str = ""  # "" -> runs/<data>-<model>-<time>
+    # In-epoch progress: a bar on a terminal, a line every 10% of an epoch elsewhere (cifar_dist/progress.py).
+    # false: instead a line every train.log_every_steps.
     progress: bool = True
 
 

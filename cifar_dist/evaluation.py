@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .data import normalize_batch
 from .distributed import eval_batches, gather_varlen
+from .progress import bar
 
 
 @dataclass
@@ -50,6 +51,15 @@ class EvalResult:
         return lines
 
 
+def logits_of(net, x: torch.Tensor, tta: bool) -> torch.Tensor:
+    """The model's logits; with tta (flip test-time augmentation), averaged with those of the mirror
+    image. evaluate.py's splits and its --images predictions both go through here."""
+    logits = net(x)
+    if tta:
+        logits = 0.5 * (logits + net(torch.flip(x, dims=[3])))
+    return logits
+
+
 @torch.no_grad()
 def evaluate(model, images_u8: torch.Tensor, labels: torch.Tensor, mean, std, accelerator, classes: list[str],
              batch_size: int = 500, tta: bool = False, channels_last: bool = False) -> EvalResult:
@@ -59,20 +69,20 @@ def evaluate(model, images_u8: torch.Tensor, labels: torch.Tensor, mean, std, ac
     was_training = net.training
     net.eval()
     idx_parts, loss_parts, prob_parts = [], [], []
-    for batch in eval_batches(len(labels), batch_size, accelerator.process_index, accelerator.num_processes):
-        index = torch.tensor(batch)
-        x = normalize_batch(images_u8[index].to(accelerator.device, non_blocking=True), mean, std)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = labels[index].to(accelerator.device)
-        with accelerator.autocast():
-            logits = net(x)
-            if tta:  # flip test-time augmentation: average the logits of the image and its mirror
-                logits = 0.5 * (logits + net(torch.flip(x, dims=[3])))
-        logits = logits.float()
-        idx_parts.append(index)
-        loss_parts.append(F.cross_entropy(logits, y, reduction="none").cpu())
-        prob_parts.append(torch.softmax(logits, dim=1).cpu())
+    batches = eval_batches(len(labels), batch_size, accelerator.process_index, accelerator.num_processes)
+    with bar("evaluating" + (" with flip TTA" if tta else ""), len(batches), accelerator.is_main_process) as advance:
+        for batch in batches:
+            index = torch.tensor(batch)
+            x = normalize_batch(images_u8[index].to(accelerator.device, non_blocking=True), mean, std)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = labels[index].to(accelerator.device)
+            with accelerator.autocast():
+                logits = logits_of(net, x, tta).float()
+            idx_parts.append(index)
+            loss_parts.append(F.cross_entropy(logits, y, reduction="none").cpu())
+            prob_parts.append(torch.softmax(logits, dim=1).cpu())
+            advance()
     net.train(was_training)
     num_classes = len(classes)
     idx = torch.cat(idx_parts) if idx_parts else torch.zeros(0, dtype=torch.int64)

@@ -19,6 +19,7 @@ import torch
 
 from .checkpoint import atomic_write_bytes
 from .errors import UserError
+from .progress import bar
 
 DPI = 100
 CHANNELS_DPI = 150  # 1024 numbers per panel: more pixels per digit, see channels_figure
@@ -302,22 +303,34 @@ def _write_all(out: Path, data, result, split, ckpt, checkpoint, n_images, chann
     if n_images > min(len(data.train_labels), len(labels)):
         raise UserError(f"--plots-images {n_images} is more than the {min(len(data.train_labels), len(labels))} images available")
     out.mkdir(parents=True, exist_ok=True)
+    metrics = run_dir_of(checkpoint) / "metrics.jsonl"
+    with bar("drawing figures", 5 + metrics.exists()) as advance:  # a bar on a terminal only
+        written = _draw(out, data, images, labels, result, split, ckpt, metrics, n_images, channel_index, advance)
+    if not metrics.exists():
+        print(f"note: curves.png skipped: {metrics} does not exist (the checkpoint is not in its run folder)")
+    print(f"wrote {', '.join(p.name for p in written.values())} to {out}")
+    return written
+
+
+def _draw(out, data, images, labels, result, split, ckpt, metrics, n_images, channel_index, advance) -> dict[str, Path]:
     written = {}
     fig = batch_figure(data.train_images[:n_images], data.train_labels[:n_images], data.classes, data.mean, data.std)
     written["batch"] = save_png(fig, out / "batch.png")
+    advance()
     img = data.train_images[channel_index]
     title = (f"training image {channel_index}: {data.classes[int(data.train_labels[channel_index])]}"
              f"{' (the first in batch.png)' if channel_index == 0 else ''}\npixel values 0-255")
     written["channels"] = save_png(channels_figure(img, title), out / "channels.png", dpi=CHANNELS_DPI)
+    advance()
     fig = predictions_figure(images[:n_images], labels[:n_images], result.predictions[:n_images], data.classes, split)
     written["predictions"] = save_png(fig, out / "predictions.png")
+    advance()
     written["confusion"] = save_png(confusion_figure(result.confusion, data.classes, split), out / "confusion.png")
+    advance()
     written["per_class"] = save_png(per_class_figure(result.per_class, split), out / "per_class.png")
-    metrics = run_dir_of(checkpoint) / "metrics.jsonl"
+    advance()
     if metrics.exists():
         rows = read_metrics(metrics)
         written["curves"] = save_png(curves_figure(rows, _best_epoch(ckpt, rows)), out / "curves.png")
-    else:
-        print(f"note: curves.png skipped: {metrics} does not exist (the checkpoint is not in its run folder)")
-    print(f"wrote {', '.join(p.name for p in written.values())} to {out}")
+        advance()
     return written

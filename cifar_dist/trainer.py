@@ -28,6 +28,7 @@ from .evaluation import evaluate
 from .loaders import build_train_loader
 from .models import build_model, count_parameters
 from .preemption import StopRequest
+from .progress import TrainProgress
 from .schedules import lr_at, scaled_lr
 from .tracking import accelerator_log_with, build_tracker
 
@@ -75,14 +76,6 @@ def prepare_run_dir(cfg: Config, accelerator) -> tuple[Path, bool]:
                 error = f"cannot write to run.dir {run_dir} ({e.strerror}); choose a writable --run.dir"
     raise_if_any(accelerator, error)
     return run_dir, broadcast_object(accelerator, resume)
-
-
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    disable=not enabled, transient=True)
 
 
 def _restore_rng(state, rank: int) -> bool:
@@ -161,13 +154,13 @@ def train(cfg: Config) -> dict:
         check_finite(s)
         state.partial = {"loss_sum": s, "correct": int(c), "seen": int(n)}
 
-    with _progress(accelerator.is_main_process and cfg.run.progress) as progress:
+    with TrainProgress(accelerator.is_main_process and cfg.run.progress, steps_per_epoch, cfg.train.epochs,
+                       accelerator.num_processes) as progress:
         while state.epoch < cfg.train.epochs and not (cfg.train.max_steps and state.step >= cfg.train.max_steps):
             epoch = state.epoch
             loader.set_epoch(epoch)
             model.train()
-            task = progress.add_task("train", total=steps_per_epoch, completed=state.step_in_epoch,
-                                     epoch=epoch + 1, loss=float("nan"))
+            progress.start_epoch(epoch + 1, done=state.step_in_epoch)
             batches = loader.iterate(skip=state.step_in_epoch)
             # Mid-epoch resume: the dropout RNG is set back once the loader has started, not before: the
             # DataLoader draws its base seed from the global RNG when its iterator starts (lazily, at the
@@ -206,11 +199,10 @@ def train(cfg: Config) -> dict:
                     elapsed = time.perf_counter() - t0
                     ips = (seen - seen_at_t0) * accelerator.num_processes / max(elapsed, 1e-9)
                     tracker.log({"train/loss": s / max(n, 1), "train/lr": lr, "train/images_per_sec": ips}, state.step)
-                    progress.update(task, loss=s / max(n, 1))
-                    if not cfg.run.progress:  # no bar (batch jobs, log files): a plain line instead
+                    if not cfg.run.progress:  # run.progress=false: this line every log_every_steps instead
                         accelerator.print(f"step {state.step} epoch {epoch + 1} loss {s / max(n, 1):.4f} "
                                           f"lr {lr:.4g} {ips:.0f} img/s")
-                progress.advance(task)
+                progress.step(loss_sum, seen)
                 if checkpointer.every and state.step % checkpointer.every == 0:
                     keep_partial(loss_sum, correct, seen)
                     checkpointer.save_state()
@@ -229,7 +221,7 @@ def train(cfg: Config) -> dict:
             # GPU's queued work: only after it does the clock show the epoch's real training time.
             s, c, n = reduce_sum(accelerator, [loss_sum, correct, seen])
             train_seconds = time.perf_counter() - t0
-            progress.remove_task(task)
+            progress.end_epoch()
             check_finite(s)
             state.epoch += 1
             state.step_in_epoch = 0

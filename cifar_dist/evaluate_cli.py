@@ -90,7 +90,7 @@ def main(argv: list[str]) -> None:
         if env_world_size() > 1:
             raise UserError("--images runs in one process; use 'python evaluate.py --images ...' without accelerate launch")
 
-        predict_files(model, ckpt, args.images, args.json)
+        predict_files(model, ckpt, args.images, args.json, tta=cfg.eval.tta)
         return
 
     from .data import load_data
@@ -98,7 +98,7 @@ def main(argv: list[str]) -> None:
     from .evaluation import evaluate
 
     accelerator = build_accelerator(cfg)
-    for line in config_warnings(cfg):  # TTA matters here only: --images predicts without it
+    for line in config_warnings(cfg):
         accelerator.print(line, file=sys.stderr)
     data = load_data(cfg, accelerator)
     if data.num_classes != ckpt["model"]["num_classes"] or data.in_channels != ckpt["model"]["in_channels"]:

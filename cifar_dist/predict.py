@@ -6,6 +6,9 @@ Files are read with PIL, as torchvision's ImageFolder reads them (PNG, JPEG, GIF
 torchvision's own `decode_image` is deprecated since 0.29 and reads fewer formats), converted to the
 model's channels (RGB, or grey for Fashion-MNIST), resized so the shorter side matches the model's
 input and centre-cropped to a square, then normalised with the checkpoint's own mean and std.
+With eval.tta (the checkpoint's config, or --eval.tta=true|false) each image's logits are averaged
+with its mirror image's, exactly as evaluation does (evaluation.logits_of), so a file predicts what
+evaluate.py reports for the same image.
 A folder contributes its image files (by extension, sorted by name). A file that cannot be read
 gets a one-line error naming it; the others are still predicted, and the command ends with exit
 code 2 if any failed.
@@ -62,9 +65,10 @@ def load_image(path: Path, in_channels: int, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_tensor(model, images_u8: torch.Tensor, mean, std, batch_size: int = 256) -> torch.Tensor:
+def predict_tensor(model, images_u8: torch.Tensor, mean, std, batch_size: int = 256, tta: bool = False) -> torch.Tensor:
     """uint8 NCHW -> softmax probabilities (N, classes), in batches, on the model's device."""
     from .data import normalize_batch
+    from .evaluation import logits_of
 
     was_training = model.training
     model.eval()
@@ -72,12 +76,13 @@ def predict_tensor(model, images_u8: torch.Tensor, mean, std, batch_size: int = 
     probs = []
     for i in range(0, len(images_u8), batch_size):
         x = normalize_batch(images_u8[i:i + batch_size].to(device), mean, std)
-        probs.append(torch.softmax(model(x).float(), dim=1).cpu())
+        probs.append(torch.softmax(logits_of(model, x, tta).float(), dim=1).cpu())
     model.train(was_training)
     return torch.cat(probs) if probs else torch.zeros(0, 0)
 
 
-def predict_files(model, ckpt: dict, paths: list[str], json_path: str | None = None, console=None) -> dict:
+def predict_files(model, ckpt: dict, paths: list[str], json_path: str | None = None, console=None,
+                  tta: bool = False) -> dict:
     """Predict every image, print a table, write JSON; raise UserError at the end if any file failed
     (after the others were predicted and written). Returns the JSON document."""
     from rich.console import Console
@@ -99,20 +104,20 @@ def predict_files(model, ckpt: dict, paths: list[str], json_path: str | None = N
                 print(f"error: {f}: {e}", file=sys.stderr, flush=True)
     rows = []
     if tensors:
-        probs = predict_tensor(model, torch.stack(tensors), mean, std)
+        probs = predict_tensor(model, torch.stack(tensors), mean, std, tta=tta)
         k = min(3, probs.shape[1])
         top_p, top_i = probs.topk(k, dim=1)
         for f, ps, ix in zip(ok_files, top_p.tolist(), top_i.tolist()):
             rows.append({"file": str(f), "class": classes[ix[0]], "confidence": ps[0],
                          "top3": [{"class": classes[i], "confidence": p} for i, p in zip(ix, ps)]})
     doc = {"checkpoint_classes": classes, "input": {"channels": m["in_channels"], "size": m["image_size"]},
-           "predictions": rows, "failed": failed}
+           "tta": tta, "predictions": rows, "failed": failed}
 
     # Names relative to the files' common folder, said once in the title: long absolute paths would
     # otherwise be folded over several lines in an 80-column terminal.
     common = os.path.commonpath([str(f.parent.absolute()) for f in files])
     table = Table(title=f"{len(rows)} image{'s' if len(rows) != 1 else ''} in {common} "
-                        f"({m['in_channels']}×{m['image_size']}×{m['image_size']} input)")
+                        f"({m['in_channels']}×{m['image_size']}×{m['image_size']} input{', flip TTA' if tta else ''})")
     table.add_column("file", overflow="fold")
     table.add_column("class")
     table.add_column("confidence", justify="right")

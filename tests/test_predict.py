@@ -50,27 +50,38 @@ def test_folder_of_png_and_jpeg_gives_one_row_per_image_in_order(tmp_path, train
         assert name in p.stdout
 
 
-def test_lossless_32px_files_predict_exactly_like_the_evaluation_path(tmp_path, trained_run):
-    """A CIFAR test image saved as PNG and read back must give the logits evaluate() would: same
-    channel order, no resize artefacts, the checkpoint's own mean/std."""
+@pytest.mark.parametrize("tta", [False, True], ids=["plain", "flip_tta"])
+def test_lossless_32px_files_predict_exactly_like_the_evaluation_path(tmp_path, trained_run, tta):
+    """CIFAR test images saved as PNG and predicted by `evaluate.py --images` must get the very
+    confidences evaluate() gives the same images: same channel order, no resize artefacts, the
+    checkpoint's own mean/std, and with eval.tta the same mirror-image averaging."""
     from cifar_dist.config import from_dict
     from cifar_dist.data import load_data
     from cifar_dist.distributed import build_accelerator
+    from cifar_dist.evaluation import evaluate
 
     ckpt = load_checkpoint(trained_run)
     cfg = from_dict(ckpt["config"])
-    data = load_data(cfg, build_accelerator(cfg))
+    accelerator = build_accelerator(cfg)
+    data = load_data(cfg, accelerator)
     folder = tmp_path / "test_images"
     folder.mkdir()
     for i in range(6):
         Image.fromarray(data.test_images[i].permute(1, 2, 0).numpy()).save(folder / f"{i:02d}.png")
+    out = tmp_path / "pred.json"
+    run(eval_cmd("--checkpoint", str(trained_run), "--images", str(folder), f"--eval.tta={str(tta).lower()}",
+                 "--json", str(out)), check=True)
+    doc = json.loads(out.read_text())
     model = build_from_checkpoint(ckpt, trained_run)
-    doc = predict_files(model, ckpt, [str(folder)])
+    result = evaluate(model, data.test_images[:6], data.test_labels[:6], data.mean, data.std, accelerator,
+                      data.classes, tta=tta)
+    assert doc["tta"] is tta
+    assert [r["class"] for r in doc["predictions"]] == [ckpt["classes"][i] for i in result.predictions.tolist()]
+    assert [r["confidence"] for r in doc["predictions"]] == result.confidences.tolist()
+    # The flips matter: without them the same model gives other confidences.
     with torch.no_grad():
-        probs = torch.softmax(model(normalize_batch(data.test_images[:6], data.mean, data.std)), dim=1)
-    conf, pred = probs.max(dim=1)
-    assert [r["class"] for r in doc["predictions"]] == [ckpt["classes"][i] for i in pred.tolist()]
-    np.testing.assert_allclose([r["confidence"] for r in doc["predictions"]], conf.numpy(), rtol=1e-5)
+        plain = torch.softmax(model(normalize_batch(data.test_images[:6], data.mean, data.std)), dim=1).max(dim=1)
+    assert torch.equal(plain.values, result.confidences) is not tta
 
 
 def test_non_image_gets_one_line_and_the_others_are_still_predicted(tmp_path, trained_run):

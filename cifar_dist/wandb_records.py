@@ -1,4 +1,4 @@
-"""Read a W&B run's `run-*.wandb` record file, offline, with wandb's own protobuf types.
+"""Read a W&B run's `run-*.wandb` record file, offline, with wandb's own reader.
 
     python -m cifar_dist.wandb_records runs/<run>            # every W&B run under run.dir
     python -m cifar_dist.wandb_records runs/<run>/wandb/offline-run-20250101_120000-ab12cd34 --json
@@ -7,102 +7,39 @@
     run = read_run("runs/<run>")        # the newest run file under the folder
     run.run_id, run.config["optim"]["lr"], run.summary["test/accuracy"], run.epoch_rows()
 
-Why a reader of our own: wandb 0.31 offline writes no wandb-summary.json or config.yaml, and its
-Python package no longer ships a reader of the record file. The format (measured, wandb 0.19-0.31):
-a 7-byte header (b":W&B", 0xBEE1 little-endian, version 0), then LevelDB-log-style blocks of
-32 KiB. Each chunk has a 7-byte header (crc32 4 B, length 2 B, type 1 B: 1 full, 2 first,
-3 middle, 4 last); a block tail shorter than a chunk header is zero padding. The crc is zlib's
-crc32 of the type byte followed by the data. Chunks join into `wandb_internal_pb2.Record`s.
+wandb 0.31 offline writes no wandb-summary.json or config.yaml; everything is in the record file.
+wandb >= 0.31 reads it itself: `wandb leet inspect --summary --json FILE` prints the run's identity,
+config, summary and exit code (config and summary merged as W&B merges them), `wandb leet inspect
+--json FILE` one JSON object per record (history rows, artifacts, metric definitions, ...). This
+module runs those two commands and puts the answers into one object: it parses no binary format.
+What the official reader does not give directly, and this module adds: history rows come with
+nested keys joined by dots (`test/predictions.path`), so tables are found through the summary,
+which keeps them nested; the crc check is a warning on stderr there ("skipped corrupt data"), an
+error (RecordFileError) here.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import struct
-import zlib
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
-
-HEADER = b":W&B" + struct.pack("<HB", 0xBEE1, 0)
-BLOCK = 32768
-CHUNK_HEADER = 7
-FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 
 class RecordFileError(ValueError):
     pass
 
 
-def iter_records(path: str | Path) -> Iterator[Any]:
-    """Yield every `wandb_internal_pb2.Record` in a `.wandb` file, in order, checking every crc.
-    A file cut off mid-record (a killed writer) ends the iteration at the last whole record."""
-    from wandb.proto import wandb_internal_pb2
-
-    raw = Path(path).read_bytes()
-    if raw[: len(HEADER)] != HEADER:
-        raise RecordFileError(f"{path}: not a W&B record file (header {raw[:7]!r}, expected {HEADER!r})")
-    pos, parts = len(HEADER), []
-    while pos + CHUNK_HEADER <= len(raw):
-        left_in_block = BLOCK - pos % BLOCK
-        if left_in_block < CHUNK_HEADER:  # zero padding at the end of a block
-            pos += left_in_block
-            continue
-        crc, length, kind = struct.unpack_from("<IHB", raw, pos)
-        data = raw[pos + CHUNK_HEADER : pos + CHUNK_HEADER + length]
-        if kind == 0 and length == 0:  # preallocated zeros: the writer stopped here
-            break
-        if len(data) < length:
-            break  # truncated tail
-        if zlib.crc32(data, zlib.crc32(bytes([kind]))) & 0xFFFFFFFF != crc:
-            raise RecordFileError(f"{path}: crc mismatch in the chunk at byte {pos}")
-        pos += CHUNK_HEADER + length
-        if kind == FULL:
-            parts = [data]
-        elif kind == FIRST:
-            parts = [data]
-            continue
-        elif kind == MIDDLE:
-            parts.append(data)
-            continue
-        elif kind == LAST:
-            parts.append(data)
-        else:
-            raise RecordFileError(f"{path}: unknown chunk type {kind} at byte {pos}")
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(b"".join(parts))
-        parts = []
-        yield record
-
-
-def _path_of(item) -> list[str]:
-    """A config/summary/history item names its key either as `key` or as `nested_key` (a path)."""
-    return [item.key] if item.key else list(item.nested_key)
-
-
-def _set(tree: dict, path: list[str], value) -> None:
-    for p in path[:-1]:
-        node = tree.get(p)
-        if not isinstance(node, dict):
-            node = tree[p] = {}
-        tree = node
-    tree[path[-1]] = value
-
-
-def _remove(tree: dict, path: list[str]) -> None:
-    for p in path[:-1]:
-        tree = tree.get(p)
-        if not isinstance(tree, dict):
-            return
-    tree.pop(path[-1], None)
-
-
-def _apply(tree: dict, updates=(), removes=()) -> None:
-    """A config or summary record: its `update` items, then its `remove` items."""
-    for item in updates:
-        _set(tree, _path_of(item), json.loads(item.value_json))
-    for item in removes:
-        _remove(tree, _path_of(item))
+def inspect(path: str | Path, *flags: str) -> str:
+    """stdout of `wandb leet inspect FLAGS PATH` (wandb's own reader of the record file)."""
+    p = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", *flags, str(path)], capture_output=True,
+                       text=True, timeout=300, check=False)
+    problems = [line for line in p.stderr.splitlines() if "corrupt" in line or line.startswith("Error")]
+    if p.returncode != 0 or problems:
+        why = (problems or p.stderr.strip().splitlines() or [f"exit code {p.returncode}"])[0]
+        raise RecordFileError(f"{path}: wandb cannot read this record file ({why.strip()[:200]})")
+    return p.stdout
 
 
 @dataclass
@@ -113,7 +50,6 @@ class RunRecords:
     entity: str = ""
     name: str = ""
     tags: list[str] = field(default_factory=list)
-    resumed: bool = False
     config: dict = field(default_factory=dict)  # W&B's own `_wandb` key removed
     history: list[dict] = field(default_factory=list)  # one dict per committed step
     summary: dict = field(default_factory=dict)
@@ -135,14 +71,13 @@ class RunRecords:
                 for row in self.history if "epoch/epoch" in row]
 
     def table(self, key: str) -> dict:
-        """The table logged under `key` (wandb.plot charts are stored as `<key>_table`), read from
-        the run's files/: {"columns": [...], "data": [[...], ...]}."""
-        for row in reversed(self.history):
-            for k in (key, f"{key}_table"):
-                value = row.get(k)
-                if isinstance(value, dict) and value.get("_type") == "table-file":
-                    return json.loads((self.folder / "files" / value["path"]).read_text())
-        raise KeyError(f"no table {key!r} in the history of {self.path}")
+        """The latest table logged under `key` (wandb.plot charts are stored as `<key>_table`), read
+        from the run's files/: {"columns": [...], "data": [[...], ...]}."""
+        for k in (key, f"{key}_table"):
+            value = self.summary.get(k)
+            if isinstance(value, dict) and value.get("_type") == "table-file":
+                return json.loads((self.folder / "files" / value["path"]).read_text())
+        raise KeyError(f"no table {key!r} in the summary of {self.path}")
 
     def artifact(self, type: str) -> dict:
         found = [a for a in self.artifacts if a["type"] == type]
@@ -152,47 +87,40 @@ class RunRecords:
 
 
 def read_run(path: str | Path) -> RunRecords:
-    """Parse one run: a `.wandb` file, a run folder, or a folder holding runs (the newest is taken)."""
+    """Read one run: a `.wandb` file, a run folder, or a folder holding runs (the newest is taken)."""
     path = Path(path)
     if path.is_dir():
         files = find_run_files(path)
         if not files:
             raise FileNotFoundError(f"no run-*.wandb file under {path}")
         path = files[-1]
-    out = RunRecords(path=path)
-    for record in iter_records(path):
-        kind = record.WhichOneof("record_type")
+    state = json.loads(inspect(path, "--summary", "--json"))
+    out = RunRecords(path=path, run_id=state.get("run_id", ""), project=state.get("project", ""),
+                     entity=state.get("entity", ""), name=state.get("name", ""), tags=list(state.get("tags") or []),
+                     config={k: v for k, v in (state.get("config") or {}).items() if not k.startswith("_wandb")},
+                     summary=state.get("summary") or {}, exit_code=state.get("exit_code"))
+    for line in inspect(path, "--json").splitlines():
+        record = json.loads(line)
+        kind = record.get("type", "")
         out.counts[kind] = out.counts.get(kind, 0) + 1
-        if kind == "run":
-            r = record.run
-            out.run_id, out.project, out.entity, out.name = r.run_id, r.project, r.entity, r.display_name
-            out.tags, out.resumed = list(r.tags), r.resumed
-            _apply(out.config, r.config.update)
-        elif kind == "config":
-            _apply(out.config, record.config.update, record.config.remove)
-        elif kind == "history":
-            row: dict = {}
-            _apply(row, record.history.item)
-            out.history.append(row)
-        elif kind == "summary":
-            _apply(out.summary, record.summary.update, record.summary.remove)
+        body = record.get(kind) or {}
+        if kind == "history":
+            out.history.append(body.get("item", {}))
         elif kind == "artifact":
-            a = record.artifact
             out.artifacts.append({
-                "name": a.name, "type": a.type, "digest": a.digest, "aliases": list(a.aliases),
-                "description": a.description, "metadata": json.loads(a.metadata) if a.metadata else {},
-                "files": {e.path: {"digest": e.digest, "size": e.size, "local_path": e.local_path}
-                          for e in a.manifest.contents}})
+                "name": body.get("name", ""), "type": body.get("type", ""), "digest": body.get("digest", ""),
+                "aliases": body.get("aliases", []), "description": body.get("description", ""),
+                "metadata": json.loads(body["metadata"]) if body.get("metadata") else {},
+                "files": {e["path"]: {"digest": e.get("digest", ""), "size": int(e.get("size", 0)),
+                                      "local_path": e.get("local_path", "")}
+                          for e in body.get("manifest", {}).get("contents", [])}})
         elif kind == "metric":
-            m = record.metric
-            out.metrics.append({"name": m.name, "glob_name": m.glob_name, "step_metric": m.step_metric})
+            out.metrics.append({"name": body.get("name", ""), "glob_name": body.get("glob_name", ""),
+                                "step_metric": body.get("step_metric", "")})
         elif kind == "files":
-            out.files.extend(f.path for f in record.files.files)
+            out.files.extend(f["path"] for f in body.get("files", []))
         elif kind == "preempting":
             out.preempting = True
-        elif kind == "exit":
-            out.exit_code = record.exit.exit_code
-    out.config.pop("_wandb", None)
     return out
 
 
@@ -235,7 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         print(f"error: no run-*.wandb file under {args.path}")
         return 2
-    runs = [read_run(f) for f in files]
+    try:
+        runs = [read_run(f) for f in files]
+    except RecordFileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps([{"file": str(r.path), "run_id": r.run_id, "config": r.config, "summary": r.summary,
                            "epochs": r.epoch_rows(), "artifacts": r.artifacts, "exit_code": r.exit_code}

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import pytest
 
 from conftest import REPO, SMALL, accelerate_cmd, base_env, run, train_cmd
 
-from cifar_dist.wandb_records import HEADER, RecordFileError, find_run_files, iter_records, read_run
+from cifar_dist.wandb_records import RecordFileError, find_run_files, read_run
 
 STEPS_PER_EPOCH_2P = 12  # SMALL: 400 training images, batch 16 per rank, 2 ranks
 LOG_EVERY = 5
@@ -294,55 +293,19 @@ def test_mode_decision(clean_env, tmp_path):
         assert resolve_mode("auto")[0] == "online"
 
 
-# -- the record reader on hand-made files ------------------------------------------------------
-def _write_records(path: Path, payloads: list[bytes]) -> None:
-    """Write the LevelDB-log framing the way wandb does, chunks split at 32 KiB block ends."""
-    import zlib
-
-    out = bytearray(HEADER)
-    for data in payloads:
-        first = True
-        while True:
-            left = 32768 - len(out) % 32768
-            if left < 7:
-                out += b"\0" * left
-                continue
-            piece, data = data[: left - 7], data[left - 7 :]
-            kind = (1 if first else 4) if not data else (2 if first else 3)
-            out += struct.pack("<IHB", zlib.crc32(piece, zlib.crc32(bytes([kind]))) & 0xFFFFFFFF, len(piece), kind)
-            out += piece
-            first = False
-            if not data:
-                break
-    path.write_bytes(bytes(out))
-
-
-def test_reader_joins_records_across_blocks_and_checks_crcs(tmp_path):
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    records = []
-    for i in range(40):  # ~70 KiB of history: several records span block boundaries
-        r = pb.Record()
-        item = r.history.item.add()
-        item.key, item.value_json = "blob", json.dumps("x" * (1500 + 37 * i))
-        step = r.history.item.add()
-        step.key, step.value_json = "_step", str(i)
-        records.append(r.SerializeToString())
-    f = tmp_path / "run-test.wandb"
-    _write_records(f, records)
-    assert f.stat().st_size > 2 * 32768
-    got = list(iter_records(f))
-    assert [json.loads(r.history.item[1].value_json) for r in got] == list(range(40))
-    assert read_run(f).history[39]["blob"] == "x" * (1500 + 37 * 39)
-
-    raw = bytearray(f.read_bytes())
-    raw[40000] ^= 0xFF
-    f.write_bytes(bytes(raw))
-    with pytest.raises(RecordFileError, match="crc"):
-        list(iter_records(f))
-    f.write_bytes(b"PK\x03\x04" + bytes(raw[4:]))
-    with pytest.raises(RecordFileError, match="not a W&B record file"):
-        list(iter_records(f))
+# -- the record reader (wandb's own `wandb leet inspect`) on damaged files -----------------------
+def test_reader_refuses_corrupt_and_foreign_files(ddp_run, tmp_path):
+    raw = bytearray(ddp_run["files"][0].read_bytes())
+    assert read_run(ddp_run["files"][0]).exit_code == 0
+    corrupt = tmp_path / "run-corrupt.wandb"
+    raw[len(raw) // 2] ^= 0xFF  # one flipped byte: a crc mismatch, which wandb itself only warns about
+    corrupt.write_bytes(bytes(raw))
+    with pytest.raises(RecordFileError, match="corrupt"):
+        read_run(corrupt)
+    foreign = tmp_path / "run-foreign.wandb"
+    foreign.write_bytes(b"PK\x03\x04" + bytes(raw[4:]))
+    with pytest.raises(RecordFileError, match="bad header"):
+        read_run(foreign)
 
 
 def test_reader_cli(ddp_run):
@@ -352,22 +315,3 @@ def test_reader_cli(ddp_run):
     runs = json.loads(p.stdout)
     assert len({r["run_id"] for r in runs}) == 1
     assert runs[0]["config"]["job"]["world_size"] == 2
-
-
-def test_reader_agrees_with_wandbs_own_inspector(ddp_run):
-    """wandb >= 0.2x ships a Go reader of the same file (`wandb leet inspect`): an independent check."""
-    wandb_cli = Path(sys.executable).parent / "wandb"
-    probe = subprocess.run([str(wandb_cli), "leet", "inspect", "--help"], capture_output=True, text=True, timeout=120)
-    if probe.returncode != 0:
-        pytest.skip(f"this wandb has no `wandb leet inspect` ({probe.stderr.strip()[:100]})")
-    f = ddp_run["files"][0]
-    p = subprocess.run([str(wandb_cli), "leet", "inspect", "--summary", "--json", str(f)], capture_output=True,
-                       text=True, timeout=120, env=base_env())
-    assert p.returncode == 0, p.stderr
-    theirs = json.loads(p.stdout)
-    ours = read_run(f)
-    assert (theirs["run_id"], theirs["exit_code"], theirs["project"]) == (ours.run_id, ours.exit_code, ours.project)
-    assert {k: v for k, v in theirs["config"].items() if k != "_wandb"} == ours.config
-    shared = set(theirs["summary"]) & set(ours.summary)
-    assert {"test/accuracy", "test/loss", "epoch/val_loss", "best/epoch"} <= shared
-    assert {k: theirs["summary"][k] for k in shared} == {k: ours.summary[k] for k in shared}

@@ -14,7 +14,7 @@ from typing import Any
 from .errors import UserError
 from .schedules import DEPRECATED as DEPRECATED_SCHEDULES
 
-DATASETS = ("cifar10", "cifar100", "fashion_mnist", "synthetic")
+DATASETS = ("cifar10", "cifar100", "fashion_mnist", "synthetic", "imagefolder")
 LOADERS = ("torch", "tensor")
 NORMALIZE = ("half", "dataset")  # half = the tutorial's Normalize(0.5, 0.5)
 SCHEDULES = ("constant", "linear", "linear_to_1pct")  # formulas: cifar_dist/schedules.py; onecycle: deprecated alias
@@ -30,7 +30,9 @@ WANDB_MODES = ("auto", "online", "offline", "disabled")
 @dataclass
 class DataConfig:
     name: str = "cifar10"
-    root: str = "./data"
+    root: str = "./data"  # imagefolder: a folder of train/<class>/ + test/<class>/, or a .tar/.tar.gz/.tar.xz of one
+    cache_dir: str = "./data/cache"  # imagefolder: decoded arrays and unpacked archives (never inside data.root)
+    image_size: int = 0  # imagefolder: resize every image to N×N while caching; 0 keeps the files' size
     val_fraction: float = 0.2
     loader: str = "torch"  # torch: the tutorial's per-sample DataLoader; tensor: uint8 tensors + batch ops
     normalize: str = "half"
@@ -258,6 +260,7 @@ def validate(cfg: Config) -> Config:
         ("data.val_fraction", 0.0 <= cfg.data.val_fraction < 1.0, "must be in [0, 1)"),
         ("data.num_workers", cfg.data.num_workers >= 0, "must be >= 0"),
         ("data.crop_pad", 0 <= cfg.data.crop_pad <= 8, "must be in [0, 8]"),
+        ("data.image_size", 0 <= cfg.data.image_size <= 4096, "must be in [0, 4096] (0: keep the files' size)"),
         ("data.synthetic_train_size", cfg.data.synthetic_train_size >= 10, "must be >= 10"),
         ("data.synthetic_test_size", cfg.data.synthetic_test_size >= 1, "must be >= 1"),
         ("model.dropout", 0.0 <= cfg.model.dropout < 1.0, "must be in [0, 1)"),

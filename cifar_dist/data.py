@@ -1,6 +1,7 @@
 """Datasets: CIFAR-10/100 through torchvision's on-disk format, Fashion-MNIST from Debian's
-`dataset-fashion-mnist`, and `synthetic`, a small learnable dataset written in CIFAR-10's exact
-python format and read back by torchvision's own CIFAR-10 reader.
+`dataset-fashion-mnist`, `synthetic`, a small learnable dataset written in CIFAR-10's exact
+python format and read back by torchvision's own CIFAR-10 reader, and `imagefolder`, folders of
+image files (imagefolder.py).
 
     from cifar_dist.data import load_data
     bundle = load_data(cfg, accelerator)   # every rank gets the same seeded 80/20 split
@@ -198,6 +199,12 @@ def _read_raw(cfg, main_process_first, transform):
     from torchvision.datasets import CIFAR10, CIFAR100, FashionMNIST
 
     name, root = cfg.data.name, Path(cfg.data.root)
+    if name == "imagefolder":
+        from .imagefolder import ImageArrayDataset, load_imagefolder
+
+        with main_process_first():  # one rank decodes into the cache (other jobs wait on its lock); the others read
+            tr_x, tr_y, te_x, te_y, classes = load_imagefolder(cfg)
+        return ImageArrayDataset(tr_x, tr_y, classes, transform), tr_x, tr_y, te_x, te_y, classes
     with main_process_first():  # one rank downloads / writes; the others wait, then read
         if name == "synthetic":
             root = _ensure_synthetic(cfg)

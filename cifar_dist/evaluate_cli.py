@@ -101,9 +101,11 @@ def main(argv: list[str]) -> None:
     for line in config_warnings(cfg):
         accelerator.print(line, file=sys.stderr)
     data = load_data(cfg, accelerator)
-    if data.num_classes != ckpt["model"]["num_classes"] or data.in_channels != ckpt["model"]["in_channels"]:
-        raise UserError(f"{args.checkpoint} has {ckpt['model']['num_classes']} classes / {ckpt['model']['in_channels']} "
-                        f"channels but {cfg.data.name} has {data.num_classes} / {data.in_channels}")
+    m = ckpt["model"]
+    if (data.num_classes, data.in_channels, data.image_size) != (m["num_classes"], m["in_channels"], m["image_size"]):
+        raise UserError(f"{args.checkpoint} has {m['num_classes']} classes / {m['in_channels']} channels / "
+                        f"{m['image_size']} pixels but {cfg.data.name} has {data.num_classes} / {data.in_channels} / "
+                        f"{data.image_size}")
     if args.split == "val" and not len(data.val_labels):
         raise UserError(f"{args.checkpoint} was trained on every training image (data.val_fraction=0), so there is "
                         f"no validation split to evaluate; use --split test")

@@ -33,14 +33,17 @@ from .schedules import lr_at, scaled_lr
 from .tracking import accelerator_log_with, build_tracker
 
 # Config keys that must not change when a run resumes: they define the model and the data split.
-RESUME_FIXED = [("seed",), ("data", "name"), ("data", "val_fraction"), ("data", "normalize"),
+# data.root only for imagefolder, where it names the images; CIFAR's root may move (node-local scratch).
+RESUME_FIXED = [("seed",), ("data", "name"), ("data", "image_size"), ("data", "val_fraction"), ("data", "normalize"),
                 ("data", "synthetic_train_size"), ("data", "synthetic_test_size"), ("model", "name"),
                 ("model", "width"), ("train", "per_device_batch_size")]
 
 
-def _get(tree: dict, path: tuple):
+def _get(tree: dict, path: tuple, default=None):
     for p in path:
-        tree = tree.get(p, {}) if isinstance(tree, dict) else None
+        if not isinstance(tree, dict) or p not in tree:
+            return default
+        tree = tree[p]
     return tree
 
 
@@ -62,7 +65,9 @@ def prepare_run_dir(cfg: Config, accelerator) -> tuple[Path, bool]:
         resume = has_state and cfg.train.resume != "false"
         if error is None and resume and (run_dir / "config.json").exists():
             saved = json.loads((run_dir / "config.json").read_text())
-            changed = [".".join(p) for p in RESUME_FIXED if _get(saved, p) != _get(cfg.to_dict(), p)]
+            fixed = RESUME_FIXED + [("data", "root")] * (cfg.data.name == "imagefolder")
+            now, defaults = cfg.to_dict(), Config().to_dict()  # a key newer than the saved run: its default
+            changed = [".".join(p) for p in fixed if _get(saved, p, _get(defaults, p)) != _get(now, p)]
             if changed:
                 error = (f"cannot resume {run_dir}: {', '.join(changed)} differ from the saved run "
                          f"(see {run_dir}/config.json); resume with the same settings or start a new --run.dir")

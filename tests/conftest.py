@@ -56,6 +56,14 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+def cifar10_jpeg_archive() -> Path:
+    """The real CIFAR-10 as JPEG files (../shared/data/ beside the repository, or $CIFAR10_JPEG_ARCHIVE);
+    skips without it, fails under CI=true. Never copied into the repository."""
+    path = Path(os.environ.get("CIFAR10_JPEG_ARCHIVE") or REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.xz")
+    require(path.is_file(), f"the CIFAR-10 JPEG archive is not at {path} (set CIFAR10_JPEG_ARCHIVE to its path)")
+    return path
+
+
 def synthetic_root(tmp_path_factory, train_size: int, test_size: int) -> Path:
     """A fresh data root holding synthetic CIFAR-10 files of these sizes (written by the toolkit
     itself, in CIFAR-10's on-disk format), for --data.name=synthetic with the same sizes."""

@@ -34,6 +34,33 @@ def clean_stale(run_dir: Path) -> list[Path]:
     return removed
 
 
+def make_run_dir(run_dir: Path) -> None:
+    """`mkdir -p run_dir`, undone at exit when the run saved nothing there: a run that fails before
+    its first saved state (data that will not load, a bad resume, a loss that blows up) leaves no
+    folder behind, while a folder it did not create stays exactly as it was. The check runs from
+    atexit, registered before W&B registers its own teardown, so it comes after that teardown has
+    written its last file (atexit runs newest first; exit_process runs it too)."""
+    import atexit
+
+    run_dir = Path(run_dir)
+    created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # deepest first
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if created:
+        atexit.register(_remove_if_nothing_saved, run_dir, created)
+
+
+def _remove_if_nothing_saved(run_dir: Path, created: list[Path]) -> None:
+    if (run_dir / "best.pt").exists() or any((run_dir / p / "custom_checkpoint_0.pkl").exists()
+                                             for p in ("last", "last.old")):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for parent in created[1:]:  # only while empty: another job may have started in it meanwhile
+        try:
+            parent.rmdir()
+        except OSError:
+            break
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror

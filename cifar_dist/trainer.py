@@ -25,6 +25,7 @@ from .distributed import (broadcast_module, broadcast_object, build_accelerator,
                           reduce_sum, seed_each_rank)
 from .errors import UserError
 from .evaluation import evaluate
+from .faults import make_run_dir
 from .loaders import build_train_loader
 from .models import build_model, count_parameters
 from .preemption import StopRequest
@@ -73,8 +74,9 @@ def prepare_run_dir(cfg: Config, accelerator) -> tuple[Path, bool]:
                          f"(see {run_dir}/config.json); resume with the same settings or start a new --run.dir")
         if error is None:
             try:  # only a probe: config.json is written with the first saved state (Checkpointer), so
-                # a run that fails before then (bad data, a bad resume) leaves run.dir as it was
-                run_dir.mkdir(parents=True, exist_ok=True)
+                # a run that fails before then (bad data, a bad resume) leaves run.dir as it was, and a
+                # folder made here is removed again (make_run_dir)
+                make_run_dir(run_dir)
                 atomic_write_bytes(run_dir / f".write-probe{os.getpid()}", b"")
                 (run_dir / f".write-probe{os.getpid()}").unlink()
             except OSError as e:

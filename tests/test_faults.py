@@ -243,9 +243,8 @@ def catalogue(tmp_path_factory, trained_run, data_root):
         if name == "resume_state_truncated":  # the truncation is the bad input, not a change by the run
             before = snapshot(ctx.run)
         p = run(cmd, timeout=240, env=env)
-        # cases that cannot resume the copied run (another dataset) start a fresh run.dir: it must stay empty
-        fresh = snapshot(tmp / "fresh") if (tmp / "fresh").exists() else {}
-        results[name] = (p, before, snapshot(ctx.run), fresh)
+        # cases that cannot resume the copied run (another dataset) start a fresh run.dir: it must not be left behind
+        results[name] = (p, before, snapshot(ctx.run), (tmp / "fresh").exists())
 
     with ThreadPoolExecutor(max_workers=3) as pool:
         list(pool.map(one, CASES))
@@ -259,7 +258,44 @@ def test_bad_input_one_line_and_nothing_changed(catalogue, name, patterns):
     if name == "nan_loss":  # it trained some steps before the loss blew up: W&B recorded them, in its own folder
         before, after = ({k: v for k, v in d.items() if not k.startswith("wandb/")} for d in (before, after))
     assert after == before, f"run.dir changed: {sorted(set(after.items()) ^ set(before.items()))}"
-    assert fresh == {}, f"a failed fresh run left files: {sorted(fresh)}"
+    assert not fresh, "a failed fresh run left its run.dir behind"
+
+
+def test_a_failed_start_leaves_no_run_folder(tmp_path):
+    """CIFAR-10 missing and the download failing (offline), with the default run.dir: no runs/ folder
+    appears in the working directory; with a run.dir two levels below nothing, neither level stays."""
+    for extra in ([], [f"--run.dir={tmp_path / 'new' / 'deeper' / 'run'}"]):
+        p = run(train_cmd("--data.name=cifar10", f"--data.root={tmp_path / 'nodata'}", *extra), cwd=tmp_path,
+                env=offline_env())
+        assert_one_line_error(p, r"CIFAR-10 is not in .*nodata", r"download failed")
+        assert sorted(x.name for x in tmp_path.iterdir()) == ["nodata"], sorted(tmp_path.rglob("*"))
+
+
+def test_a_run_that_fails_before_its_first_save_leaves_nothing(tmp_path, data_root):
+    """The loss blows up in epoch 1, before any state is saved, with W&B offline writing into the run
+    folder: the folder the run made goes, W&B's files included."""
+    run_dir = tmp_path / "run"
+    p = run(train_cmd(*SMALL, f"--data.root={data_root}", f"--run.dir={run_dir}", "--optim.lr=1e6",
+                      "--train.log_every_steps=1", "--run.progress=false", "--tracking.backend=wandb"),
+            env=base_env(WANDB_MODE="offline"))
+    assert_one_line_error(p, r"training loss became")
+    assert not run_dir.exists(), sorted(run_dir.rglob("*"))
+
+
+@pytest.mark.parametrize("content", ["empty", "a user's file"])
+def test_a_failed_start_keeps_a_folder_it_did_not_create(tmp_path, data_root, content):
+    """run.dir exists before the run (made by the user, or by a job script): after the same failure it
+    is still there, exactly as it was (a W&B folder made by the failed run excepted: none here)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    if content != "empty":
+        (run_dir / "notes.txt").write_text("mine")
+    before = snapshot(run_dir)
+    p = run(train_cmd(*SMALL, f"--data.root={data_root}", f"--run.dir={run_dir}", "--optim.lr=1e6",
+                      "--train.log_every_steps=1", "--run.progress=false", "--tracking.backend=none"))
+    assert_one_line_error(p, r"training loss became")
+    assert run_dir.is_dir() and snapshot(run_dir) == before
+    assert sorted(x.name for x in run_dir.iterdir()) == ([] if content == "empty" else ["notes.txt"])
 
 
 def test_catalogue_is_complete():
@@ -573,6 +609,7 @@ def test_exit_paths_of_a_two_process_job(tmp_path, data_root, how):
         pattern = r"nothing to resume" if how == "user_error_at_start" else r"training loss became"
         assert len(ours) == 1 and re.search(pattern, ours[0]), detail
         assert proc.returncode != 0 and codes == [2, 2], detail
+        assert not run_dir.exists(), "a run that failed before its first saved state left its folder"
     elif how == "sigterm":
         assert proc.returncode != 0 and codes == [143, 143], detail
     elif how == "sigusr1":  # a resumable stop, not a failure

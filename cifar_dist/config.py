@@ -88,7 +88,8 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     per_device_batch_size: int = 500
-    tta: bool = False
+    tta: bool = False  # flip test-time augmentation: mean logits of each image and its mirror
+    tta_translate: int = 0  # with eval.tta: also views shifted ±this many pixels (6 views in all); 0 = flip only
 
 
 @dataclass
@@ -162,6 +163,19 @@ PRESETS: dict[str, dict] = {
         "train": {"epochs": 13, "per_device_batch_size": 256, "channels_last": True, "mixed_precision": "auto", "eval_every_epochs": 13},
         "eval": {"tta": True},
     },
+}
+
+
+# Per-dataset layers over a preset, applied when the run's data.name matches (after the preset, before
+# YAML and the command line; --print-config shows them). The presets above were tuned on Fashion-MNIST
+# (28×28 grey, centred objects); real colour photos want other settings, tuned on CIFAR-10's validation
+# split (JPEG q75 copy; docs/results.md "CIFAR-10 tuning"). A user's own image folders are photos too,
+# so imagefolder gets the CIFAR-10 layer.
+_SEED_FAST_PHOTOS = {"data": {"crop_pad": 4}}
+_FAST_PHOTOS = {"data": {"crop_pad": 4}}
+PRESET_DATASET_OVERRIDES: dict[str, dict[str, dict]] = {
+    "seed_fast": {name: _SEED_FAST_PHOTOS for name in ("cifar10", "cifar100", "imagefolder")},
+    "fast": {name: _FAST_PHOTOS for name in ("cifar10", "cifar100", "imagefolder")},
 }
 
 
@@ -279,6 +293,7 @@ def validate(cfg: Config) -> Config:
         ("train.threads_per_process", cfg.train.threads_per_process >= 0, "must be >= 0"),
         ("train.dist_timeout_s", cfg.train.dist_timeout_s >= 1, "must be >= 1"),
         ("train.max_steps", cfg.train.max_steps >= 0, "must be >= 0"),
+        ("eval.tta_translate", 0 <= cfg.eval.tta_translate <= 4, "must be in [0, 4]"),
         ("eval.per_device_batch_size", cfg.eval.per_device_batch_size >= 1, "must be >= 1"),
     ]
     for path, ok, why in checks:
@@ -349,30 +364,50 @@ def parse_overrides(argv: list[str]) -> dict:
     return tree
 
 
+def _read_yaml(config_file: str) -> dict:
+    import yaml
+
+    try:
+        with open(config_file) as f:
+            tree = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise UserError(f"config file {config_file} does not exist; pass a YAML file path to --config") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"config file {config_file} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"config file {config_file} must hold a mapping of sections (data:, optim:, ...)")
+    tree.pop("preset", None)
+    return tree
+
+
+def dataset_overrides(preset: str, data_name: str) -> dict:
+    """The preset's per-dataset layer (PRESET_DATASET_OVERRIDES) for this data.name, or {}."""
+    return PRESET_DATASET_OVERRIDES.get(preset, {}).get(data_name, {})
+
+
 def resolve(preset: str | None = None, config_file: str | None = None, overrides: list[str] | None = None) -> Config:
-    """defaults < preset < YAML file < overrides, validated."""
-    cfg = Config()
+    """defaults < preset < the preset's layer for the run's data.name < YAML file < overrides, validated."""
     preset = preset or "seed"
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    cfg.preset = preset
-    _apply(cfg, PRESETS[preset], f"preset {preset}")
+    layers = [(PRESETS[preset], f"preset {preset}")]
     if config_file:
-        import yaml
+        layers.append((_read_yaml(config_file), config_file))
+    layers.append((parse_overrides(overrides or []), "command line"))
 
-        try:
-            with open(config_file) as f:
-                tree = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise UserError(f"config file {config_file} does not exist; pass a YAML file path to --config") from None
-        except yaml.YAMLError as e:
-            raise UserError(f"config file {config_file} is not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(tree, dict):
-            raise UserError(f"config file {config_file} must hold a mapping of sections (data:, optim:, ...)")
-        tree.pop("preset", None)
-        _apply(cfg, tree, config_file)
-    _apply(cfg, parse_overrides(overrides or []), "command line")
-    return validate(cfg)
+    def layered(trees) -> Config:
+        cfg = Config()
+        cfg.preset = preset
+        for tree, source in trees:
+            _apply(cfg, tree, source)
+        return cfg
+
+    # data.name may come from any layer, so resolve once to learn it, then again with its layer in place.
+    name = layered(layers).data.name
+    extra = dataset_overrides(preset, name)
+    if extra:
+        layers.insert(1, (extra, f"preset {preset} for data.name={name}"))
+    return validate(layered(layers))
 
 
 def from_dict(tree: dict) -> Config:
@@ -385,7 +420,9 @@ def from_dict(tree: dict) -> Config:
 
 
 def format_config(cfg: Config) -> str:
-    lines = [f"preset: {cfg.preset}", f"seed: {cfg.seed}"]
+    extra = dataset_overrides(cfg.preset, cfg.data.name)
+    shown = ", ".join(f"{section}.{k}={v}" for section, keys in extra.items() for k, v in keys.items())
+    lines = [f"preset: {cfg.preset}" + (f" (with its {cfg.data.name} layer: {shown})" if extra else ""), f"seed: {cfg.seed}"]
     for name, section in cfg.to_dict().items():
         if isinstance(section, dict):
             lines.append(f"{name}: " + ", ".join(f"{k}={v}" for k, v in section.items()))

@@ -90,7 +90,7 @@ def main(argv: list[str]) -> None:
         if env_world_size() > 1:
             raise UserError("--images runs in one process; use 'python evaluate.py --images ...' without accelerate launch")
 
-        predict_files(model, ckpt, args.images, args.json, tta=cfg.eval.tta)
+        predict_files(model, ckpt, args.images, args.json, tta=cfg.eval.tta, tta_translate=cfg.eval.tta_translate)
         return
 
     from .data import load_data
@@ -112,7 +112,7 @@ def main(argv: list[str]) -> None:
     model = accelerator.prepare(model)
     images, labels = (data.test_images, data.test_labels) if args.split == "test" else (data.val_images, data.val_labels)
     result = evaluate(model, images, labels, data.mean, data.std, accelerator, data.classes,
-                      batch_size=cfg.eval.per_device_batch_size, tta=cfg.eval.tta)
+                      batch_size=cfg.eval.per_device_batch_size, tta=cfg.eval.tta, tta_translate=cfg.eval.tta_translate)
     print_report(result, args.split, accelerator)
     error = None
     if args.json and accelerator.is_main_process:

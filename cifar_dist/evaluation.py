@@ -51,18 +51,32 @@ class EvalResult:
         return lines
 
 
-def logits_of(net, x: torch.Tensor, tta: bool) -> torch.Tensor:
+def _flip_mean(net, x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (net(x) + net(torch.flip(x, dims=[3])))
+
+
+def logits_of(net, x: torch.Tensor, tta: bool, translate: int = 0) -> torch.Tensor:
     """The model's logits; with tta (flip test-time augmentation), averaged with those of the mirror
-    image. evaluate.py's splits and its --images predictions both go through here."""
-    logits = net(x)
-    if tta:
-        logits = 0.5 * (logits + net(torch.flip(x, dims=[3])))
+    image. evaluate.py's splits and its --images predictions both go through here.
+    With tta and translate = t > 0 (eval.tta_translate): also the image shifted t pixels up-left and
+    t down-right (reflect padding, as in training), each with its mirror: 6 views, the unshifted pair
+    weighted 1/2 and each shifted pair 1/4 (airbench's translate-and-flip views)."""
+    if not tta:
+        return net(x)
+    logits = _flip_mean(net, x)
+    if translate:
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (translate,) * 4, mode="reflect")
+        ends = 2 * translate
+        shifted = _flip_mean(net, padded[..., :h, :w]) + _flip_mean(net, padded[..., ends:ends + h, ends:ends + w])
+        logits = 0.5 * logits + 0.25 * shifted
     return logits
 
 
 @torch.no_grad()
 def evaluate(model, images_u8: torch.Tensor, labels: torch.Tensor, mean, std, accelerator, classes: list[str],
-             batch_size: int = 500, tta: bool = False, channels_last: bool = False) -> EvalResult:
+             batch_size: int = 500, tta: bool = False, channels_last: bool = False,
+             tta_translate: int = 0) -> EvalResult:
     """Collective: every rank must call it. `model` may be DDP-wrapped; we run the bare module so
     no rank waits on another's forward (uneven batch counts are fine)."""
     net = accelerator.unwrap_model(model)
@@ -70,7 +84,7 @@ def evaluate(model, images_u8: torch.Tensor, labels: torch.Tensor, mean, std, ac
     net.eval()
     idx_parts, loss_parts, prob_parts = [], [], []
     batches = eval_batches(len(labels), batch_size, accelerator.process_index, accelerator.num_processes)
-    with bar("evaluating" + (" with flip TTA" if tta else ""), len(batches), accelerator.is_main_process) as advance:
+    with bar("evaluating" + ((" with flip and translate TTA" if tta_translate else " with flip TTA") if tta else ""), len(batches), accelerator.is_main_process) as advance:
         for batch in batches:
             index = torch.tensor(batch)
             x = normalize_batch(images_u8[index].to(accelerator.device, non_blocking=True), mean, std)
@@ -78,7 +92,7 @@ def evaluate(model, images_u8: torch.Tensor, labels: torch.Tensor, mean, std, ac
                 x = x.contiguous(memory_format=torch.channels_last)
             y = labels[index].to(accelerator.device)
             with accelerator.autocast():
-                logits = logits_of(net, x, tta).float()
+                logits = logits_of(net, x, tta, tta_translate).float()
             idx_parts.append(index)
             loss_parts.append(F.cross_entropy(logits, y, reduction="none").cpu())
             prob_parts.append(torch.softmax(logits, dim=1).cpu())

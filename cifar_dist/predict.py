@@ -65,7 +65,8 @@ def load_image(path: Path, in_channels: int, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_tensor(model, images_u8: torch.Tensor, mean, std, batch_size: int = 256, tta: bool = False) -> torch.Tensor:
+def predict_tensor(model, images_u8: torch.Tensor, mean, std, batch_size: int = 256, tta: bool = False,
+                   tta_translate: int = 0) -> torch.Tensor:
     """uint8 NCHW -> softmax probabilities (N, classes), in batches, on the model's device."""
     from .data import normalize_batch
     from .evaluation import logits_of
@@ -76,13 +77,13 @@ def predict_tensor(model, images_u8: torch.Tensor, mean, std, batch_size: int = 
     probs = []
     for i in range(0, len(images_u8), batch_size):
         x = normalize_batch(images_u8[i:i + batch_size].to(device), mean, std)
-        probs.append(torch.softmax(logits_of(model, x, tta).float(), dim=1).cpu())
+        probs.append(torch.softmax(logits_of(model, x, tta, tta_translate).float(), dim=1).cpu())
     model.train(was_training)
     return torch.cat(probs) if probs else torch.zeros(0, 0)
 
 
 def predict_files(model, ckpt: dict, paths: list[str], json_path: str | None = None, console=None,
-                  tta: bool = False) -> dict:
+                  tta: bool = False, tta_translate: int = 0) -> dict:
     """Predict every image, print a table, write JSON; raise UserError at the end if any file failed
     (after the others were predicted and written). Returns the JSON document."""
     from rich.console import Console
@@ -104,7 +105,7 @@ def predict_files(model, ckpt: dict, paths: list[str], json_path: str | None = N
                 print(f"error: {f}: {e}", file=sys.stderr, flush=True)
     rows = []
     if tensors:
-        probs = predict_tensor(model, torch.stack(tensors), mean, std, tta=tta)
+        probs = predict_tensor(model, torch.stack(tensors), mean, std, tta=tta, tta_translate=tta_translate)
         k = min(3, probs.shape[1])
         top_p, top_i = probs.topk(k, dim=1)
         for f, ps, ix in zip(ok_files, top_p.tolist(), top_i.tolist()):

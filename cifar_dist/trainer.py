@@ -147,7 +147,8 @@ def train(cfg: Config) -> dict:
     tracker = build_tracker(cfg, accelerator, run_dir, state)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
     eval_kw = dict(accelerator=accelerator, classes=data.classes, batch_size=cfg.eval.per_device_batch_size,
-                   tta=cfg.eval.tta, channels_last=cfg.train.channels_last)
+                   tta=cfg.eval.tta, channels_last=cfg.train.channels_last,
+                   tta_translate=cfg.eval.tta_translate)
 
     def check_finite(loss_sum: float) -> None:
         if not math.isfinite(loss_sum):

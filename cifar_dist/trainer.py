@@ -94,7 +94,15 @@ def _restore_rng(state, rank: int) -> bool:
     return False
 
 
-def train(cfg: Config) -> dict:
+def train(cfg: Config, after_epoch=None) -> dict:
+    """Train, validate, checkpoint; then test the best-validation weights. Returns the test summary.
+
+    after_epoch(epoch, row, evaluate_split) -> bool, if given, runs on every rank at the end of every epoch
+    (after its checkpoint): `row` is the epoch's metrics.jsonl row (its `epoch_seconds` is the training time
+    alone), `evaluate_split("test")` or `("val")` evaluates the current weights with the run's eval settings
+    (collective). Returning True ends training there, as if train.epochs had been reached. For benchmarks
+    (benchmarks/time_to_accuracy.py: test accuracy after every epoch, stop at a target).
+    """
     accelerator = build_accelerator(cfg, log_with=accelerator_log_with(cfg))
     # Handlers first: a stop request during start-up (data, model, resume) is kept and honoured at
     # the first step; under slurm/launch.sh USR1 is ignored until this line.
@@ -149,6 +157,10 @@ def train(cfg: Config) -> dict:
     eval_kw = dict(accelerator=accelerator, classes=data.classes, batch_size=cfg.eval.per_device_batch_size,
                    tta=cfg.eval.tta, channels_last=cfg.train.channels_last,
                    tta_translate=cfg.eval.tta_translate)
+
+    def evaluate_split(split: str):
+        images, labels = (data.test_images, data.test_labels) if split == "test" else (data.val_images, data.val_labels)
+        return evaluate(model, images, labels, data.mean, data.std, **eval_kw)
 
     def check_finite(loss_sum: float) -> None:
         if not math.isfinite(loss_sum):
@@ -251,6 +263,8 @@ def train(cfg: Config) -> dict:
             metrics_log.append(row)
             tracker.log({f"epoch/{k}": v for k, v in row.items()}, state.step)
             checkpointer.save_state()
+            if after_epoch is not None and after_epoch(state.epoch, row, evaluate_split):
+                break
 
     # The tutorial tests the best-validation model, not the last one (with data.val_fraction=0, the last).
     # Only the main process reads best.pt and sends the weights to the others: the file may live on a

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .errors import UserError
+from .prepare import build_once, has_marker
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -85,32 +86,31 @@ def _md5(path: Path) -> str:
 def write_synthetic_cifar10(root: Path, n_train: int = 5000, n_test: int = 1000, seed: int = SYNTHETIC_DATA_SEED) -> Path:
     """Write `root/cifar-10-batches-py/` exactly as CIFAR-10's python tarball lays it out
     (five `data_batch_i` pickles, `test_batch`, `batches.meta`; str keys, as torchvision reads them
-    with encoding="latin1"), plus `manifest.json` with each file's md5."""
-    rng = np.random.default_rng(seed)
-    templates = _class_templates(rng, 10)
-    folder = root / "cifar-10-batches-py"
-    tmp = root / "cifar-10-batches-py.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    train, train_labels = _synthetic_arrays(n_train, rng, templates)
-    test, test_labels = _synthetic_arrays(n_test, rng, templates)
-    bounds = np.linspace(0, n_train, 6).astype(int)
-    for i in range(5):
-        lo, hi = bounds[i], bounds[i + 1]
-        entry = {"batch_label": f"training batch {i + 1} of 5", "labels": train_labels[lo:hi], "data": train[lo:hi],
-                 "filenames": [f"synthetic_{j:06d}.png" for j in range(lo, hi)]}
-        with open(tmp / f"data_batch_{i + 1}", "wb") as f:
-            pickle.dump(entry, f, protocol=2)
-    with open(tmp / "test_batch", "wb") as f:
-        pickle.dump({"batch_label": "testing batch 1 of 1", "labels": test_labels, "data": test,
-                     "filenames": [f"synthetic_test_{j:06d}.png" for j in range(n_test)]}, f, protocol=2)
-    with open(tmp / "batches.meta", "wb") as f:
-        pickle.dump({"num_cases_per_batch": int(bounds[1]), "label_names": CIFAR10_CLASSES, "num_vis": 3072}, f, protocol=2)
-    manifest = {p.name: _md5(p) for p in sorted(tmp.iterdir())}
-    (tmp / "manifest.json").write_text(json.dumps({"n_train": n_train, "n_test": n_test, "seed": seed, "md5": manifest}))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    return folder
+    with encoding="latin1"), plus `manifest.json` with each file's md5; once, however many jobs
+    ask at the same moment (prepare.build_once)."""
+
+    def build(tmp: Path) -> None:
+        rng = np.random.default_rng(seed)
+        templates = _class_templates(rng, 10)
+        train, train_labels = _synthetic_arrays(n_train, rng, templates)
+        test, test_labels = _synthetic_arrays(n_test, rng, templates)
+        bounds = np.linspace(0, n_train, 6).astype(int)
+        for i in range(5):
+            lo, hi = bounds[i], bounds[i + 1]
+            entry = {"batch_label": f"training batch {i + 1} of 5", "labels": train_labels[lo:hi], "data": train[lo:hi],
+                     "filenames": [f"synthetic_{j:06d}.png" for j in range(lo, hi)]}
+            with open(tmp / f"data_batch_{i + 1}", "wb") as f:
+                pickle.dump(entry, f, protocol=2)
+        with open(tmp / "test_batch", "wb") as f:
+            pickle.dump({"batch_label": "testing batch 1 of 1", "labels": test_labels, "data": test,
+                         "filenames": [f"synthetic_test_{j:06d}.png" for j in range(n_test)]}, f, protocol=2)
+        with open(tmp / "batches.meta", "wb") as f:
+            pickle.dump({"num_cases_per_batch": int(bounds[1]), "label_names": CIFAR10_CLASSES, "num_vis": 3072}, f,
+                        protocol=2)
+        manifest = {p.name: _md5(p) for p in sorted(tmp.iterdir())}
+        (tmp / "manifest.json").write_text(json.dumps({"n_train": n_train, "n_test": n_test, "seed": seed, "md5": manifest}))
+
+    return build_once(root / "cifar-10-batches-py", build, "the synthetic dataset", "set --data.root to a writable folder")
 
 
 def _synthetic_root(cfg) -> Path:
@@ -119,12 +119,7 @@ def _synthetic_root(cfg) -> Path:
 
 def _ensure_synthetic(cfg) -> Path:
     root = _synthetic_root(cfg)
-    manifest = root / "cifar-10-batches-py" / "manifest.json"
-    if not manifest.exists():
-        try:
-            write_synthetic_cifar10(root, cfg.data.synthetic_train_size, cfg.data.synthetic_test_size)
-        except OSError as e:
-            raise UserError(f"cannot write the synthetic dataset under {root} ({e.strerror}); set --data.root to a writable folder") from None
+    write_synthetic_cifar10(root, cfg.data.synthetic_train_size, cfg.data.synthetic_test_size)
     return root
 
 
@@ -144,28 +139,22 @@ def _synthetic_class(root: Path):
 
 # --------------------------------------------------------------------------- readers
 
-def _open_cifar(cls, root: Path, train: bool, download: bool, label: str, transform=None):
+def _open_cifar(cls, root: Path, train: bool, label: str, transform=None):
+    """torchvision's reader, never downloading (_prepare_cifar has done that): it md5-checks every file."""
     synthetic = label.startswith("synthetic")
     try:
-        return cls(str(root), train=train, download=download, transform=transform)
+        return cls(str(root), train=train, download=False, transform=transform)
     except RuntimeError as e:  # "Dataset not found or corrupted"
         if synthetic:  # written by us, md5-checked against its manifest: regenerate rather than download
             raise UserError(f"{label} under {root} is corrupted ({e}); delete {root} and run again "
                             f"(it is rewritten)") from None
-        raise UserError(
-            f"{label} not found or corrupted under {root} ({e}); "
-            f"{'the download failed too, so this machine seems offline: ' if download else ''}"
-            f"place {'cifar-10-python.tar.gz' if 'CIFAR-10' in label else 'cifar-100-python.tar.gz'} in {root}/ and run again"
-        ) from None
+        raise UserError(f"{label} not found or corrupted under {root} ({e}); place {cls.filename} in {root}/ and "
+                        f"run again (it is unpacked there; with data.download=true it is downloaded)") from None
     except ValueError as e:  # the pickles load but their arrays do not reshape to N×3×32×32
         raise UserError(f"{label} files under {root} hold data of the wrong shape ({str(e).splitlines()[0][:100]}); "
                         f"they are not CIFAR batches: delete them and {'run again' if synthetic else 'download again'}") from None
-    except OSError as e:  # URLError is an OSError: no network
-        raise UserError(
-            f"{label} is not in {root} and the download failed ({getattr(e, 'reason', e)}); this machine seems "
-            f"offline: place {'cifar-10-python.tar.gz' if 'CIFAR-10' in label else 'cifar-100-python.tar.gz'} "
-            f"in {root}/ by hand and run again"
-        ) from None
+    except OSError as e:
+        raise UserError(f"cannot read {label} under {root} ({e.strerror or e}); check the folder's permissions") from None
     except (pickle.UnpicklingError, EOFError, KeyError, UnicodeDecodeError) as e:
         raise UserError(f"{label} files under {root} are corrupt ({type(e).__name__}); delete them and download again") from None
 
@@ -173,25 +162,57 @@ def _open_cifar(cls, root: Path, train: bool, download: bool, label: str, transf
 def _prepare_fashion_mnist(root: Path) -> None:
     """torchvision wants the four idx files uncompressed under <root>/FashionMNIST/raw/. Debian ships
     them gzipped with other checksums than torchvision's, so we decompress them ourselves and never
-    let torchvision download."""
+    let torchvision download; once, however many jobs sharing data.root ask at the same moment."""
     raw = root / "FashionMNIST" / "raw"
-    if all((raw / f).exists() for f in FASHION_FILES):
+
+    def complete(folder: Path) -> bool:  # also a folder filled by hand, or by earlier versions (file by file, atomically)
+        return has_marker(folder) or all((folder / f).is_file() for f in FASHION_FILES)
+
+    if complete(raw):
         return
     if not all((DEBIAN_FASHION_MNIST / f"{f}.gz").exists() for f in FASHION_FILES):
         raise UserError(
             f"Fashion-MNIST not found in {raw} nor in {DEBIAN_FASHION_MNIST}; install it with "
             f"'apt-get install dataset-fashion-mnist' or place the four idx files in {raw}/"
         )
-    raw.mkdir(parents=True, exist_ok=True)
-    for f in FASHION_FILES:
-        # A name of its own per process: two independent runs sharing a data root (main_process_first
-        # only orders the ranks of one job) each write their own copy, and os.replace makes the last one
-        # win atomically. A shared "<f>.tmp" let one run rename the file away under the other, which
-        # then died with FileNotFoundError.
-        tmp = raw / f"{f}.tmp-{os.getpid()}"
-        with gzip.open(DEBIAN_FASHION_MNIST / f"{f}.gz", "rb") as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        os.replace(tmp, raw / f)
+
+    def build(tmp: Path) -> None:
+        for f in FASHION_FILES:
+            with gzip.open(DEBIAN_FASHION_MNIST / f"{f}.gz", "rb") as src, open(tmp / f, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+
+    build_once(raw, build, "Fashion-MNIST's files", "set --data.root to a writable folder", is_complete=complete)
+
+
+def _prepare_cifar(cls, root: Path, download: bool, label: str) -> None:
+    """Download (torchvision's own code: URL, md5 of the archive) and unpack CIFAR-10/100 into
+    root/<base_folder> once, however many jobs sharing data.root ask at the same moment. The archive
+    is downloaded into root/ under the lock (a partial one fails its md5 and is fetched again);
+    an archive placed there by hand is unpacked without a download."""
+    from torchvision.datasets.utils import check_integrity, download_and_extract_archive
+
+    folder = root / cls.base_folder
+
+    def complete(f: Path) -> bool:  # the marker, or torchvision's own per-file md5 check (a folder unpacked by hand)
+        return has_marker(f) or all(check_integrity(str(f / name), md5) for name, md5 in cls.train_list + cls.test_list)
+
+    if complete(folder) or not (download or (root / cls.filename).is_file()):
+        return  # ready, or nothing to prepare it from: the reader says what is missing
+
+    def build(tmp: Path) -> None:
+        try:
+            download_and_extract_archive(cls.url, download_root=str(root), extract_root=str(tmp),
+                                         filename=cls.filename, md5=cls.tgz_md5)
+        except OSError as e:  # URLError is an OSError: no network
+            raise UserError(f"{label} is not in {root} and the download failed ({getattr(e, 'reason', e)}); this "
+                            f"machine seems offline: place {cls.filename} in {root}/ by hand and run again") from None
+        except RuntimeError as e:  # the archive's md5 differs from torchvision's
+            raise UserError(f"{root / cls.filename} is not {label}'s archive ({e}); delete it and run again") from None
+        for p in (tmp / cls.base_folder).iterdir():  # the archive holds <base_folder>/...: its files are the folder's
+            os.replace(p, tmp / p.name)
+        (tmp / cls.base_folder).rmdir()
+
+    build_once(folder, build, f"{label}'s files", "set --data.root to a writable folder", is_complete=complete)
 
 
 def _read_raw(cfg, main_process_first, transform):
@@ -209,18 +230,17 @@ def _read_raw(cfg, main_process_first, transform):
         if name == "synthetic":
             root = _ensure_synthetic(cfg)
             cls, label = _synthetic_class(root), "synthetic CIFAR-10"
-        elif name == "cifar10":
-            cls, label = CIFAR10, "CIFAR-10"
-        elif name == "cifar100":
-            cls, label = CIFAR100, "CIFAR-100"
+        elif name in ("cifar10", "cifar100"):
+            cls, label = (CIFAR10, "CIFAR-10") if name == "cifar10" else (CIFAR100, "CIFAR-100")
+            _prepare_cifar(cls, root, cfg.data.download, label)
         else:
             cls, label = None, "Fashion-MNIST"
             _prepare_fashion_mnist(root)
     if cls is not None:
         with main_process_first():
-            # never for synthetic: torchvision would fetch the real CIFAR-10 into the synthetic folder
-            train = _open_cifar(cls, root, True, cfg.data.download and name != "synthetic", label, transform)
-            test = _open_cifar(cls, root, False, False, label)
+            # prepared above (downloaded if it could be): here torchvision only reads, md5-checking every file
+            train = _open_cifar(cls, root, True, label, transform)
+            test = _open_cifar(cls, root, False, label)
         tr_x = torch.from_numpy(np.ascontiguousarray(train.data)).permute(0, 3, 1, 2).contiguous()
         te_x = torch.from_numpy(np.ascontiguousarray(test.data)).permute(0, 3, 1, 2).contiguous()
         classes = list(train.classes)

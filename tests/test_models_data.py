@@ -35,7 +35,7 @@ def test_synthetic_is_cifar10_format_and_read_by_torchvision(tmp_path):
     folder = write_synthetic_cifar10(tmp_path, 50, 20)
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
-         "batches.meta", "manifest.json"])
+         "batches.meta", "manifest.json", ".complete"])
     with open(folder / "data_batch_1", "rb") as f:
         entry = pickle.load(f, encoding="latin1")
     assert entry["data"].dtype == np.uint8 and entry["data"].shape == (10, 3072)

@@ -62,6 +62,20 @@ def main(fn, argv: list[str] | None) -> None:
     exit_process(code)
 
 
+def reject_unknown_options(parser: argparse.ArgumentParser, rest: list[str], extra: tuple[str, ...] = ()) -> None:
+    """A flag that is neither the parser's nor a --section.key override (nor one of `extra`) is a
+    typo: say which option was probably meant, instead of a config error about a key or a value."""
+    import difflib
+
+    known = [o for a in parser._actions for o in a.option_strings if o.startswith("--")] + ["--debug", *extra]
+    for arg in rest:
+        name = arg.split("=", 1)[0]
+        if name.startswith("--") and "." not in name and name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"options: {', '.join(known)}, or --section.key=value"
+            raise UserError(f"unknown option {name}; {hint}")
+
+
 def _train(argv: list[str]) -> None:
     from .config import PRESETS, config_warnings, format_config, resolve
 
@@ -73,6 +87,7 @@ def _train(argv: list[str]) -> None:
     p.add_argument("--resume", action="store_true", help="continue run.dir from its last full state")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     args, rest = p.parse_known_args(argv)
+    reject_unknown_options(p, rest, extra=("--seed",))  # a top-level config key
     if args.resume:
         rest.append("--train.resume=true")
     cfg = resolve(args.preset, args.config, rest)

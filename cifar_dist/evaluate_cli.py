@@ -32,21 +32,10 @@ def build_from_checkpoint(ckpt: dict, path) -> torch.nn.Module:
 
 
 def print_report(result, split: str, accelerator) -> None:
+    """One report, in the tutorial's format ('Test Accuracy of  bird: 65% (659/1000)', percentages
+    rounded down as the tutorial does); its counts are the ones --json and test_metrics.json hold."""
     if not accelerator.is_main_process:
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{split} split: {result.num_samples:,} images, loss {result.loss:.6f}")
-    table.add_column("class")
-    table.add_column("accuracy", justify="right")
-    table.add_column("correct / total", justify="right")
-    for name, pc in result.per_class.items():
-        acc = f"{100 * pc['correct'] / pc['total']:.1f}%" if pc["total"] else "n/a"
-        table.add_row(name, acc, f"{pc['correct']}/{pc['total']}")
-    table.add_row("[bold]overall", f"[bold]{100 * result.accuracy:.2f}%", f"{result.correct}/{result.num_samples}")
-    console = Console()
-    console.print(table)
     label = "Test" if split == "test" else "Validation"
     print(f"{label} Loss: {result.loss:.6f}\n")
     for line in result.tutorial_lines():
@@ -64,6 +53,9 @@ def main(argv: list[str]) -> None:
                    help="images in batch.png and predictions.png (two rows; default 16, a 2x8 grid)")
     p.add_argument("--images", nargs="+", default=None, help="predict these image files or folders instead")
     args, rest = p.parse_known_args(argv)
+    from .cli import reject_unknown_options
+
+    reject_unknown_options(p, rest)
 
     from .config import _apply, config_warnings, from_dict, parse_overrides, validate
 

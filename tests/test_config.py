@@ -4,7 +4,7 @@ import pytest
 from cifar_dist.config import PRESETS, from_dict, parse_overrides, resolve
 from cifar_dist.errors import UserError
 
-from conftest import run, train_cmd
+from conftest import eval_cmd, run, train_cmd
 
 
 def test_defaults_are_the_tutorial():
@@ -86,6 +86,18 @@ def test_cli_error_is_one_line_before_any_work(tmp_path):
     assert p.stderr.strip().splitlines() == ["error: optim.lr=-0.1 must be > 0"]
     assert "Traceback" not in p.stderr + p.stdout
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("script, argv, line", [
+    ("train", ["--print-confg"], "error: unknown option --print-confg; did you mean --print-config?"),
+    ("train", ["--resme", "--train.epochs=1"], "error: unknown option --resme; did you mean --resume?"),
+    ("eval", ["--checkpoint", "x.pt", "--splt=val"], "error: unknown option --splt; did you mean --split?"),
+])
+def test_a_mistyped_option_names_the_one_meant(script, argv, line):
+    """A flag that is neither an option nor --section.key: one line, the closest option (difflib)."""
+    p = run((train_cmd if script == "train" else eval_cmd)(*argv), timeout=120)
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [line], p.stderr
+    assert "Traceback" not in p.stderr + p.stdout
 
 
 def test_print_config(tmp_path):

@@ -1,6 +1,7 @@
 """End-to-end runs through the real launchers: 2-process CPU DDP, exact evaluation across world
 sizes, resume, the offline CIFAR-10 error and the collapsed-launch trap."""
 import json
+import re
 import sys
 
 import pytest
@@ -119,7 +120,14 @@ def test_evaluate_one_and_two_processes_identical(tmp_path, trained_run):
     assert sum(v["total"] for v in result["per_class"].values()) == 101
     assert sum(map(sum, result["confusion"])) == 101
     assert result["accuracy"] == sum(v["correct"] for v in result["per_class"].values()) / 101
-    assert "Test Accuracy (Overall):" in p1.stdout
+    # one report, the tutorial's lines, whose counts are the JSON's (and test_metrics.json's)
+    report = re.findall(r"^Test Accuracy of\s+(\w+):\s+(\d+)% \(\s*(\d+)/\s*(\d+)\)$", p1.stdout, re.M)
+    assert [(c, int(n), int(t)) for c, _, n, t in report] == \
+        [(c, v["correct"], v["total"]) for c, v in result["per_class"].items() if v["total"]], p1.stdout
+    assert all(int(pct) == 100 * int(n) // int(t) for _, pct, n, t in report)  # the tutorial's rounding: down
+    correct = sum(v["correct"] for v in result["per_class"].values())
+    assert f"Test Accuracy (Overall): {100 * correct // 101}% ({correct}/101)" in p1.stdout
+    assert p1.stdout.count("%") == len(report) + 1, p1.stdout  # no second table
     # the training run's own test evaluation (batch 500) gives the same numbers
     assert json.loads((trained_run / "test_metrics.json").read_text())["accuracy"] == result["accuracy"]
     v = tmp_path / "v.json"

@@ -29,6 +29,10 @@ def run_cli(fn, argv: list[str] | None) -> int | str | None:
 
         if env_local_rank() == 0:  # every rank fails the same way; say it once per machine
             print(f"error: {e}", file=sys.stderr, flush=True)
+        else:  # and leave after the rank that says it
+            from .distributed import wait_for_launcher_stop
+
+            wait_for_launcher_stop()
         code = e.exit_code
     except Exception as e:  # a collective whose peer died or hung: one line per surviving rank
         from .faults import peer_failure
@@ -37,9 +41,9 @@ def run_cli(fn, argv: list[str] | None) -> int | str | None:
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr, flush=True)
-        from .distributed import let_launcher_see_peer_first
+        from .distributed import wait_for_launcher_stop
 
-        let_launcher_see_peer_first()
+        wait_for_launcher_stop()  # so the launcher sees the peer fail first, and blames it
         return 1
     return code
 

@@ -215,18 +215,21 @@ def exit_process(code) -> None:
 
 
 # torchrun polls its workers every 0.1 s (accelerate launch's --monitor_interval); waiting up to this
-# long for its SIGTERM is only paid in full when no local worker failed (a hung peer, or a peer on
+# long for its SIGTERM is only paid in full when no other local worker exits (a hung peer, a peer on
 # another machine), where the job has already waited train.dist_timeout_s or lost a machine.
 LAUNCHER_GRACE_S = 10.0
 
 
-def let_launcher_see_peer_first(grace_s: float = LAUNCHER_GRACE_S) -> None:
-    """After a collective failed because a peer died: stay until the launcher has seen that peer's
-    exit, so its report names the peer as the root cause, not this rank. torchrun names the failure
-    it saw first (timestamps to the second; within one poll, the lowest local rank): a survivor that
-    left at once could land in the same poll as the dead rank and be blamed. Once torchrun has seen
-    a failure it sends SIGTERM to every other worker, so that signal is the sign to go; without
-    torchrun (srun, mpirun) there is no such report and nothing to wait for."""
+def wait_for_launcher_stop(grace_s: float = LAUNCHER_GRACE_S) -> None:
+    """Under torchrun, stay until its SIGTERM (at most grace_s), which it sends to every other worker
+    once it has seen one exit with a failure. Two callers (cli.run_cli), both about who leaves first:
+    - after a peer died mid-collective: the launcher names the failure it saw first as the root cause
+      (timestamps to the second; within one poll, the lowest local rank), so a survivor that left at
+      once could be blamed instead of the peer;
+    - a rank that is not its machine's first, after a one-line error every rank hits: the first one
+      prints it, and a rank that left sooner had the launcher stop the first before it printed
+      (measured: `--optim.lr=-1` under cpu_ddp.yaml printed nothing; rank 0 ended by SIGTERM).
+    Without torchrun (srun tasks, mpirun) there is no such report and nothing to wait for."""
     import signal
     import time
 

@@ -566,7 +566,8 @@ def _launcher_exitcodes(err: str) -> list[int]:
     return [code for _, code in sorted({int(r): int(c) for r, c in found}.items())]
 
 
-@pytest.mark.parametrize("how", ["user_error_at_start", "user_error_after_training", "sigterm", "sigusr1", "ctrl_c"])
+@pytest.mark.parametrize("how", ["user_error_in_config", "user_error_at_start", "user_error_after_training", "sigterm",
+                                 "sigusr1", "ctrl_c"])
 def test_exit_paths_of_a_two_process_job(tmp_path, data_root, how):
     """Each way a 2-process gloo job can end on purpose: a one-line error once the process group
     exists (before any training, and after DDP has trained), a stop request (SIGTERM from scancel,
@@ -577,7 +578,8 @@ def test_exit_paths_of_a_two_process_job(tmp_path, data_root, how):
     run_dir = tmp_path / "run"
     args = [*SMALL, f"--data.root={data_root}", f"--run.dir={run_dir}", "--run.progress=false",
             "--tracking.backend=none", "--train.checkpoint_every_steps=4"]
-    extra = {"user_error_at_start": ["--resume"],  # nothing to resume: a collective check after the group forms
+    extra = {"user_error_in_config": ["--optim.lr=-1"],  # before any process group: each rank on its own
+             "user_error_at_start": ["--resume"],  # nothing to resume: a collective check after the group forms
              "user_error_after_training": ["--train.epochs=3", "--optim.lr=1e6", "--train.log_every_steps=1"]}
     cmd = train_cmd(*args, *extra.get(how, ["--train.epochs=20"]), launch=accelerate_cmd())
     proc = subprocess.Popen(cmd, cwd=REPO, env=base_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -603,10 +605,13 @@ def test_exit_paths_of_a_two_process_job(tmp_path, data_root, how):
     detail = f"exit {proc.returncode}\nSTDERR:\n{err[-4000:]}\nSTDOUT:\n{out[-1500:]}"
     assert "terminate called" not in err and "SIGABRT" not in err, detail
     codes = _launcher_exitcodes(err)
+    if how == "user_error_in_config" and codes[1:] == [-signal.SIGTERM]:
+        codes[1] = 2  # rank 1 got the launcher's SIGTERM (rank 0 had failed) before it reached the same error
     assert all(c >= 0 for c in codes), detail  # a negative code: the worker died by that signal
     ours = [l for l in err.splitlines() if l.startswith("error: ")]
     if how.startswith("user_error"):
-        pattern = r"nothing to resume" if how == "user_error_at_start" else r"training loss became"
+        pattern = {"user_error_in_config": r"optim\.lr=-1\.0 must be > 0", "user_error_at_start": r"nothing to resume",
+                   "user_error_after_training": r"training loss became"}[how]
         assert len(ours) == 1 and re.search(pattern, ours[0]), detail
         assert proc.returncode != 0 and codes == [2, 2], detail
         assert not run_dir.exists(), "a run that failed before its first saved state left its folder"

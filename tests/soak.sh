@@ -15,13 +15,26 @@ export WANDB_MODE=offline WANDB_SILENT=true OMP_WAIT_POLICY=PASSIVE OMP_NUM_THRE
 LOGS="${SOAK_LOGS:-$(mktemp -d /tmp/soak.XXXXXX)}"
 mkdir -p "$LOGS"
 
-# The load: one busy loop per core, at the same priority as the tests.
+# The load: one busy loop per core, at the same priority as the tests; one that ends (a stray
+# signal) is restarted and noted in load.log, so the cores stay busy for the whole soak.
 load=()
 for _ in $(seq "$(nproc)"); do
-  python -c "while True: pass" &
+  (
+    while :; do
+      python -c "while True: pass"
+      echo "$(date +%T) a load process ended (status $?); restarted" >>"$LOGS/load.log"
+    done
+  ) &
   load+=($!)
 done
-trap 'kill "${load[@]}" 2>/dev/null; wait 2>/dev/null' EXIT
+stop_load() {
+  for pid in "${load[@]}"; do
+    kill "$pid" 2>/dev/null   # the restarting shell first, then its busy loop
+    pkill -P "$pid" 2>/dev/null
+  done
+  wait 2>/dev/null
+}
+trap stop_load EXIT
 
 TESTS=(
   "tests/test_faults.py::test_a_dead_rank_stops_the_job"
@@ -30,6 +43,7 @@ TESTS=(
   "tests/test_core_runs.py::test_ddp_run_frees_its_process_group_before_interpreter_exit"
   "tests/test_core_runs.py::test_evaluate_one_and_two_processes_identical"
   "tests/test_core_runs.py::test_collapsed_launch_is_detected"
+  "tests/test_core_runs.py::test_readme_smoke_run_learns"
   "tests/test_faults.py::test_exit_paths_of_a_two_process_job"
 )
 runs=0

@@ -6,3 +6,11 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
+
+
+def load_model(path, device="cpu"):
+    """The network of an exported model folder (`<run.dir>/model`), a run folder or a best.pt, with its
+    weights, in eval mode: `from cifar_dist import load_model; model = load_model("runs/x/model")`."""
+    from .export import load_model as _load_model
+
+    return _load_model(path, device)

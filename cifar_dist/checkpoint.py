@@ -1,14 +1,15 @@
-"""Checkpoints. Two kinds, both written atomically (temporary name, fsync, rename):
+"""Checkpoints (file names: run_dir.py). Two kinds, both written atomically (temporary name, fsync, rename):
 
-- `run.dir/best.pt`: the best-validation model, written by the main process only; a single file
-  with weights, resolved config, epoch, validation metrics, class names and versions. It is what
-  `evaluate.py` reads. A run without a validation split (data.val_fraction=0) keeps its newest
-  weights there instead.
-- `run.dir/last/`: the full training state (`accelerator.save_state`: model, optimizer, RNG of
-  every rank, plus our TrainState), written by all ranks together; what `--resume` reads.
+- `best.pt`: the best-validation model, written by the main process only; a single file with
+  weights, resolved config, epoch, validation metrics and the model metadata (`model_metadata`:
+  architecture and its arguments, class names, normalisation). `evaluate.py` reads it and
+  `build_model_from_checkpoint` rebuilds the network from it. A run without a validation split
+  (data.val_fraction=0) keeps its newest weights there instead. Alongside it, `model/` (export.py).
+- `last/`: the full training state (`accelerator.save_state`: model, optimizer, RNG of every rank,
+  plus our TrainState), written by all ranks together; what `--resume` reads.
 
 The checkpointer owns its timing: the loop calls `maybe_save_best` after validation and
-`maybe_save_state` after every step.
+`maybe_save` after every step and at every epoch end.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import io
 import json
 import math
 import os
+import shlex
 import shutil
 import sys
 from dataclasses import asdict, dataclass, field
@@ -23,12 +25,14 @@ from pathlib import Path
 
 import torch
 
-from .distributed import gather_per_rank, raise_if_any
-from .errors import UserError
-from .faults import clean_stale, write_failure
+from .distributed import gather_per_rank, raise_if_any, reduce_sum
+from .errors import UserError, first_line
+from .faults import write_failure
+from .run_dir import RunDir
 
 FORMAT = "cifar-dist-checkpoint"
 FORMAT_VERSION = 1
+MODEL_ARGS = ("dropout", "width")  # the model.* config keys a network is built with, besides its data shape
 
 
 @dataclass
@@ -50,6 +54,12 @@ class TrainState:
     def best_val_loss_or_none(self) -> float | None:
         """For JSON and W&B: None when nothing was validated (data.val_fraction=0), not Infinity."""
         return self.best_val_loss if math.isfinite(self.best_val_loss) else None
+
+    def restore_rng(self, rank: int) -> None:
+        """Put this rank's torch RNG back where the interrupted run saved it."""
+        torch.set_rng_state(self.rng_state[rank % len(self.rng_state)])
+        if self.cuda_rng_state is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(self.cuda_rng_state[rank % len(self.cuda_rng_state)])
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -90,22 +100,51 @@ def versions() -> dict:
     import accelerate
     import torchvision
 
-    return {"python": sys.version.split()[0], "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
-            "accelerate": str(accelerate.__version__)}
+    return {"python": sys.version.split()[0], "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "accelerate": str(accelerate.__version__)}
+
+
+# -- the checkpoint format: what a model is, written once, read once ------------------------------
+def model_metadata(cfg, data) -> dict:
+    """What rebuilding the network needs, stored in best.pt (and, reshaped, in model/config.json)."""
+    return {"model": {"name": cfg.model.name, "in_channels": data.in_channels, "image_size": data.image_size,
+                      "num_classes": data.num_classes, **{k: getattr(cfg.model, k) for k in MODEL_ARGS}},
+            "classes": list(data.classes), "normalize": {"mean": list(data.mean), "std": list(data.std)}}
+
+
+def build_model_from_checkpoint(ckpt: dict, source="the checkpoint") -> torch.nn.Module:
+    """The network a checkpoint (load_checkpoint's dict) describes, with its weights, in eval mode."""
+    from .models import build_model
+
+    m = ckpt["model"]
+    try:
+        model = build_model(m["name"], m["in_channels"], m["image_size"], m["num_classes"],
+                            **{k: m[k] for k in MODEL_ARGS if k in m})
+        model.load_state_dict(ckpt["model_state"])
+    except (RuntimeError, KeyError) as e:
+        raise UserError(f"{source} does not match model {m.get('name')!r} with {m.get('num_classes')} classes "
+                        f"({first_line(e, 100)}); it was written by another model or version") from None
+    return model.eval()
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Read a best-model checkpoint (a file, or a run folder holding best.pt), or fail in one line."""
+    """Read a best-model checkpoint (best.pt, a run folder holding it, or an exported model/ folder),
+    or fail in one line."""
     path = Path(path)
+    if (path / "model.safetensors").exists():
+        from .export import read_model_folder
+
+        return read_model_folder(path)
     if path.is_dir():
-        path = path / "best.pt"
+        path = RunDir(path).best
     if not path.exists():
-        raise UserError(f"checkpoint {path} does not exist; pass a run folder or its best.pt to --checkpoint")
+        raise UserError(f"checkpoint {path} does not exist; pass a run folder, its best.pt or its model/ "
+                        f"folder to --checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle garbage, not a torch file at all
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path} is not a readable cifar-dist checkpoint (truncated or corrupt: {first[:120]})") from None
+        raise UserError(f"{path} is not a readable cifar-dist checkpoint (truncated or corrupt: "
+                        f"{first_line(e, 120)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is a torch file but not a cifar-dist checkpoint; pass the best.pt that train.py wrote")
     return ckpt
@@ -123,7 +162,7 @@ class MetricsLog:
         """On resume: keep the rows of epochs the restored state has completed (a crash after the
         row was written but before the state was saved repeats that epoch). Rows count epochs from 1."""
         if self.path.exists():
-            rows = [json.loads(l) for l in self.path.read_text().splitlines() if l.strip()]
+            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
             self.rows = [r for r in rows if r.get("epoch", 0) <= epochs_completed]
 
     def append(self, row: dict) -> None:
@@ -139,26 +178,22 @@ class MetricsLog:
 
 
 class Checkpointer:
-    def __init__(self, accelerator, run_dir: Path, cfg, meta: dict, state: TrainState):
+    def __init__(self, accelerator, run: RunDir, cfg, meta: dict, state: TrainState):
         self.accelerator = accelerator
-        self.run_dir = Path(run_dir)
+        self.run = run
         self.cfg = cfg
-        self.meta = meta  # model name/in_channels/image_size/num_classes, classes, mean/std
+        self.meta = meta  # model_metadata(cfg, data)
         self.state = state
         self.every = cfg.train.checkpoint_every_steps
 
     @property
     def best_path(self) -> Path:
-        return self.run_dir / "best.pt"
-
-    @property
-    def last_path(self) -> Path:
-        return self.run_dir / "last"
+        return self.run.best
 
     # -- best model ---------------------------------------------------------------------------
     def maybe_save_best(self, model, epoch: int, val_metrics: dict | None) -> bool:
         """Collective in effect (same decision on every rank, since validation metrics are exact
-        and identical everywhere); only the main process writes.
+        and identical everywhere); only the main process writes best.pt and model/.
 
         val_metrics None: the run has no validation split (data.val_fraction=0, a final fit on every
         training image), so there is nothing to compare and best.pt takes the newest weights."""
@@ -170,28 +205,58 @@ class Checkpointer:
             previous = self.state.best_val_loss
             self.state.best_val_loss = val_metrics["val_loss"]
             self.state.best_epoch = epoch
-            self.accelerator.print(f"Validation loss decreased ({previous:.6f} --> {val_metrics['val_loss']:.6f}).  Saving model ...")
+            self.accelerator.print(f"Validation loss decreased ({previous:.6f} --> {val_metrics['val_loss']:.6f}).  "
+                                   f"Saving model ...")
         else:
             return False
         error = None
         if self.accelerator.is_main_process:
-            weights = {k: v.detach().cpu() for k, v in self.accelerator.unwrap_model(model).state_dict().items()}
-            weights = {k.removeprefix("_orig_mod."): v for k, v in weights.items()}  # torch.compile wrapper
-            ckpt = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_state": weights,
-                    "config": self.cfg.to_dict(), "epoch": epoch, "step": self.state.step,
-                    "val_metrics": val_metrics, "versions": versions(),
-                    "world_size": self.accelerator.num_processes, "tracker_run_id": self.state.tracker_run_id,
-                    **self.meta}
-            buf = io.BytesIO()
-            torch.save(ckpt, buf)
-            try:
-                atomic_write_bytes(self.best_path, buf.getvalue())
-            except OSError as e:
-                error = write_failure("the best model", self.best_path, e, kept="the previous best.pt")
+            error = self._write_best(model, epoch, val_metrics)
         raise_if_any(self.accelerator, error)  # collective: every rank stops, none waits for the writer
         return True
 
+    def _write_best(self, model, epoch: int, val_metrics: dict) -> str | None:
+        from .export import write_model_folder
+
+        weights = {k: v.detach().cpu() for k, v in self.accelerator.unwrap_model(model).state_dict().items()}
+        weights = {k.removeprefix("_orig_mod."): v for k, v in weights.items()}  # torch.compile wrapper
+        ckpt = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_state": weights,
+                "config": self.cfg.to_dict(), "epoch": epoch, "step": self.state.step,
+                "val_metrics": val_metrics, "versions": versions(),
+                "world_size": self.accelerator.num_processes, "tracker_run_id": self.state.tracker_run_id,
+                "command": shlex.join(sys.argv), **self.meta}
+        buf = io.BytesIO()
+        torch.save(ckpt, buf)
+        try:
+            atomic_write_bytes(self.best_path, buf.getvalue())
+        except OSError as e:
+            return write_failure("the best model", self.best_path, e, kept="the previous best.pt")
+        try:
+            write_model_folder(self.run, ckpt)
+        except OSError as e:
+            return write_failure("the exported model", self.run.model, e, kept="the previous model/")
+        return None
+
     # -- full state --------------------------------------------------------------------------
+    def maybe_save(self, running=None, epoch_end: bool = False, stop: bool = False) -> bool:
+        """Collective: saves the full state when it is due: at an epoch end, every
+        train.checkpoint_every_steps steps, or on a stop request. Mid-epoch, `running` holds this
+        rank's running train sums (loss_sum, correct, seen), totalled over ranks into the state."""
+        due = epoch_end or stop or bool(self.every and self.state.step % self.every == 0)
+        if not due:
+            return False
+        if running is not None:
+            self._keep_partial(running)
+        self.save_state()
+        return True
+
+    def _keep_partial(self, running) -> None:
+        """The epoch's running sums, totalled over ranks (Accelerate saves TrainState from rank 0
+        only, so per-rank sums would lose the other ranks' share)."""
+        s, c, n = reduce_sum(self.accelerator, list(running))
+        check_finite(s, self.state, self.run)
+        self.state.partial = {"loss_sum": s, "correct": int(c), "seen": int(n)}
+
     def save_state(self) -> None:
         """Collective: every rank calls it (save_state writes per-rank RNG files)."""
         # Every rank's RNG (each draws its own dropout masks); TrainState is written by rank 0 only,
@@ -199,9 +264,9 @@ class Checkpointer:
         self.state.rng_state = gather_per_rank(self.accelerator, torch.get_rng_state())
         self.state.cuda_rng_state = (gather_per_rank(self.accelerator, torch.cuda.get_rng_state())
                                      if torch.cuda.is_available() else None)
-        tmp = self.run_dir / f"last.tmp-{self.state.step}"
+        tmp = self.run.last_tmp(self.state.step)
         if self.accelerator.is_main_process:
-            clean_stale(self.run_dir)  # this step's and any a crash left behind
+            self.run.clean_stale()  # this step's and any a crash left behind
         self.accelerator.wait_for_everyone()
         error = None
         try:
@@ -223,49 +288,47 @@ class Checkpointer:
                 shutil.rmtree(tmp, ignore_errors=True)  # give the space back; `last` was never touched
             raise
         if self.accelerator.is_main_process:
-            old = self.run_dir / "last.old"
-            # `last` or `last.old` is complete at every instant: `last.old` goes only once a newer
-            # `last` exists (after a crash between the two renames, `last.old` is all there is).
-            if self.last_path.exists():
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(self.last_path, old)
-            os.replace(tmp, self.last_path)
-            fsync_dir(self.run_dir)
-            shutil.rmtree(old, ignore_errors=True)
-            self._write_config()
+            self._publish(tmp)
         self.accelerator.wait_for_everyone()
 
+    def _publish(self, tmp: Path) -> None:
+        # `last` or `last.old` is complete at every instant: `last.old` goes only once a newer
+        # `last` exists (after a crash between the two renames, `last.old` is all there is).
+        last, old = self.run.last, self.run.last_old
+        if last.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(last, old)
+        os.replace(tmp, last)
+        fsync_dir(self.run.path)
+        shutil.rmtree(old, ignore_errors=True)
+        self._write_config()
+
     def _kept(self) -> str:
-        path = self.resumable_path()
+        path = self.run.resumable()
         return f"{path} (the state before this save)" if path else "the rest of run.dir"
 
     def _write_config(self) -> None:
-        """`run.dir/config.json` is the config of the state in `last/`: written with it, so a run that
+        """`config.json` is the config of the state in `last/`: written with it, so a run that
         fails before its first save (bad data, a bad resume) leaves run.dir exactly as it was.
         Small, so it fits where the state just did; a failure here loses nothing (the state is saved)."""
         data = json.dumps(self.cfg.to_dict(), indent=2).encode()
-        path = self.run_dir / "config.json"
+        path = self.run.config
         if not path.exists() or path.read_bytes() != data:
             atomic_write_bytes(path, data)
 
-    def maybe_save_state(self) -> bool:
-        if self.every and self.state.step % self.every == 0:
-            self.save_state()
-            return True
-        return False
-
-    def resumable_path(self) -> Path | None:
-        for p in (self.last_path, self.run_dir / "last.old"):
-            if (p / "custom_checkpoint_0.pkl").exists():
-                return p
-        return None
-
     def load_state(self) -> None:
         """Collective: restore model, optimizer, RNGs and TrainState on every rank."""
-        path = self.resumable_path()
+        path = self.run.resumable()
         if path is None:
-            raise UserError(f"nothing to resume in {self.run_dir} (no last/ state); drop --resume to start a new run")
+            raise UserError(f"nothing to resume in {self.run.path} (no last/ state); drop --resume to start a new run")
         try:
             self.accelerator.load_state(str(path))
         except Exception as e:
-            raise UserError(f"cannot resume from {path}: {str(e).splitlines()[0][:160]}; the config may differ from the run's (model, dataset) or the state is corrupt") from None
+            raise UserError(f"cannot resume from {path}: {first_line(e, 160)}; the config may differ from the "
+                            f"run's (model, dataset) or the state is corrupt") from None
+
+
+def check_finite(loss_sum: float, state: TrainState, run: RunDir) -> None:
+    if not math.isfinite(loss_sum):
+        raise UserError(f"training loss became {loss_sum} by step {state.step} (epoch {state.epoch + 1}); lower "
+                        f"--optim.lr or check the data; the last good state is kept in {run.last}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import UserError
+from .errors import UserError, print_error
 
 
 def run_cli(fn, argv: list[str] | None) -> int | str | None:
@@ -28,7 +28,7 @@ def run_cli(fn, argv: list[str] | None) -> int | str | None:
         from .distributed import env_local_rank
 
         if env_local_rank() == 0:  # every rank fails the same way; say it once per machine
-            print(f"error: {e}", file=sys.stderr, flush=True)
+            print_error(str(e))
         else:  # and leave after the rank that says it
             from .distributed import wait_for_launcher_stop
 
@@ -40,7 +40,7 @@ def run_cli(fn, argv: list[str] | None) -> int | str | None:
         message = None if debug else peer_failure(e)
         if message is None:
             raise
-        print(f"error: {message}", file=sys.stderr, flush=True)
+        print_error(message)
         from .distributed import wait_for_launcher_stop
 
         wait_for_launcher_stop()  # so the launcher sees the peer fail first, and blames it

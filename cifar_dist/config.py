@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .schedules import DEPRECATED as DEPRECATED_SCHEDULES
 
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "synthetic", "imagefolder")
@@ -227,7 +227,9 @@ def _coerce(path: str, value: Any, current: Any) -> Any:
     raise AssertionError(kind)
 
 
-def _apply(cfg: Config, tree: dict, source: str) -> None:
+def apply_tree(cfg: Config, tree: dict, source: str) -> None:
+    """Set the keys of a nested dict ({"optim": {"lr": 0.1}, "seed": 1}) on cfg, converted to each
+    key's type; `source` names where they came from in the one-line error about a bad one."""
     sections = _section_types()
     for key, value in tree.items():
         if key in sections:
@@ -373,11 +375,23 @@ def _read_yaml(config_file: str) -> dict:
     except FileNotFoundError:
         raise UserError(f"config file {config_file} does not exist; pass a YAML file path to --config") from None
     except yaml.YAMLError as e:
-        raise UserError(f"config file {config_file} is not valid YAML ({str(e).splitlines()[0]})") from None
+        raise UserError(f"config file {config_file} is not valid YAML ({first_line(e)})") from None
     if not isinstance(tree, dict):
         raise UserError(f"config file {config_file} must hold a mapping of sections (data:, optim:, ...)")
     tree.pop("preset", None)
     return tree
+
+
+def apply_overrides(cfg: Config, argv: list[str], sections: tuple[str, ...] | None = None,
+                    who: str = "this command") -> Config:
+    """Apply --section.key=value arguments to cfg (train.py and evaluate.py); `sections` limits which
+    sections may be set (evaluate.py: data, eval, train). Does not validate: call validate() after."""
+    tree = parse_overrides(argv)
+    if sections is not None and set(tree) - set(sections):
+        allowed = ", ".join(f"--{s}.*" for s in sections)
+        raise UserError(f"{who} takes only {allowed} overrides, got {' '.join(argv)}")
+    apply_tree(cfg, tree, "command line")
+    return cfg
 
 
 def dataset_overrides(preset: str, data_name: str) -> dict:
@@ -399,7 +413,7 @@ def resolve(preset: str | None = None, config_file: str | None = None, overrides
         cfg = Config()
         cfg.preset = preset
         for tree, source in trees:
-            _apply(cfg, tree, source)
+            apply_tree(cfg, tree, source)
         return cfg
 
     # data.name may come from any layer, so resolve once to learn it, then again with its layer in place.
@@ -415,7 +429,7 @@ def from_dict(tree: dict) -> Config:
     cfg = Config()
     tree = dict(tree)
     cfg.preset = tree.pop("preset", "seed")
-    _apply(cfg, tree, "checkpoint config")
+    apply_tree(cfg, tree, "checkpoint config")
     return cfg
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .prepare import build_once, has_marker
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -151,7 +151,7 @@ def _open_cifar(cls, root: Path, train: bool, label: str, transform=None):
         raise UserError(f"{label} not found or corrupted under {root} ({e}); place {cls.filename} in {root}/ and "
                         f"run again (it is unpacked there; with data.download=true it is downloaded)") from None
     except ValueError as e:  # the pickles load but their arrays do not reshape to N×3×32×32
-        raise UserError(f"{label} files under {root} hold data of the wrong shape ({str(e).splitlines()[0][:100]}); "
+        raise UserError(f"{label} files under {root} hold data of the wrong shape ({first_line(e, 100)}); "
                         f"they are not CIFAR batches: delete them and {'run again' if synthetic else 'download again'}") from None
     except OSError as e:
         raise UserError(f"cannot read {label} under {root} ({e.strerror or e}); check the folder's permissions") from None

@@ -11,24 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
-from .checkpoint import atomic_write_bytes, load_checkpoint
+from .checkpoint import atomic_write_bytes, build_model_from_checkpoint, load_checkpoint
 from .errors import UserError
-
-
-def build_from_checkpoint(ckpt: dict, path) -> torch.nn.Module:
-    from .models import build_model
-
-    m = ckpt["model"]
-    try:
-        model = build_model(m["name"], m["in_channels"], m["image_size"], m["num_classes"],
-                            dropout=m.get("dropout", 0.3), width=m.get("width", 64))
-        model.load_state_dict(ckpt["model_state"])
-    except (RuntimeError, KeyError) as e:
-        raise UserError(f"{path} does not match model {m.get('name')!r} with {m.get('num_classes')} classes "
-                        f"({str(e).splitlines()[0][:100]}); it was written by another model or version") from None
-    return model.eval()
 
 
 def print_report(result, split: str, accelerator) -> None:
@@ -44,7 +28,7 @@ def print_report(result, split: str, accelerator) -> None:
 
 def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="cifar-eval", allow_abbrev=False, description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="best.pt or the run folder holding it")
+    p.add_argument("--checkpoint", required=True, help="a run folder, its best.pt, or its exported model/ folder")
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--json", default=None, help="write loss, accuracy, per-class counts and the confusion matrix here")
     p.add_argument("--batch-size", type=int, default=None, help="per-device evaluation batch size")
@@ -57,21 +41,18 @@ def main(argv: list[str]) -> None:
 
     reject_unknown_options(p, rest)
 
-    from .config import _apply, config_warnings, from_dict, parse_overrides, validate
+    from .config import apply_overrides, config_warnings, from_dict, validate
 
     ckpt = load_checkpoint(args.checkpoint)
     cfg = from_dict(ckpt["config"])
-    overrides = parse_overrides(rest)
-    if set(overrides) - {"data", "eval", "train"}:
-        raise UserError(f"evaluate.py takes only --data.*, --eval.* and --train.* overrides, got {', '.join(rest)}")
-    _apply(cfg, overrides, "command line")
+    apply_overrides(cfg, rest, sections=("data", "eval", "train"), who="evaluate.py")
     cfg.train.compile = False
     if args.batch_size is not None:
         if args.batch_size < 1:
             raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
         cfg.eval.per_device_batch_size = args.batch_size
     validate(cfg)
-    model = build_from_checkpoint(ckpt, args.checkpoint)
+    model = build_model_from_checkpoint(ckpt, source=args.checkpoint)
 
     if args.images:
         from .distributed import env_world_size

@@ -1,5 +1,5 @@
 """What a run does when something outside the code fails: a write that hits a full or read-only
-disk, a rank that dies, the leftovers of a write that a crash interrupted. Each ends in one line.
+disk, a rank that dies. Each ends in one line (the leftovers of an interrupted write: run_dir.clean_stale).
 
     from cifar_dist.faults import write_failure, peer_failure
     try:
@@ -16,49 +16,7 @@ import re
 import shutil
 from pathlib import Path
 
-# Leftovers of an interrupted write: `last.tmp-<step>/` (Checkpointer.save_state) and
-# `.<name>.tmp<pid>` (atomic_write_bytes). Neither is ever read; both can be large.
-STALE_PATTERNS = ("last.tmp-*", ".*.tmp[0-9]*")
-
-
-def clean_stale(run_dir: Path) -> list[Path]:
-    """Delete what interrupted writes left in run_dir (main process only); returns what it removed."""
-    removed = []
-    for pattern in STALE_PATTERNS:
-        for p in Path(run_dir).glob(pattern):
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
-            removed.append(p)
-    return removed
-
-
-def make_run_dir(run_dir: Path) -> None:
-    """`mkdir -p run_dir`, undone at exit when the run saved nothing there: a run that fails before
-    its first saved state (data that will not load, a bad resume, a loss that blows up) leaves no
-    folder behind, while a folder it did not create stays exactly as it was. The check runs from
-    atexit, registered before W&B registers its own teardown, so it comes after that teardown has
-    written its last file (atexit runs newest first; exit_process runs it too)."""
-    import atexit
-
-    run_dir = Path(run_dir)
-    created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # deepest first
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if created:
-        atexit.register(_remove_if_nothing_saved, run_dir, created)
-
-
-def _remove_if_nothing_saved(run_dir: Path, created: list[Path]) -> None:
-    if (run_dir / "best.pt").exists() or any((run_dir / p / "custom_checkpoint_0.pkl").exists()
-                                             for p in ("last", "last.old")):
-        return
-    shutil.rmtree(run_dir, ignore_errors=True)
-    for parent in created[1:]:  # only while empty: another job may have started in it meanwhile
-        try:
-            parent.rmdir()
-        except OSError:
-            break
+from .errors import first_line
 
 
 def _reason(exc: BaseException) -> str:
@@ -66,7 +24,7 @@ def _reason(exc: BaseException) -> str:
         return exc.strerror
     # gloo prefixes its messages with its source location: "[/__w/.../pair.cc:561] Connection closed ..."
     text = re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", str(exc).strip())
-    return (text.splitlines()[0][:120] if text else type(exc).__name__)
+    return first_line(text, 120) if text else type(exc).__name__
 
 
 def _free_bytes(path: Path) -> int | None:

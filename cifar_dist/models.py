@@ -3,14 +3,18 @@ CIFAR (3×32×32) and Fashion-MNIST (1×28×28).
 
     from cifar_dist.models import build_model
     model = build_model("seed_cnn", in_channels=3, image_size=32, num_classes=10)
+
+The classes are Hugging Face Hub mixins: `SeedCNN.from_pretrained("runs/<run>/model")` reads an
+exported model folder (export.py) and returns the network in eval mode, its weights checked strictly.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -23,7 +27,17 @@ def register(name: str):
     return deco
 
 
-class SeedCNN(nn.Module):
+class _HubModel(PyTorchModelHubMixin, library_name="cifar-dist", tags=["image-classification"]):
+    """from_pretrained: the mixin builds the class from config.json's keys that match __init__'s
+    arguments (extra keys such as class_names are ignored) and loads model.safetensors."""
+
+    @classmethod
+    def _from_pretrained(cls, *, strict: bool = True, **kwargs):
+        # The mixin's default strict=False would skip a missing or renamed weight without a word.
+        return super()._from_pretrained(strict=strict, **kwargs).eval()
+
+
+class SeedCNN(nn.Module, _HubModel):
     """The PyTorch CIFAR-10 tutorial's CNN, layer for layer.
 
     3 conv layers (3→16→32→64, 3×3, padding 1), each ReLU + 2×2 max-pool; dropout 0.3; fc 1024→500→10.
@@ -75,7 +89,7 @@ class _Residual(nn.Module):
         return x + self.body(x)
 
 
-class ResNetFast(nn.Module):
+class ResNetFast(nn.Module, _HubModel):
     """A ResNet-9-family network (Page's DAWNBench ResNet-9, airbench's conv groups): conv-BN-ReLU
     blocks without conv biases, max-pool inside each group, residual pairs after groups 1 and 3,
     global max pool, a bias-free linear head scaled by 1/8 (keeps the initial logits small).

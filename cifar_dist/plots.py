@@ -270,12 +270,6 @@ def _best_epoch(ckpt: dict, rows: list[dict]) -> int | None:
     return marked[-1] if marked else None
 
 
-def run_dir_of(checkpoint: Path) -> Path:
-    """--checkpoint is a run folder or the best.pt inside one."""
-    checkpoint = Path(checkpoint)
-    return checkpoint if checkpoint.is_dir() else checkpoint.parent
-
-
 def write_all(out_dir: Path, data, result, split: str, ckpt: dict, checkpoint: Path, accelerator,
               n_images: int = 16, channel_index: int = 0) -> dict[str, Path]:
     """Collective (every rank calls it; only the main process draws). Returns {name: path} of the
@@ -303,7 +297,9 @@ def _write_all(out: Path, data, result, split, ckpt, checkpoint, n_images, chann
     if n_images > min(len(data.train_labels), len(labels)):
         raise UserError(f"--plots-images {n_images} is more than the {min(len(data.train_labels), len(labels))} images available")
     out.mkdir(parents=True, exist_ok=True)
-    metrics = run_dir_of(checkpoint) / "metrics.jsonl"
+    from .run_dir import RunDir, run_dir_of
+
+    metrics = RunDir(run_dir_of(checkpoint)).metrics
     with bar("drawing figures", 5 + metrics.exists()) as advance:  # a bar on a terminal only
         written = _draw(out, data, images, labels, result, split, ckpt, metrics, n_images, channel_index, advance)
     if not metrics.exists():

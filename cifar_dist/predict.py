@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import torch
 
 from .checkpoint import atomic_write_bytes
-from .errors import UserError
+from .errors import UserError, first_line, print_error
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -56,7 +55,7 @@ def load_image(path: Path, in_channels: int, size: int) -> torch.Tensor:
     except UnidentifiedImageError:
         raise ValueError("not an image PIL can read") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # truncated, corrupt, absurdly large
-        raise ValueError(f"unreadable image ({str(e).splitlines()[0][:80] if str(e) else type(e).__name__})") from None
+        raise ValueError(f"unreadable image ({first_line(e, 80)})") from None
     x = TF.pil_to_tensor(im)
     # Shorter side to `size`, then the central square: keeps the aspect ratio, loses the edges of
     # long images (a 64×32 photo keeps its middle 32×32 after halving).
@@ -102,7 +101,7 @@ def predict_files(model, ckpt: dict, paths: list[str], json_path: str | None = N
         except ValueError as e:
             failed.append({"file": str(f), "error": str(e)})
             if len(files) > 1:  # one file: its line is the final error below (one line in all)
-                print(f"error: {f}: {e}", file=sys.stderr, flush=True)
+                print_error(f"{f}: {e}")
     rows = []
     if tensors:
         probs = predict_tensor(model, torch.stack(tensors), mean, std, tta=tta, tta_translate=tta_translate)

@@ -31,6 +31,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .distributed import broadcast_object
+from .errors import first_line
+from .run_dir import RunDir
 
 SAMPLE_PREDICTIONS = 100  # rows of the test-prediction table (the first images of the test split)
 PROBE_TIMEOUT_S = 3.0  # how long `auto` waits for a TCP connection to the W&B server
@@ -211,7 +213,7 @@ class WandbTracker:
     def _start(self, mode: str, why: str, resuming: bool) -> None:
         # Artifact files (the model, tables) are staged in WANDB_DATA_DIR until they are uploaded;
         # for an offline run that is until `wandb sync`, so keep them inside run.dir with the run.
-        os.environ.setdefault("WANDB_DATA_DIR", str((self.run_dir / "wandb").resolve()))
+        os.environ.setdefault("WANDB_DATA_DIR", str(RunDir(self.run_dir).wandb.resolve()))
         try:
             config = run_config(self.cfg, self.accelerator, self.run_dir)
         except Exception as e:  # wandb missing or broken: train without it
@@ -227,7 +229,7 @@ class WandbTracker:
                 break
             except Exception as e:
                 self._drop_tracker()
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                first = first_line(e)
                 if attempt != attempts[-1]:
                     why = f"{attempt} start failed: {first[:160]}"
                     continue
@@ -253,7 +255,7 @@ class WandbTracker:
         self.accelerator.trackers[:] = [t for t in self.accelerator.trackers if getattr(t, "name", "") != "wandb"]
 
     def _fail(self, what: str, e: BaseException) -> None:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         self._warn(f"{what} failed ({type(e).__name__}: {first[:200]})")
         self.run = None
         self._drop_tracker()

@@ -10,10 +10,9 @@ import torch
 from PIL import Image
 
 from conftest import eval_cmd, run
-from cifar_dist.checkpoint import load_checkpoint
 from cifar_dist.data import normalize_batch
 from cifar_dist.errors import UserError
-from cifar_dist.evaluate_cli import build_from_checkpoint
+from cifar_dist.checkpoint import build_model_from_checkpoint, load_checkpoint
 from cifar_dist.models import build_model
 from cifar_dist.predict import load_image, predict_files
 
@@ -72,7 +71,7 @@ def test_lossless_32px_files_predict_exactly_like_the_evaluation_path(tmp_path, 
     run(eval_cmd("--checkpoint", str(trained_run), "--images", str(folder), f"--eval.tta={str(tta).lower()}",
                  "--json", str(out)), check=True)
     doc = json.loads(out.read_text())
-    model = build_from_checkpoint(ckpt, trained_run)
+    model = build_model_from_checkpoint(ckpt, trained_run)
     result = evaluate(model, data.test_images[:6], data.test_labels[:6], data.mean, data.std, accelerator,
                       data.classes, tta=tta)
     assert doc["tta"] is tta
@@ -137,7 +136,7 @@ def test_folder_without_images_is_a_user_error(tmp_path, trained_run):
     (tmp_path / "empty").mkdir()
     ckpt = load_checkpoint(trained_run)
     with pytest.raises(UserError, match="no image files"):
-        predict_files(build_from_checkpoint(ckpt, trained_run), ckpt, [str(tmp_path / "empty")])
+        predict_files(build_model_from_checkpoint(ckpt, trained_run), ckpt, [str(tmp_path / "empty")])
 
 
 def test_a_single_bad_file_is_exactly_one_error(tmp_path, trained_run, capsys):
@@ -145,5 +144,5 @@ def test_a_single_bad_file_is_exactly_one_error(tmp_path, trained_run, capsys):
     bad.write_text("not a png")
     ckpt = load_checkpoint(trained_run)
     with pytest.raises(UserError, match=r"cat\.png: not an image PIL can read$"):
-        predict_files(build_from_checkpoint(ckpt, trained_run), ckpt, [str(bad)])
+        predict_files(build_model_from_checkpoint(ckpt, trained_run), ckpt, [str(bad)])
     assert capsys.readouterr().err == ""  # the UserError is the one line; no per-file line before it

@@ -1,0 +1,200 @@
+"""The best model as a folder a Hugging Face user recognises, written by every run as `<run.dir>/model/`:
+`model.safetensors`, `config.json` (architecture and its arguments, class names, input size and
+channels, normalisation) and a `README.md` model card (test results once the run's test has run).
+
+    from cifar_dist import load_model
+    model = load_model("runs/<run>/model")                       # torch.nn.Module, eval mode, CPU
+    python -m cifar_dist.export runs/<run>                       # (re)write model/ from best.pt
+    python -m cifar_dist.export runs/<run> --push-to-hub you/cifar10-seed   # upload model/ to the Hub
+
+Loading needs torch, safetensors and this package, not the toolkit's config.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from .errors import UserError, first_line
+from .run_dir import RunDir
+
+FORMAT = "cifar-dist-model"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+
+
+def model_config(ckpt: dict) -> dict:
+    """config.json: the model's own arguments at the top level (what `from_pretrained` passes to the
+    class), then what a user needs to feed it and read its output, then where it came from."""
+    m = ckpt["model"]
+    args = {k: v for k, v in m.items() if k != "name"}
+    return {"architecture": m["name"], **args, "input_size": [m["in_channels"], m["image_size"], m["image_size"]],
+            "class_names": list(ckpt["classes"]), "normalize": dict(ckpt["normalize"]),
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "training": {"config": ckpt["config"], "epoch": ckpt.get("epoch"), "step": ckpt.get("step"),
+                         "val_metrics": ckpt.get("val_metrics", {}), "world_size": ckpt.get("world_size"),
+                         "versions": ckpt.get("versions", {}), "command": ckpt.get("command", "")}}
+
+
+def read_model_folder(folder) -> dict:
+    """An exported folder as a checkpoint dict (the shape load_checkpoint returns for best.pt)."""
+    from safetensors.torch import load_file
+
+    from .checkpoint import FORMAT as CKPT_FORMAT
+    from .checkpoint import MODEL_ARGS
+
+    folder = Path(folder)
+    try:
+        conf = json.loads((folder / "config.json").read_text())
+        weights = load_file(folder / WEIGHTS)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{folder} is not a readable exported model ({first_line(e, 120)}); "
+                        f"rewrite it with: python -m cifar_dist.export <run.dir>") from None
+    if conf.get("format") != FORMAT:
+        raise UserError(f"{folder}/config.json was not written by cifar-dist (no format {FORMAT!r})")
+    model = {"name": conf["architecture"], "in_channels": conf["in_channels"], "image_size": conf["input_size"][-1],
+             "num_classes": len(conf["class_names"]), **{k: conf[k] for k in MODEL_ARGS if k in conf}}
+    training = conf.get("training", {})
+    return {"format": CKPT_FORMAT, "model": model, "classes": conf["class_names"], "normalize": conf["normalize"],
+            "model_state": weights, "config": training.get("config", {}), "epoch": training.get("epoch"),
+            "step": training.get("step"), "val_metrics": training.get("val_metrics", {}),
+            "world_size": training.get("world_size"), "versions": training.get("versions", {}),
+            "command": training.get("command", "")}
+
+
+def load_model(path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The network in an exported folder (or a best.pt / run folder), with its weights, in eval mode."""
+    from .checkpoint import build_model_from_checkpoint, load_checkpoint
+
+    return build_model_from_checkpoint(load_checkpoint(path), source=path).to(device)
+
+
+def _pct(correct: int, total: int) -> str:
+    return f"{100 * correct / total:.1f}%" if total else "n/a"
+
+
+def _validation(val: dict | None) -> str:
+    if not val:
+        return "no validation split: the newest weights"
+    return f"validation loss {val['val_loss']:.4f}, accuracy {100 * val['val_accuracy']:.2f}%"
+
+
+def model_card(conf: dict, test: dict | None = None) -> str:
+    """README.md of the folder: YAML front matter the Hub reads, then what the model is and how it did."""
+    t = conf["training"]
+    cfg = t.get("config", {})
+    data = cfg.get("data", {}).get("name", "unknown")
+    args = ", ".join(f"{k}={conf[k]}" for k in ("dropout", "width") if k in conf)
+    c, s = conf["input_size"][0], conf["input_size"][-1]
+    lines = ["---", "library_name: cifar-dist", "tags:", "- image-classification", "- pytorch_model_hub_mixin",
+             "metrics:", "- accuracy", "---", "", f"# {conf['architecture']} trained on {data}", "",
+             f"- architecture: `{conf['architecture']}` ({args}), input {c}×{s}×{s}, {len(conf['class_names'])} classes",
+             f"- normalisation: mean {conf['normalize']['mean']}, std {conf['normalize']['std']}",
+             (f"- dataset: {data}, validation fraction {cfg.get('data', {}).get('val_fraction')}, "
+              f"preset {cfg.get('preset')}, seed {cfg.get('seed')}"),
+             f"- best epoch: {t.get('epoch')} ({_validation(t.get('val_metrics'))})",
+             f"- training command: `{t.get('command') or 'unknown'}` on {t.get('world_size')} process(es)"]
+    if test is None:
+        lines += ["- test accuracy: not measured yet (written when the run's final test has run)"]
+    else:
+        lines += [(f"- test accuracy: {100 * test['accuracy']:.2f}% on {test['num_samples']:,} images "
+                   f"(loss {test['loss']:.4f})"), "", "| class | test accuracy | correct / total |", "|---|---:|---:|"]
+        lines += [f"| {name} | {_pct(pc['correct'], pc['total'])} | {pc['correct']}/{pc['total']} |"
+                  for name, pc in test["per_class"].items()]
+    lines += ["", "## Use", "", "```python", "from cifar_dist import load_model",
+              'model = load_model("path/to/this/folder")  # eval mode; or SeedCNN/ResNetFast.from_pretrained(...)',
+              "logits = model(x)  # x: float (N, C, H, W), normalised with config.json's mean and std", "```", ""]
+    return "\n".join(lines)
+
+
+def write_model_folder(run: RunDir, ckpt: dict, test: dict | None = None) -> Path:
+    """Main process. Write run.dir/model/ from a best.pt dict: into model.tmp-<pid>/, then renamed
+    over the old folder, so a reader sees the old model or the new one, never a mix."""
+    from safetensors.torch import save_file
+
+    from .checkpoint import atomic_write_bytes, fsync_dir
+
+    tmp = run.model_tmp()
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        conf = model_config(ckpt)
+        save_file({k: v.contiguous() for k, v in ckpt["model_state"].items()}, str(tmp / WEIGHTS),
+                  metadata={"format": "pt"})
+        atomic_write_bytes(tmp / "config.json", (json.dumps(conf, indent=2) + "\n").encode())
+        atomic_write_bytes(tmp / "README.md", model_card(conf, test).encode())
+        with open(tmp / WEIGHTS, "rb") as f:
+            os.fsync(f.fileno())
+        old = run.model_old()
+        if run.model.exists():
+            os.replace(run.model, old)
+        os.replace(tmp, run.model)
+        fsync_dir(run.path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return run.model
+
+
+def add_test_results(run: RunDir, test: dict) -> None:
+    """Main process, after the final test: the model card gains the test accuracy and per-class table.
+    A failure costs only the card's test lines (test_metrics.json holds them), so it warns, never stops."""
+    from .checkpoint import atomic_write_bytes
+
+    if not run.model.exists():  # nothing validated and saved (a run cut short by train.max_steps)
+        return
+    try:
+        conf = json.loads((run.model / "config.json").read_text())
+        atomic_write_bytes(run.model / "README.md", model_card(conf, test).encode())
+    except OSError as e:
+        print(f"warning: could not add the test results to {run.model}/README.md ({first_line(e)})", file=sys.stderr)
+
+
+def push_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:
+    """Upload an exported folder; a missing token or network ends in one line (UserError)."""
+    import huggingface_hub as hub
+
+    if not hub.get_token():
+        raise UserError(f"no Hugging Face token: run `hf auth login` or set HF_TOKEN, then retry "
+                        f"(nothing uploaded; the model is in {folder})")
+    try:
+        hub.create_repo(repo_id, private=private, exist_ok=True)
+        info = hub.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload cifar-dist model")
+    except Exception as e:  # offline (HF_HUB_OFFLINE), no route, a bad token, a name taken
+        raise UserError(f"could not upload to the Hugging Face Hub ({first_line(e, 160)}); "
+                        f"nothing uploaded; the model is in {folder}") from None
+    return str(getattr(info, "commit_url", info))
+
+
+def main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(prog="python -m cifar_dist.export", allow_abbrev=False,
+                                description="Write a run's best model as model/ and optionally upload it.")
+    p.add_argument("checkpoint", help="a run folder, its best.pt, or its model/ folder")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="upload model/ to this Hub repository")
+    p.add_argument("--private", action="store_true", help="create the Hub repository as private")
+    args = p.parse_args(argv)
+    from .checkpoint import load_checkpoint
+    from .run_dir import run_dir_of
+
+    path = Path(args.checkpoint)
+    run = RunDir(run_dir_of(path))
+    if not (path / WEIGHTS).exists():  # from best.pt: (re)write model/, with the test results if there
+        ckpt = load_checkpoint(path)
+        ckpt.setdefault("command", "")
+        test = json.loads(run.test_metrics.read_text()) if run.test_metrics.exists() else None
+        print(f"wrote {write_model_folder(run, ckpt, test)}")
+    folder = path if (path / WEIGHTS).exists() else run.model
+    if args.push_to_hub:
+        print(f"uploaded {folder} to {args.push_to_hub}: {push_to_hub(folder, args.push_to_hub, args.private)}")
+
+
+if __name__ == "__main__":
+    from .cli import run_cli
+
+    sys.exit(run_cli(main, None))

@@ -196,5 +196,6 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     from .cli import run_cli
+    from .distributed import exit_process
 
-    sys.exit(run_cli(main, None))
+    exit_process(run_cli(main, None))

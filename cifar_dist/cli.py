@@ -81,22 +81,23 @@ def reject_unknown_options(parser: argparse.ArgumentParser, rest: list[str], ext
 
 
 def _train(argv: list[str]) -> None:
-    from .config import PRESETS, config_warnings, format_config, resolve
+    from .config import PRESETS, config_help, config_warnings, config_yaml, resolve
 
-    p = argparse.ArgumentParser(prog="cifar-train", allow_abbrev=False,
+    p = argparse.ArgumentParser(prog="cifar-train", allow_abbrev=False, formatter_class=argparse.RawTextHelpFormatter,
                                 description="Train on CIFAR-10 (and friends). Any config key: --section.key=value.",
-                                epilog=f"presets: {', '.join(PRESETS)}")
+                                epilog=f"presets: {', '.join(PRESETS)}\n\nconfig keys (defaults < --preset < "
+                                       f"--config < these; the defaults are the tutorial's):\n{config_help()}")
     p.add_argument("--preset", default=None, help="named recipe (default: seed, the tutorial)")
-    p.add_argument("--config", default=None, help="YAML file with config sections")
+    p.add_argument("--config", default=None, help="YAML file with config sections (--print-config writes one)")
     p.add_argument("--resume", action="store_true", help="continue run.dir from its last full state")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     args, rest = p.parse_known_args(argv)
     reject_unknown_options(p, rest, extra=("--seed",))  # a top-level config key
     if args.resume:
         rest.append("--train.resume=true")
     cfg = resolve(args.preset, args.config, rest)
     if args.print_config:
-        print(format_config(cfg))
+        print(config_yaml(cfg), end="")
         for line in config_warnings(cfg):
             print(line, file=sys.stderr)
         return

@@ -27,93 +27,93 @@ BACKENDS = ("none", "wandb")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
+def option(default, help: str):
+    """A config key: its default and one line saying what it does (listed by --help)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class DataConfig:
-    name: str = "cifar10"
-    root: str = "./data"  # imagefolder: a folder of train/<class>/ + test/<class>/, or a .tar/.tar.gz/.tar.xz of one
-    cache_dir: str = "./data/cache"  # imagefolder: decoded arrays and unpacked archives (never inside data.root)
-    image_size: int = 0  # imagefolder: resize every image to N×N while caching; 0 keeps the files' size
-    val_fraction: float = 0.2
-    loader: str = "torch"  # torch: the tutorial's per-sample DataLoader; tensor: uint8 tensors + batch ops
-    normalize: str = "half"
-    augment: bool = False  # random crop (pad data.crop_pad) + horizontal flip; tensor loader only
-    crop_pad: int = 4  # pixels of reflect padding for the random crop (shifts up to ±crop_pad); 0 = flip only
-    download: bool = True
-    num_workers: int = 0
-    synthetic_train_size: int = 5000
-    synthetic_test_size: int = 1000
+    name: str = option("cifar10", "dataset: cifar10, cifar100, fashion_mnist, synthetic (for tests) or imagefolder")
+    root: str = option("./data", "dataset folder; imagefolder: train/<class>/ + test/<class>/, or a .tar(.gz/.xz) of it")
+    cache_dir: str = option("./data/cache", "imagefolder: decoded arrays and unpacked archives (never inside data.root)")
+    image_size: int = option(0, "imagefolder: resize every image to N×N while caching; 0 keeps the files' size")
+    val_fraction: float = option(0.2, "share of the training images held out for validation; 0 trains on all")
+    loader: str = option("torch", "torch: the tutorial's per-sample DataLoader; tensor: uint8 tensors and batch ops")
+    normalize: str = option("half", "half: the tutorial's mean = std = 0.5; dataset: the dataset's own mean and std")
+    augment: bool = option(False, "random crop (data.crop_pad) and horizontal flip in training; needs loader=tensor")
+    crop_pad: int = option(4, "pixels of reflect padding for the random crop (shifts up to ±crop_pad); 0 = flip only")
+    download: bool = option(True, "download the dataset when its files are missing")
+    num_workers: int = option(0, "DataLoader worker processes per training process (data.loader=torch)")
+    synthetic_train_size: int = option(5000, "images generated for data.name=synthetic's train + validation split")
+    synthetic_test_size: int = option(1000, "images generated for data.name=synthetic's test split")
 
 
 @dataclass
 class ModelConfig:
-    name: str = "seed_cnn"
-    dropout: float = 0.3
-    width: int = 64  # resnet_fast base width
+    name: str = option("seed_cnn", "network: seed_cnn (the tutorial's CNN) or resnet_fast (ResNet-9 family)")
+    dropout: float = option(0.3, "dropout probability around seed_cnn's first linear layer")
+    width: int = option(64, "resnet_fast's base width in channels (64 = ResNet-9); seed_cnn ignores it")
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 0.01
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.0
-    schedule: str = "constant"
-    warmup_epochs: float = 0.0
-    # Images. > 0: lr and weight_decay are given for this global batch; the trainer scales lr by
-    # global batch / reference_batch_size, which keeps weight decay per epoch fixed (schedules.scaled_lr).
-    # 0: lr is used as given, whatever the batch size or process count.
-    reference_batch_size: int = 0
+    lr: float = option(0.01, "SGD learning rate (for optim.reference_batch_size images when that is > 0)")
+    momentum: float = option(0.0, "SGD momentum; 0 = plain SGD")
+    nesterov: bool = option(False, "Nesterov momentum (needs optim.momentum > 0)")
+    weight_decay: float = option(0.0, "SGD's L2 weight decay")
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss; 0 = none")
+    schedule: str = option("constant", "lr over the steps: constant, linear or linear_to_1pct (docs/config.md)")
+    warmup_epochs: float = option(0.0, "epochs of linear lr warm-up at the start (linear schedules)")
+    reference_batch_size: int = option(0, "images; > 0: lr is for this global batch, scaled to the real one; 0: as is")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30
-    per_device_batch_size: int = 16
-    resume: str = "false"
-    checkpoint_every_steps: int = 0  # 0: full state only at epoch ends
-    eval_every_epochs: int = 1
-    log_every_steps: int = 50
-    mixed_precision: str = "launcher"  # the launcher's setting ("no" without one); any other value wins
-    channels_last: bool = False
-    compile: bool = False
-    device: str = "auto"
-    threads_per_process: int = 0  # 0: cores / local processes
-    dist_timeout_s: int = 1800
-    # 0: no limit. For smoke runs and tests: the epoch it cuts short still counts as done (validated,
-    # saved), so --resume goes on at the next epoch.
-    max_steps: int = 0
+    epochs: int = option(30, "epochs to train")
+    per_device_batch_size: int = option(16, "images per step on each process (global batch = this × processes)")
+    resume: str = option("false", "false: a new run; true: continue run.dir's state; auto: continue if there is one")
+    checkpoint_every_steps: int = option(0, "also save the full state every N optimizer steps; 0: at epoch ends only")
+    eval_every_epochs: int = option(1, "validate (and maybe save best.pt) every N epochs and after the last")
+    log_every_steps: int = option(50, "log the running training loss to the tracker every N steps")
+    mixed_precision: str = option("launcher", "launcher (accelerate's setting, else no), no, bf16, fp16 (CUDA) or auto")
+    channels_last: bool = option(False, "NHWC memory format for the model and batches (faster convolutions)")
+    compile: bool = option(False, "torch.compile the model (measured slower for training on a CPU)")
+    device: str = option("auto", "auto, cpu or cuda")
+    threads_per_process: int = option(0, "torch threads per process; 0: OMP_NUM_THREADS, else cores / local processes")
+    dist_timeout_s: int = option(1800, "seconds a collective waits for a silent rank before the job stops")
+    max_steps: int = option(0, "stop after N optimizer steps in all (that epoch counts as done); 0: no limit")
 
 
 @dataclass
 class EvalConfig:
-    per_device_batch_size: int = 500
-    tta: bool = False  # flip test-time augmentation: mean logits of each image and its mirror
-    tta_translate: int = 0  # with eval.tta: also views shifted ±this many pixels (6 views in all); 0 = flip only
+    per_device_batch_size: int = option(500, "images per evaluation batch on each process")
+    tta: bool = option(False, "flip test-time augmentation: average each image's logits with its mirror image's")
+    tta_translate: int = option(0, "with eval.tta: also views shifted ±N pixels (6 views in all); 0 = flip only")
 
 
 @dataclass
 class RunConfig:
-    dir: str = ""  # "" -> runs/<data>-<model>-<time>
-    # In-epoch progress: a bar on a terminal, a line every 10% of an epoch elsewhere (cifar_dist/progress.py).
-    # false: instead a line every train.log_every_steps.
-    progress: bool = True
+    dir: str = option("", "the run folder; empty: runs/<data>-<model>-<time>")
+    progress: bool = option(True, "in-epoch progress (bar or a line every 10%); false: a line every log_every_steps")
 
 
 @dataclass
 class TrackingConfig:
-    backend: str = "wandb"  # offline by itself without a key or server (tracking.mode=auto)
-    project: str = "cifar-dist"
-    entity: str = ""
-    run_name: str = ""
-    tags: list = field(default_factory=list)
-    mode: str = "auto"
+    backend: str = option("wandb", "wandb (offline by itself without a key or server) or none")
+    project: str = option("cifar-dist", "W&B project (WANDB_PROJECT wins over this default)")
+    entity: str = option("", "W&B team or user; empty: your default entity")
+    run_name: str = option("", "W&B run name; empty: the run folder's name")
+    tags: list = option([], "W&B tags (a,b,c on the command line)")
+    mode: str = option("auto", "auto (online only with a key and a reachable server), online, offline or disabled")
 
 
 @dataclass
 class Config:
-    seed: int = 0
-    preset: str = "seed"
+    seed: int = option(0, "random seed: initial weights, validation split, data order, dropout")
+    preset: str = option("seed", "the named recipe this config started from (--preset)")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -129,12 +129,7 @@ class Config:
 # Presets are partial dicts layered over the defaults. `seed` is the tutorial, exactly.
 PRESETS: dict[str, dict] = {
     "seed": {},
-    # The tutorial's CNN (same layers) with a modern recipe, tuned on Fashion-MNIST's validation split
-    # (benchmarks/accuracy.py; README "Results"): tensor-held data, flip only (this small CNN underfits
-    # short runs: crop pad 2 / pad 4 and dropout 0.3 all scored lower), Nesterov lr 0.1 (one warm-up
-    # epoch, then linear decay to 1%) given for a global batch of 128, label smoothing 0.1, flip-TTA,
-    # 18 epochs (validation 0.9323 vs 0.9272 at 12; ~147 s on 2 quiet cores); validation every 3 epochs
-    # (a decaying run's best epoch is its last; each validation pass costs ~1/6 of an epoch).
+    # The tutorial's CNN with a modern recipe, tuned on Fashion-MNIST (docs/results.md, tuning history).
     "seed_fast": {
         "data": {"loader": "tensor", "normalize": "dataset", "augment": True, "crop_pad": 0},
         "model": {"name": "seed_cnn", "dropout": 0.0},
@@ -143,17 +138,7 @@ PRESETS: dict[str, dict] = {
         "train": {"epochs": 18, "per_device_batch_size": 128, "channels_last": True, "mixed_precision": "auto", "eval_every_epochs": 3},
         "eval": {"tta": True},
     },
-    # resnet_fast (ResNet-9 family) with the airbench-style recipe: tensor-held data, flip in batches,
-    # Nesterov SGD with lr 0.2 given for a global batch of 256, label smoothing, warm-up then linear
-    # decay, flip-TTA at evaluation. Sized for 2 CPU cores and Fashion-MNIST (README "Results"): width 16,
-    # 13 epochs (~35 s each on 2 quiet cores: ~470 s of the 600 s budget), crop pad 1 + flip (validation:
-    # flip only overfit at 12 epochs, train 0.987 / val 0.9438; pad 2 underfit, 0.952 / 0.9415; pad 1 at
-    # 13 epochs 0.962 / 0.9443), label smoothing 0.1 (0.9462 vs 0.9443 with 0.2). Validated once, after
-    # the last epoch (a linear-decay run's best epoch is its last; a TTA pass over 12,000 images costs
-    # ~1/7 epoch). Tried on validation and within seed noise of this, so not taken: weight decay 1e-3,
-    # 14 and 15 epochs, smoothing 0.05, widths 18/20 at 11/9 epochs and width 20 at 13 (over budget),
-    # lr 0.1 and 0.4, an average of the weights, zero-padding to 32×32, a final fit on all 60,000
-    # images, alternating flips, GELU, a ceil-mode pool, cutout, a deeper group 2, no decay on BN.
+    # resnet_fast at width 16 with airbench's recipe, sized for 2 CPU cores (docs/results.md, tuning history).
     # CIFAR-10 on a GPU: --model.width=64 --data.crop_pad=4 (ResNet-9 proper with the standard crop).
     "fast": {
         "data": {"loader": "tensor", "normalize": "dataset", "augment": True, "crop_pad": 1},
@@ -378,7 +363,6 @@ def _read_yaml(config_file: str) -> dict:
         raise UserError(f"config file {config_file} is not valid YAML ({first_line(e)})") from None
     if not isinstance(tree, dict):
         raise UserError(f"config file {config_file} must hold a mapping of sections (data:, optim:, ...)")
-    tree.pop("preset", None)
     return tree
 
 
@@ -401,12 +385,14 @@ def dataset_overrides(preset: str, data_name: str) -> dict:
 
 def resolve(preset: str | None = None, config_file: str | None = None, overrides: list[str] | None = None) -> Config:
     """defaults < preset < the preset's layer for the run's data.name < YAML file < overrides, validated."""
-    preset = preset or "seed"
+    tree = _read_yaml(config_file) if config_file else {}
+    yaml_preset = tree.pop("preset", None)  # --print-config writes it: the preset when --preset names none
+    preset = preset or yaml_preset or "seed"
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     layers = [(PRESETS[preset], f"preset {preset}")]
     if config_file:
-        layers.append((_read_yaml(config_file), config_file))
+        layers.append((tree, config_file))
     layers.append((parse_overrides(overrides or []), "command line"))
 
     def layered(trees) -> Config:
@@ -431,6 +417,29 @@ def from_dict(tree: dict) -> Config:
     cfg.preset = tree.pop("preset", "seed")
     apply_tree(cfg, tree, "checkpoint config")
     return cfg
+
+
+def config_yaml(cfg: Config) -> str:
+    """The whole config as YAML (--print-config): `--config` reads it back to the identical config."""
+    import yaml
+
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def config_help(sections: tuple[str, ...] | None = None) -> str:
+    """Every config key (of `sections`, or all but the preset's name) with its type, default and one
+    line of meaning, for --help."""
+    lines = []
+    for f in fields(Config):
+        section = f.default_factory if dataclasses.is_dataclass(f.default_factory) else None
+        if f.name == "preset" or (sections is not None and f.name not in sections):
+            continue
+        for g in fields(section) if section else [f]:
+            path = f"{f.name}.{g.name}" if section else g.name
+            default = g.default_factory() if g.default is dataclasses.MISSING else g.default
+            kind = {"str": "text"}.get(g.type, g.type)
+            lines += [f"  --{path}={kind.upper()}  (default: {default!r})", f"        {g.metadata['help']}"]
+    return "\n".join(lines)
 
 
 def format_config(cfg: Config) -> str:

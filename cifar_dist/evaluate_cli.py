@@ -14,6 +14,8 @@ from pathlib import Path
 from .checkpoint import atomic_write_bytes, build_model_from_checkpoint, load_checkpoint
 from .errors import UserError
 
+EVAL_SECTIONS = ("data", "eval", "train")  # the config sections evaluate.py's --section.key=value may set
+
 
 def print_report(result, split: str, accelerator) -> None:
     """One report, in the tutorial's format ('Test Accuracy of  bird: 65% (659/1000)', percentages
@@ -27,11 +29,16 @@ def print_report(result, split: str, accelerator) -> None:
 
 
 def main(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(prog="cifar-eval", allow_abbrev=False, description=__doc__.splitlines()[0])
+    from .config import config_help
+
+    p = argparse.ArgumentParser(prog="cifar-eval", allow_abbrev=False, description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawTextHelpFormatter,
+                                epilog=f"config keys that apply here (defaults: the checkpoint's own config):\n"
+                                       f"{config_help(EVAL_SECTIONS)}")
     p.add_argument("--checkpoint", required=True, help="a run folder, its best.pt, or its exported model/ folder")
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--json", default=None, help="write loss, accuracy, per-class counts and the confusion matrix here")
-    p.add_argument("--batch-size", type=int, default=None, help="per-device evaluation batch size")
+    p.add_argument("--batch-size", type=int, default=None, help="short for --eval.per_device_batch_size")
     p.add_argument("--plots", default=None, help="write the figures (PNG) into this folder")
     p.add_argument("--plots-images", type=int, default=16,
                    help="images in batch.png and predictions.png (two rows; default 16, a 2x8 grid)")
@@ -45,7 +52,7 @@ def main(argv: list[str]) -> None:
 
     ckpt = load_checkpoint(args.checkpoint)
     cfg = from_dict(ckpt["config"])
-    apply_overrides(cfg, rest, sections=("data", "eval", "train"), who="evaluate.py")
+    apply_overrides(cfg, rest, sections=EVAL_SECTIONS, who="evaluate.py")
     cfg.train.compile = False
     if args.batch_size is not None:
         if args.batch_size < 1:

@@ -103,7 +103,42 @@ def test_a_mistyped_option_names_the_one_meant(script, argv, line):
 def test_print_config(tmp_path):
     p = run(train_cmd("--preset", "seed_fast", "--optim.lr=0.2", "--print-config"), timeout=120)
     assert p.returncode == 0, p.stderr
-    assert "preset: seed_fast" in p.stdout and "lr=0.2" in p.stdout
+    assert "preset: seed_fast" in p.stdout and "  lr: 0.2\n" in p.stdout
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_print_config_yaml_reads_back_identically(tmp_path, preset):
+    """--print-config's YAML, given to --config, is the same config again, key for key (every preset)."""
+    from cifar_dist.config import config_yaml
+
+    cfg = resolve(preset, overrides=["--tracking.tags=a,b", "--train.resume=auto", "--run.dir=runs/x y"])
+    path = tmp_path / "c.yaml"
+    path.write_text(config_yaml(cfg))
+    again = resolve(config_file=str(path))
+    assert again == cfg and again.to_dict() == cfg.to_dict()
+    assert config_yaml(again) == path.read_text()
+
+
+def test_print_config_round_trip_through_the_cli(tmp_path):
+    first = run(train_cmd("--preset", "fast", "--optim.lr=0.3", "--print-config"), check=True).stdout
+    (tmp_path / "fast.yaml").write_text(first)
+    assert run(train_cmd("--config", str(tmp_path / "fast.yaml"), "--print-config"), check=True).stdout == first
+
+
+def test_help_lists_every_config_key():
+    from cifar_dist.config import Config
+
+    tree = Config().to_dict()
+    keys = [f"{s}.{k}" for s, sec in tree.items() if isinstance(sec, dict) for k in sec]
+    keys += [k for k, v in tree.items() if not isinstance(v, dict) and k != "preset"]  # preset: --preset itself
+    assert len(keys) > 40
+    train_help = run(train_cmd("--help"), check=True).stdout
+    eval_help = run(eval_cmd("--help"), check=True).stdout
+    for k in keys:
+        assert f"--{k}=" in train_help, k
+        assert (f"--{k}=" in eval_help) == k.startswith(("data.", "eval.", "train.")), k
+    assert "--optim.lr=FLOAT  (default: 0.01)" in train_help
+    assert "--train.epochs=INT  (default: 30)" in train_help
 
 
 def test_mixed_precision_auto_is_fp32_on_cpu():

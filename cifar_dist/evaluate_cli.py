@@ -29,6 +29,21 @@ def print_report(result, split: str, accelerator) -> None:
 
 
 def main(argv: list[str]) -> None:
+    from .cli import reject_unknown_options
+
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    reject_unknown_options(parser, rest)
+    ckpt = load_checkpoint(args.checkpoint)
+    cfg = _config(ckpt, args, rest)
+    model = build_model_from_checkpoint(ckpt, source=args.checkpoint)
+    if args.images:
+        _predict_images(model, ckpt, cfg, args)
+    else:
+        _evaluate_split(model, ckpt, cfg, args)
+
+
+def _parser() -> argparse.ArgumentParser:
     from .config import config_help
 
     p = argparse.ArgumentParser(prog="cifar-eval", allow_abbrev=False, description=__doc__.splitlines()[0],
@@ -43,14 +58,13 @@ def main(argv: list[str]) -> None:
     p.add_argument("--plots-images", type=int, default=16,
                    help="images in batch.png and predictions.png (two rows; default 16, a 2x8 grid)")
     p.add_argument("--images", nargs="+", default=None, help="predict these image files or folders instead")
-    args, rest = p.parse_known_args(argv)
-    from .cli import reject_unknown_options
+    return p
 
-    reject_unknown_options(p, rest)
 
-    from .config import apply_overrides, config_warnings, from_dict, validate
+def _config(ckpt: dict, args, rest: list[str]):
+    """The checkpoint's config with this command's --data/--eval/--train overrides, validated."""
+    from .config import apply_overrides, from_dict, validate
 
-    ckpt = load_checkpoint(args.checkpoint)
     cfg = from_dict(ckpt["config"])
     apply_overrides(cfg, rest, sections=EVAL_SECTIONS, who="evaluate.py")
     cfg.train.compile = False
@@ -58,21 +72,23 @@ def main(argv: list[str]) -> None:
         if args.batch_size < 1:
             raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
         cfg.eval.per_device_batch_size = args.batch_size
-    validate(cfg)
-    model = build_model_from_checkpoint(ckpt, source=args.checkpoint)
+    return validate(cfg)
 
-    if args.images:
-        from .distributed import env_world_size
-        from .predict import predict_files
 
-        if args.plots:
-            raise UserError("--images predicts files and --plots draws a split's figures; run them as two commands")
-        if env_world_size() > 1:
-            raise UserError("--images runs in one process; use 'python evaluate.py --images ...' without accelerate launch")
+def _predict_images(model, ckpt: dict, cfg, args) -> None:
+    from .distributed import env_world_size
+    from .predict import predict_files
 
-        predict_files(model, ckpt, args.images, args.json, tta=cfg.eval.tta, tta_translate=cfg.eval.tta_translate)
-        return
+    if args.plots:
+        raise UserError("--images predicts files and --plots draws a split's figures; run them as two commands")
+    if env_world_size() > 1:
+        raise UserError("--images runs in one process; use 'python evaluate.py --images ...' without accelerate launch")
+    predict_files(model, ckpt, args.images, args.json, tta=cfg.eval.tta, tta_translate=cfg.eval.tta_translate)
 
+
+def _evaluate_split(model, ckpt: dict, cfg, args) -> None:
+    """Collective: evaluate a whole split, print the report, write --json and --plots."""
+    from .config import config_warnings
     from .data import load_data
     from .distributed import build_accelerator, raise_if_any
     from .evaluation import evaluate

@@ -9,9 +9,8 @@ import subprocess
 import sys
 
 import torch
-from PIL import Image
-
 from conftest import REPO, base_env, eval_cmd, run
+from PIL import Image
 
 FRESH = """
 import json, sys

@@ -1,0 +1,43 @@
+"""The named recipes behind --preset: partial configs layered over the defaults (config.py), and
+their per-dataset layers.
+
+    python train.py --preset seed_fast --print-config      # a preset, resolved, as YAML
+"""
+from __future__ import annotations
+
+# Presets are partial dicts layered over the defaults. `seed` is the tutorial, exactly.
+PRESETS: dict[str, dict] = {
+    "seed": {},
+    # The tutorial's CNN with a modern recipe, tuned on Fashion-MNIST (docs/results.md, tuning history).
+    "seed_fast": {
+        "data": {"loader": "tensor", "normalize": "dataset", "augment": True, "crop_pad": 0},
+        "model": {"name": "seed_cnn", "dropout": 0.0},
+        "optim": {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "reference_batch_size": 128,
+                  "schedule": "linear_to_1pct", "warmup_epochs": 1.0, "label_smoothing": 0.1},
+        "train": {"epochs": 18, "per_device_batch_size": 128, "channels_last": True, "mixed_precision": "auto", "eval_every_epochs": 3},
+        "eval": {"tta": True},
+    },
+    # resnet_fast at width 16 with airbench's recipe, sized for 2 CPU cores (docs/results.md, tuning history).
+    # CIFAR-10 on a GPU: --model.width=64 --data.crop_pad=4 (ResNet-9 proper with the standard crop).
+    "fast": {
+        "data": {"loader": "tensor", "normalize": "dataset", "augment": True, "crop_pad": 1},
+        "model": {"name": "resnet_fast", "width": 16},
+        "optim": {"lr": 0.2, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "reference_batch_size": 256,
+                  "schedule": "linear", "warmup_epochs": 1.0, "label_smoothing": 0.1},
+        "train": {"epochs": 13, "per_device_batch_size": 256, "channels_last": True, "mixed_precision": "auto", "eval_every_epochs": 13},
+        "eval": {"tta": True},
+    },
+}
+
+
+# Per-dataset layers over a preset, applied when the run's data.name matches (after the preset, before
+# YAML and the command line; --print-config shows them). The presets above were tuned on Fashion-MNIST
+# (28×28 grey, centred objects); real colour photos want other settings, tuned on CIFAR-10's validation
+# split (JPEG q75 copy; docs/results.md "CIFAR-10 tuning"). A user's own image folders are photos too,
+# so imagefolder gets the CIFAR-10 layer.
+_SEED_FAST_PHOTOS = {"data": {"crop_pad": 4}}
+_FAST_PHOTOS = {"data": {"crop_pad": 4}}
+PRESET_DATASET_OVERRIDES: dict[str, dict[str, dict]] = {
+    "seed_fast": {name: _SEED_FAST_PHOTOS for name in ("cifar10", "cifar100", "imagefolder")},
+    "fast": {name: _FAST_PHOTOS for name in ("cifar10", "cifar100", "imagefolder")},
+}

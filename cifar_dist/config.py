@@ -383,10 +383,14 @@ def from_dict(tree: dict) -> Config:
 
 
 def config_yaml(cfg: Config) -> str:
-    """The whole config as YAML (--print-config): `--config` reads it back to the identical config."""
+    """The whole config as YAML (--print-config): `--config` reads it back to the identical config. A
+    first comment line names the preset's per-dataset layer when one applied."""
     import yaml
 
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False, allow_unicode=True)
+    extra = dataset_overrides(cfg.preset, cfg.data.name)
+    shown = ", ".join(f"{section}.{k}={v}" for section, keys in extra.items() for k, v in keys.items())
+    head = f"# preset {cfg.preset} with its {cfg.data.name} layer: {shown}\n" if extra else ""
+    return head + yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
 def config_help(sections: tuple[str, ...] | None = None) -> str:

@@ -106,12 +106,14 @@ def test_print_config(tmp_path):
     assert "preset: seed_fast" in p.stdout and "  lr: 0.2\n" in p.stdout
 
 
+@pytest.mark.parametrize("data_name", ["cifar10", "fashion_mnist"])  # with and without a per-dataset layer
 @pytest.mark.parametrize("preset", list(PRESETS))
-def test_print_config_yaml_reads_back_identically(tmp_path, preset):
+def test_print_config_yaml_reads_back_identically(tmp_path, preset, data_name):
     """--print-config's YAML, given to --config, is the same config again, key for key (every preset)."""
     from cifar_dist.config import config_yaml
 
-    cfg = resolve(preset, overrides=["--tracking.tags=a,b", "--train.resume=auto", "--run.dir=runs/x y"])
+    cfg = resolve(preset, overrides=[f"--data.name={data_name}", "--tracking.tags=a,b", "--train.resume=auto",
+                                     "--run.dir=runs/x y"])
     path = tmp_path / "c.yaml"
     path.write_text(config_yaml(cfg))
     again = resolve(config_file=str(path))

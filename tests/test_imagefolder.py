@@ -173,3 +173,23 @@ def test_ddp_two_processes_train_and_evaluate_on_an_image_folder(tmp_path):
     p = run(eval_cmd("--checkpoint", str(run_dir), "--plots", str(tmp_path / "figs")), check=True, timeout=300)
     assert (tmp_path / "figs" / "confusion.png").is_file()
     assert "banana" in p.stdout
+
+
+def test_one_epoch_on_the_real_cifar10_jpeg_archive_clears_a_floor(tmp_path):
+    """The whole path a user runs (the archive as data.root, unpacked and decoded into a fresh cache,
+    seed_fast, the tensor loader, the test split) on the real images. One epoch of all 50,000 training
+    images (data.val_fraction=0: no validation pass; no warm-up: the one-cycle decay spans this epoch)
+    reached test accuracy 0.584 and 0.586 (seeds 0, 1; 2 shared cores, torch 2.14.1; 54 s under load).
+    The same run fed un-normalised pixels (0-255) stopped with a NaN loss by step 50; labels that do
+    not follow the images carry no information (chance: 0.10). The floor 0.45 sits between. Channel order is checked pixel for pixel above:
+    a consistent swap would train as well and cannot be caught by accuracy."""
+    archive = cifar10_jpeg_archive()
+    run_dir = tmp_path / "run"
+    run(train_cmd("--preset=seed_fast", "--data.name=imagefolder", f"--data.root={archive}",
+                  f"--data.cache_dir={tmp_path / 'cache'}", "--train.epochs=1", "--optim.warmup_epochs=0",
+                  "--data.val_fraction=0", f"--run.dir={run_dir}", "--run.progress=false", "--tracking.backend=none"),
+        check=True, timeout=900)
+    test = json.loads((run_dir / "test_metrics.json").read_text())
+    assert test["num_samples"] == 10_000 and list(test["per_class"]) == CIFAR10
+    assert test["accuracy"] > 0.45, test["accuracy"]
+    assert not list(archive.parent.glob(".*.lock"))  # nothing written beside the archive

@@ -495,6 +495,29 @@ def _workers(launcher_pid: int) -> dict[int, int]:
     return out
 
 
+# Loaded by every worker (LOCAL_RANK set) through PYTHONPATH: an object that says so when the
+# interpreter finalizes. Finalizing with gloo's threads alive is what aborts a rank under load
+# ("terminate called without an active exception"), so no rank may finalize; this shows it on
+# every run, where the abort itself shows only in a few runs out of many.
+FINALIZE_PROBE = """
+import os
+
+if "LOCAL_RANK" in os.environ:
+    class _Finalized:
+        def __del__(self, _write=os.write, _rank=os.environ.get("RANK", "?")):
+            _write(2, f"rank {_rank}: interpreter finalization\\n".encode())
+
+    _marker = _Finalized()
+"""
+
+
+def finalize_probe_env(tmp_path: Path) -> dict:
+    probe = tmp_path / "finalize_probe"
+    probe.mkdir()
+    (probe / "sitecustomize.py").write_text(FINALIZE_PROBE)
+    return base_env(PYTHONPATH=f"{probe}{os.pathsep}{REPO}")
+
+
 @pytest.mark.parametrize("how", ["killed", "raises", "hangs"])
 def test_a_dead_rank_stops_the_job(tmp_path, data_root, how):
     """Rank 1 of a 2-process gloo job is SIGKILLed, raises (SIGINT -> KeyboardInterrupt), or hangs
@@ -508,7 +531,8 @@ def test_a_dead_rank_stops_the_job(tmp_path, data_root, how):
     cmd = train_cmd(*SMALL, f"--data.root={data_root}", f"--run.dir={run_dir}", "--train.epochs=20",
                     "--train.checkpoint_every_steps=4", f"--train.dist_timeout_s={timeout_s}", "--run.progress=false",
                     "--tracking.backend=none", launch=accelerate_cmd())
-    proc = subprocess.Popen(cmd, cwd=REPO, env=base_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=finalize_probe_env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
         while not (run_dir / "last" / "custom_checkpoint_0.pkl").exists():
@@ -529,6 +553,7 @@ def test_a_dead_rank_stops_the_job(tmp_path, data_root, how):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0
+    assert "interpreter finalization" not in err and "terminate called" not in err, err[-4000:]
     rank_lines = [l for l in err.splitlines() if l.startswith("error: ")]
     assert rank_lines and re.search(r"^error: rank 0 of 2: rank 1 died, hung or became unreachable", rank_lines[0]), err[-4000:]
     assert "--resume" in rank_lines[0]
@@ -582,8 +607,8 @@ def test_exit_paths_of_a_two_process_job(tmp_path, data_root, how):
              "user_error_at_start": ["--resume"],  # nothing to resume: a collective check after the group forms
              "user_error_after_training": ["--train.epochs=3", "--optim.lr=1e6", "--train.log_every_steps=1"]}
     cmd = train_cmd(*args, *extra.get(how, ["--train.epochs=20"]), launch=accelerate_cmd())
-    proc = subprocess.Popen(cmd, cwd=REPO, env=base_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=finalize_probe_env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         if how in ("sigterm", "sigusr1", "ctrl_c"):
             deadline = time.monotonic() + 240
@@ -604,6 +629,7 @@ def test_exit_paths_of_a_two_process_job(tmp_path, data_root, how):
             proc.wait()
     detail = f"exit {proc.returncode}\nSTDERR:\n{err[-4000:]}\nSTDOUT:\n{out[-1500:]}"
     assert "terminate called" not in err and "SIGABRT" not in err, detail
+    assert "interpreter finalization" not in err, detail  # see FINALIZE_PROBE
     codes = _launcher_exitcodes(err)
     if how == "user_error_in_config" and codes[1:] == [-signal.SIGTERM]:
         codes[1] = 2  # rank 1 got the launcher's SIGTERM (rank 0 had failed) before it reached the same error

@@ -141,6 +141,11 @@ def channels_figure(image_u8: torch.Tensor, title: str = ""):
     return fig
 
 
+def spread_indices(n: int, k: int) -> torch.Tensor:
+    """k indices spread evenly over range(n), first and last included: 0, n/k, 2n/k, ..."""
+    return torch.linspace(0, n - 1, k).round().long()
+
+
 def predictions_figure(images_u8: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, classes: list[str], split: str):
     n = len(images_u8)
     rows, cols = _grid(n)
@@ -152,7 +157,7 @@ def predictions_figure(images_u8: torch.Tensor, labels: torch.Tensor, preds: tor
         ok = int(preds[i]) == int(labels[i])
         right += ok
         ax.set_title(f"{classes[int(preds[i])]} ({classes[int(labels[i])]})", fontsize=9, color=RIGHT if ok else WRONG)
-    fig.suptitle(f"first {n} {split} images: prediction (true class), green right, red wrong: {right}/{n} right", fontsize=11)
+    fig.suptitle(f"{n} {split} images: prediction (true class), green right, red wrong: {right}/{n} right", fontsize=11)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=1 - 0.6 / (rows * 2.0 + 0.5), wspace=0.1, hspace=0.3)
     return fig
 
@@ -318,7 +323,10 @@ def _draw(out, data, images, labels, result, split, ckpt, metrics, n_images, cha
              f"{' (the first in batch.png)' if channel_index == 0 else ''}\npixel values 0-255")
     written["channels"] = save_png(channels_figure(img, title), out / "channels.png", dpi=CHANNELS_DPI)
     advance()
-    fig = predictions_figure(images[:n_images], labels[:n_images], result.predictions[:n_images], data.classes, split)
+    # Evenly spaced over the split, not its first n: an image-folder split is sorted by class, so its
+    # first 16 would all be airplanes. Deterministic, so reruns draw the same images.
+    pick = spread_indices(len(labels), n_images)
+    fig = predictions_figure(images[pick], labels[pick], result.predictions[pick], data.classes, split)
     written["predictions"] = save_png(fig, out / "predictions.png")
     advance()
     written["confusion"] = save_png(confusion_figure(result.confusion, data.classes, split), out / "confusion.png")

@@ -26,6 +26,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import print_error
+
 
 class RecordFileError(ValueError):
     pass
@@ -161,12 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     files = find_run_files(args.path)
     if not files:
-        print(f"error: no run-*.wandb file under {args.path}")
+        print_error(f"no run-*.wandb file under {args.path}; pass a run.dir or a wandb run folder")
         return 2
     try:
         runs = [read_run(f) for f in files]
     except RecordFileError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(str(e))
         return 2
     if args.json:
         print(json.dumps([{"file": str(r.path), "run_id": r.run_id, "config": r.config, "summary": r.summary,

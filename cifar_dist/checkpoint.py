@@ -186,10 +186,6 @@ class Checkpointer:
         self.state = state
         self.every = cfg.train.checkpoint_every_steps
 
-    @property
-    def best_path(self) -> Path:
-        return self.run.best
-
     # -- best model ---------------------------------------------------------------------------
     def maybe_save_best(self, model, epoch: int, val_metrics: dict | None) -> bool:
         """Collective in effect (same decision on every rank, since validation metrics are exact
@@ -228,9 +224,9 @@ class Checkpointer:
         buf = io.BytesIO()
         torch.save(ckpt, buf)
         try:
-            atomic_write_bytes(self.best_path, buf.getvalue())
+            atomic_write_bytes(self.run.best, buf.getvalue())
         except OSError as e:
-            return write_failure("the best model", self.best_path, e, kept="the previous best.pt")
+            return write_failure("the best model", self.run.best, e, kept="the previous best.pt")
         try:
             write_model_folder(self.run, ckpt)
         except OSError as e:

@@ -114,7 +114,9 @@ def model_card(conf: dict, test: dict | None = None) -> str:
 
 def write_model_folder(run: RunDir, ckpt: dict, test: dict | None = None) -> Path:
     """Main process. Write run.dir/model/ from a best.pt dict: into model.tmp-<pid>/, then renamed
-    over the old folder, so a reader sees the old model or the new one, never a mix."""
+    into place, so a reader sees the old model or the new one, never a mix. (A crash between moving
+    the old folder aside and renaming the new one leaves no model/ until the next best save; best.pt
+    is intact, and `python -m cifar_dist.export <run.dir>` rewrites it.)"""
     from safetensors.torch import save_file
 
     from .checkpoint import atomic_write_bytes, fsync_dir

@@ -2,6 +2,7 @@
 
 Also under `accelerate launch` with several processes: the numbers are identical.
 """
+
 from cifar_dist.cli import eval_main
 
 if __name__ == "__main__":

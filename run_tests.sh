@@ -19,5 +19,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 python -m pip install -q -e ".[dev]"
+# Lint and format first: a violation fails the run before the (long) suite starts.
+python -m ruff check .
+python -m ruff format --check .
 export WANDB_MODE=offline WANDB_SILENT=true OMP_WAIT_POLICY=PASSIVE
 exec python -m pytest "$@"

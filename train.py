@@ -2,6 +2,7 @@
 
 The tutorial run is the default: `accelerate launch train.py`.
 """
+
 from cifar_dist.cli import train_main
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@ print wall seconds, test accuracy and the tutorial's per-class lines.
 
     python benchmarks/accuracy.py --preset seed_fast --data.name fashion_mnist
     python benchmarks/accuracy.py --preset fast --data.name fashion_mnist --seed 1
-    python benchmarks/accuracy.py --preset seed_fast --data.name fashion_mnist --seeds 0 1 2 --quiet   # mean, spread, medians
-    python benchmarks/accuracy.py --preset fast --data.name cifar10 --train.mixed_precision=bf16   # on a GPU, with CIFAR-10 in ./data
+    python benchmarks/accuracy.py --preset seed_fast --data.name fashion_mnist --seeds 0 1 2 --quiet  # medians
+    python benchmarks/accuracy.py --preset fast --data.name cifar10 --train.mixed_precision=bf16  # on a GPU
 
 Recipes are tuned on the validation split (printed as val_accuracy), never on the test split. With
 --data.val_fraction=0 (a final fit on every training image) there is no validation split, and the
@@ -13,6 +13,7 @@ train_seconds is the wall time of the whole training call: data loading, every e
 and validation, checkpoints and the final test evaluation; the loop alone is printed too.
 Last line: `test_accuracy=<a> train_seconds=<s>`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="seed_fast")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--seeds", type=int, nargs="+", default=None,
-                        help="several runs, one after the other (e.g. --seeds 0 1 2); the last line holds the medians")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="several runs, one after the other (e.g. --seeds 0 1 2); the last line holds the medians",
+    )
     parser.add_argument("--run-dir", default=None, help="keep the run here (default: a temp folder, removed)")
     parser.add_argument("--json", default=None, help="also write the numbers here")
     parser.add_argument("--quiet", action="store_true", help="hide the training run's own output")
@@ -50,15 +56,26 @@ def main(argv: list[str] | None = None) -> dict:
         results.append(run_one(args, seed, overrides, run_dir, None))
     acc = [r["test_accuracy"] for r in results]
     secs = [r["train_seconds"] for r in results]
-    summary = {"preset": args.preset, "runs": results, "seeds": args.seeds, "test_accuracy_mean": statistics.mean(acc),
-               "test_accuracy_median": statistics.median(acc), "test_accuracy_min": min(acc), "test_accuracy_max": max(acc),
-               "test_accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-               "train_seconds_median": statistics.median(secs), "train_seconds_max": max(secs)}
+    summary = {
+        "preset": args.preset,
+        "runs": results,
+        "seeds": args.seeds,
+        "test_accuracy_mean": statistics.mean(acc),
+        "test_accuracy_median": statistics.median(acc),
+        "test_accuracy_min": min(acc),
+        "test_accuracy_max": max(acc),
+        "test_accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+        "train_seconds_median": statistics.median(secs),
+        "train_seconds_max": max(secs),
+    }
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
-    print(f"\n{args.preset}: {len(acc)} seeds {args.seeds}: test accuracy " + " ".join(f"{a:.4f}" for a in acc) +
-          f"; mean {summary['test_accuracy_mean']:.4f} ± {summary['test_accuracy_std']:.4f} (sample std), "
-          f"range {min(acc):.4f}–{max(acc):.4f}; train seconds " + " ".join(f"{t:.0f}" for t in secs))
+    print(
+        f"\n{args.preset}: {len(acc)} seeds {args.seeds}: test accuracy "
+        + " ".join(f"{a:.4f}" for a in acc)
+        + f"; mean {summary['test_accuracy_mean']:.4f} ± {summary['test_accuracy_std']:.4f} (sample std), "
+        f"range {min(acc):.4f}–{max(acc):.4f}; train seconds " + " ".join(f"{t:.0f}" for t in secs)
+    )
     print(f"test_accuracy={summary['test_accuracy_median']:.4f} train_seconds={summary['train_seconds_median']:.1f}")
     return summary
 
@@ -66,8 +83,11 @@ def main(argv: list[str] | None = None) -> dict:
 def run_one(args, seed: int, overrides: list[str], run_dir: str | None, json_path: str | None) -> dict:
     keep = run_dir is not None
     run_dir = Path(run_dir) if keep else Path(tempfile.mkdtemp(prefix="accuracy-")) / "run"
-    cfg = resolve(args.preset, None, [f"--seed={seed}", f"--run.dir={run_dir}", "--run.progress=false",
-                                      "--tracking.backend=none", *overrides])
+    cfg = resolve(
+        args.preset,
+        None,
+        [f"--seed={seed}", f"--run.dir={run_dir}", "--run.progress=false", "--tracking.backend=none", *overrides],
+    )
     from cifar_dist.trainer import train
 
     t = time.perf_counter()
@@ -79,18 +99,38 @@ def run_one(args, seed: int, overrides: list[str], run_dir: str | None, json_pat
     loop = sum(r["epoch_seconds"] for r in rows)
     import torch
 
-    result = {"preset": args.preset, "data": cfg.data.name, "model": cfg.model.name, "seed": seed,
-              "epochs": cfg.train.epochs, "test_accuracy": summary["accuracy"], "test_loss": summary["loss"],
-              "best_epoch": summary["best_epoch"], "val_accuracy_best_epoch": rows[summary["best_epoch"] - 1].get("val_accuracy"),
-              "train_seconds": wall, "train_loop_seconds": loop, "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "per_class": summary["per_class"], "overrides": overrides}
-    print(f"\n{args.preset} on {cfg.data.name} ({cfg.model.name}, {cfg.train.epochs} epochs, seed {seed}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__})")
+    result = {
+        "preset": args.preset,
+        "data": cfg.data.name,
+        "model": cfg.model.name,
+        "seed": seed,
+        "epochs": cfg.train.epochs,
+        "test_accuracy": summary["accuracy"],
+        "test_loss": summary["loss"],
+        "best_epoch": summary["best_epoch"],
+        "val_accuracy_best_epoch": rows[summary["best_epoch"] - 1].get("val_accuracy"),
+        "train_seconds": wall,
+        "train_loop_seconds": loop,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "per_class": summary["per_class"],
+        "overrides": overrides,
+    }
+    print(
+        f"\n{args.preset} on {cfg.data.name} ({cfg.model.name}, {cfg.train.epochs} epochs, seed {seed}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__})"
+    )
     for name, pc in summary["per_class"].items():
-        print(f"Test Accuracy of {name:>12s}: {100 * pc['correct'] / max(pc['total'], 1):5.1f}% ({pc['correct']}/{pc['total']})")
+        print(
+            f"Test Accuracy of {name:>12s}: {100 * pc['correct'] / max(pc['total'], 1):5.1f}% "
+            f"({pc['correct']}/{pc['total']})"
+        )
     val = result["val_accuracy_best_epoch"]
-    print(f"best epoch {summary['best_epoch']} " + (f"(validation accuracy {val:.4f}); " if val is not None else
-          "(no validation split: data.val_fraction=0); ") + f"training loop {loop:.1f} s of {wall:.1f} s wall")
+    print(
+        f"best epoch {summary['best_epoch']} "
+        + (f"(validation accuracy {val:.4f}); " if val is not None else "(no validation split: data.val_fraction=0); ")
+        + f"training loop {loop:.1f} s of {wall:.1f} s wall"
+    )
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2))
     if not keep:

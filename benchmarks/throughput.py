@@ -21,6 +21,7 @@ processes hits all three alike; the report is the median over rounds. FLOPs per 
 matmul rate divided by them, the speed the model would reach if every FLOP ran at matmul speed.
 Last line: `speedup_vs_tutorial=<x> floor_fraction=<y>`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,7 +66,7 @@ def matmul_gflops(device: torch.device, n: int = 4096, seconds: float = 2.0) -> 
         if count % 8 == 0 or count < 8:
             sync(device)
     sync(device)
-    return 2 * n ** 3 * count / (time.perf_counter() - t) / 1e9
+    return 2 * n**3 * count / (time.perf_counter() - t) / 1e9
 
 
 def train_flops_per_image(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -89,7 +90,9 @@ class TutorialLoop:
         transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
         train_data = _synthetic_class(root)(str(root), train=True, download=False, transform=transform)
         train_idx, _ = split_indices(len(train_data), 0.2, seed)
-        self.loader = DataLoader(train_data, batch_size=16, sampler=SubsetRandomSampler(train_idx.tolist()), num_workers=0)
+        self.loader = DataLoader(
+            train_data, batch_size=16, sampler=SubsetRandomSampler(train_idx.tolist()), num_workers=0
+        )
         torch.manual_seed(seed)
         self.model = build_model(model_name, 3, 32, 10).to(device)
         self.criterion = torch.nn.CrossEntropyLoss()
@@ -122,17 +125,31 @@ class TutorialLoop:
         return seen / (time.perf_counter() - t)
 
 
-def cifar_dist_run(preset: str, root: Path, train_size: int, epochs: int, threads: int, overrides: list[str]) -> tuple[list[float], dict]:
+def cifar_dist_run(
+    preset: str, root: Path, train_size: int, epochs: int, threads: int, overrides: list[str]
+) -> tuple[list[float], dict]:
     """One in-process `train()` run; returns its per-epoch images/s after the first epoch."""
     from cifar_dist.trainer import train
 
     run_dir = Path(tempfile.mkdtemp(prefix="throughput-"))
     try:
-        cfg = config_mod.resolve(preset, None, [
-            "--data.name=synthetic", f"--data.root={root.parent}", f"--data.synthetic_train_size={train_size}",
-            "--data.synthetic_test_size=1000", f"--train.epochs={epochs}", f"--train.threads_per_process={threads}",
-            "--eval.per_device_batch_size=1000", f"--run.dir={run_dir / 'run'}", "--run.progress=false",
-            "--tracking.backend=none", *overrides])
+        cfg = config_mod.resolve(
+            preset,
+            None,
+            [
+                "--data.name=synthetic",
+                f"--data.root={root.parent}",
+                f"--data.synthetic_train_size={train_size}",
+                "--data.synthetic_test_size=1000",
+                f"--train.epochs={epochs}",
+                f"--train.threads_per_process={threads}",
+                "--eval.per_device_batch_size=1000",
+                f"--run.dir={run_dir / 'run'}",
+                "--run.progress=false",
+                "--tracking.backend=none",
+                *overrides,
+            ],
+        )
         with contextlib.redirect_stdout(io.StringIO()):
             train(cfg)
         rows = [json.loads(line) for line in (run_dir / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -147,7 +164,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--preset", default=None, help="cifar-dist preset for (b); default: seed_fast or fast by model")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tutorial-images", type=int, default=4000, help="images per tutorial measurement")
-    parser.add_argument("--train-size", type=int, default=5000, help="synthetic training files (80%% is the train split)")
+    parser.add_argument(
+        "--train-size", type=int, default=5000, help="synthetic training files (80%% is the train split)"
+    )
     parser.add_argument("--epochs", type=int, default=3, help="cifar-dist epochs per round; the first is warm-up")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads for both loops (0: one per core)")
     parser.add_argument("--data-root", default=None, help="where the synthetic files go (default: a temp folder)")
@@ -162,21 +181,34 @@ def main(argv: list[str] | None = None) -> dict:
     if args.data_root is None:
         tmp = Path(tempfile.mkdtemp(prefix="throughput-data-"))
     data_root = Path(args.data_root or tmp)
-    cfg = config_mod.resolve(preset, None, ["--data.name=synthetic", f"--data.root={data_root}",
-                                            f"--data.synthetic_train_size={args.train_size}",
-                                            "--data.synthetic_test_size=1000", *overrides])
+    cfg = config_mod.resolve(
+        preset,
+        None,
+        [
+            "--data.name=synthetic",
+            f"--data.root={data_root}",
+            f"--data.synthetic_train_size={args.train_size}",
+            "--data.synthetic_test_size=1000",
+            *overrides,
+        ],
+    )
     root = _ensure_synthetic(cfg)
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
 
     model = build_model(args.model, 3, 32, 10, width=cfg.model.width, dropout=cfg.model.dropout).to(device)
     batch = cfg.train.per_device_batch_size
-    flops = train_flops_per_image(model, torch.randn(batch, 3, 32, 32, device=device),
-                                  torch.randint(0, 10, (batch,), device=device))
-    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{threads} threads'}), "
-          f"torch {torch.__version__}; model {args.model}: {flops / 1e6:.1f} MFLOP per training image")
-    print(f"(b) = preset {preset} {' '.join(overrides)}: batch {batch}, loader {cfg.data.loader}, augment "
-          f"{cfg.data.augment}, channels_last {cfg.train.channels_last}, mixed_precision {cfg.train.mixed_precision}, "
-          f"compile {cfg.train.compile}")
+    flops = train_flops_per_image(
+        model, torch.randn(batch, 3, 32, 32, device=device), torch.randint(0, 10, (batch,), device=device)
+    )
+    print(
+        f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{threads} threads'}), "
+        f"torch {torch.__version__}; model {args.model}: {flops / 1e6:.1f} MFLOP per training image"
+    )
+    print(
+        f"(b) = preset {preset} {' '.join(overrides)}: batch {batch}, loader {cfg.data.loader}, augment "
+        f"{cfg.data.augment}, channels_last {cfg.train.channels_last}, mixed_precision {cfg.train.mixed_precision}, "
+        f"compile {cfg.train.compile}"
+    )
 
     tutorial = TutorialLoop(root, args.model, device)
     tutorial.run(160)  # warm-up: first batches allocate and pick kernels
@@ -192,20 +224,32 @@ def main(argv: list[str] | None = None) -> dict:
 
     med = {k: statistics.median(row[k] for row in rows) for k in ("tutorial", "cifar_dist", "matmul_gflops")}
     floor = med["matmul_gflops"] * 1e9 / flops
-    result = {"device": str(device), "threads": threads, "model": args.model, "preset": preset, "overrides": overrides,
-              "flops_per_image": flops, "rounds": rows, "median": med, "floor_images_per_sec": floor,
-              "speedup_vs_tutorial": med["cifar_dist"] / med["tutorial"],
-              "floor_fraction": med["cifar_dist"] / floor,
-              "tutorial_floor_fraction": med["tutorial"] / floor,
-              "median_of_round_ratios": statistics.median(row["cifar_dist"] / row["tutorial"] for row in rows),
-              # Against the best matmul round instead: other processes throttle a 2-thread matmul more
-              # than they throttle training, so under load the median-based fraction flatters.
-              "floor_fraction_vs_best_matmul": med["cifar_dist"] * flops / (max(row["matmul_gflops"] for row in rows) * 1e9)}
-    print(f"medians over {args.rounds} rounds: tutorial {med['tutorial']:.0f} img/s, cifar-dist {med['cifar_dist']:.0f} img/s, "
-          f"matmul {med['matmul_gflops']:.1f} GFLOP/s -> floor {floor:.0f} img/s "
-          f"(tutorial at {result['tutorial_floor_fraction']:.2f} of it); median of per-round ratios "
-          f"{result['median_of_round_ratios']:.2f}; fraction of the best matmul round's floor "
-          f"{result['floor_fraction_vs_best_matmul']:.2f}")
+    result = {
+        "device": str(device),
+        "threads": threads,
+        "model": args.model,
+        "preset": preset,
+        "overrides": overrides,
+        "flops_per_image": flops,
+        "rounds": rows,
+        "median": med,
+        "floor_images_per_sec": floor,
+        "speedup_vs_tutorial": med["cifar_dist"] / med["tutorial"],
+        "floor_fraction": med["cifar_dist"] / floor,
+        "tutorial_floor_fraction": med["tutorial"] / floor,
+        "median_of_round_ratios": statistics.median(row["cifar_dist"] / row["tutorial"] for row in rows),
+        # Against the best matmul round instead: other processes throttle a 2-thread matmul more
+        # than they throttle training, so under load the median-based fraction flatters.
+        "floor_fraction_vs_best_matmul": med["cifar_dist"] * flops / (max(row["matmul_gflops"] for row in rows) * 1e9),
+    }
+    print(
+        f"medians over {args.rounds} rounds: tutorial {med['tutorial']:.0f} img/s, "
+        f"cifar-dist {med['cifar_dist']:.0f} img/s, "
+        f"matmul {med['matmul_gflops']:.1f} GFLOP/s -> floor {floor:.0f} img/s "
+        f"(tutorial at {result['tutorial_floor_fraction']:.2f} of it); median of per-round ratios "
+        f"{result['median_of_round_ratios']:.2f}; fraction of the best matmul round's floor "
+        f"{result['floor_fraction_vs_best_matmul']:.2f}"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     if tmp is not None:

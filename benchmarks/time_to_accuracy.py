@@ -17,6 +17,7 @@ If a side never reaches the target its seconds are its whole run, printed as a l
 speedup is a bound too. Last line:
     target=<a> tutorial_seconds=<s> ours_seconds=<s> speedup=<x>
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,8 +67,8 @@ def test_accuracy(model, images_u8: torch.Tensor, labels: torch.Tensor, mean, st
     model.eval()
     correct = 0
     for i in range(0, len(labels), batch):
-        x = normalize_batch(images_u8[i:i + batch], mean, std)
-        correct += int((model(x).argmax(1) == labels[i:i + batch]).sum())
+        x = normalize_batch(images_u8[i : i + batch], mean, std)
+        correct += int((model(x).argmax(1) == labels[i : i + batch]).sum())
     model.train()
     return correct / max(len(labels), 1)
 
@@ -81,8 +82,9 @@ def run_tutorial(data, target: float, max_epochs: int, seed: int) -> dict:
     torch.manual_seed(seed)
     c = data.in_channels
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,) * c, (0.5,) * c)])
-    train_loader = DataLoader(TutorialImages(data.train_images, data.train_labels, transform), batch_size=16,
-                              shuffle=True, num_workers=0)
+    train_loader = DataLoader(
+        TutorialImages(data.train_images, data.train_labels, transform), batch_size=16, shuffle=True, num_workers=0
+    )
     model = build_model("seed_cnn", c, data.image_size, data.num_classes, dropout=0.3)  # the tutorial's layers
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -122,8 +124,13 @@ def run_ours(cfg, target: float) -> dict:
     best = max(history, key=lambda h: h[2])
     reached = best[2] >= target
     epoch = next(h for h in history if h[2] >= target)[0] if reached else best[0]
-    return {"reached": reached, "seconds": seconds, "epoch": epoch,
-            "accuracy": next(h[2] for h in history if h[0] == epoch), "history": history}
+    return {
+        "reached": reached,
+        "seconds": seconds,
+        "epoch": epoch,
+        "accuracy": next(h[2] for h in history if h[0] == epoch),
+        "history": history,
+    }
 
 
 def format_line(target: float, tutorial: dict, ours: dict) -> str:
@@ -143,31 +150,54 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--target", type=float, default=0.74, help="test accuracy to reach (default 0.74)")
     parser.add_argument("--preset", default="seed_fast", help="cifar-dist's side (default seed_fast)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tutorial-max-epochs", type=int, default=30,
-                        help="the tutorial's schedule length: it stops here if the target is not reached")
+    parser.add_argument(
+        "--tutorial-max-epochs",
+        type=int,
+        default=30,
+        help="the tutorial's schedule length: it stops here if the target is not reached",
+    )
     args, overrides = parser.parse_known_args(argv)
     run_dir = Path(tempfile.mkdtemp(prefix="time-to-accuracy-")) / "run"
-    cfg = resolve(args.preset, None, [*DEFAULT_OURS, f"--seed={args.seed}", f"--run.dir={run_dir}", "--run.progress=false",
-                                      "--tracking.backend=none", *overrides])
+    cfg = resolve(
+        args.preset,
+        None,
+        [
+            *DEFAULT_OURS,
+            f"--seed={args.seed}",
+            f"--run.dir={run_dir}",
+            "--run.progress=false",
+            "--tracking.backend=none",
+            *overrides,
+        ],
+    )
     try:
-        print(f"ours: preset {args.preset}, {cfg.train.epochs} epochs, {cfg.data.name}; target {args.target}", flush=True)
+        print(
+            f"ours: preset {args.preset}, {cfg.train.epochs} epochs, {cfg.data.name}; target {args.target}", flush=True
+        )
         ours = run_ours(cfg, args.target)
         from cifar_dist.data import load_data
         from cifar_dist.distributed import build_accelerator
 
         data = load_data(cfg, build_accelerator(cfg))  # the same split ours trained on (seeded by --seed)
-        print(f"tutorial: {len(data.train_labels):,} training images, batch 16, SGD lr 0.01, "
-              f"{torch.get_num_threads()} threads, torch {torch.__version__}", flush=True)
+        print(
+            f"tutorial: {len(data.train_labels):,} training images, batch 16, SGD lr 0.01, "
+            f"{torch.get_num_threads()} threads, torch {torch.__version__}",
+            flush=True,
+        )
         tutorial = run_tutorial(data, args.target, args.tutorial_max_epochs, args.seed)
     finally:
         shutil.rmtree(run_dir.parent, ignore_errors=True)
     for name, side in (("tutorial", tutorial), ("ours", ours)):
         if side["reached"]:
-            print(f"{name}: test accuracy {side['accuracy']:.4f} >= {args.target:g} at epoch {side['epoch']}, "
-                  f"after {side['seconds']:.1f} s of training")
+            print(
+                f"{name}: test accuracy {side['accuracy']:.4f} >= {args.target:g} at epoch {side['epoch']}, "
+                f"after {side['seconds']:.1f} s of training"
+            )
         else:
-            print(f"{name}: never reached {args.target:g} in {len(side['history'])} epochs ({side['seconds']:.1f} s); "
-                  f"best test accuracy {side['accuracy']:.4f} at epoch {side['epoch']}")
+            print(
+                f"{name}: never reached {args.target:g} in {len(side['history'])} epochs ({side['seconds']:.1f} s); "
+                f"best test accuracy {side['accuracy']:.4f} at epoch {side['epoch']}"
+            )
     line = format_line(args.target, tutorial, ours)
     print(line)
     return line

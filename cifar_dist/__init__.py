@@ -1,4 +1,5 @@
 """cifar-dist: the PyTorch CIFAR-10 tutorial, grown into a distributed, resumable, tracked toolkit."""
+
 import os
 
 # Measured on 2 vCPUs: OpenMP threads that spin-wait ran a training process 4× slower whenever

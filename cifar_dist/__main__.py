@@ -1,4 +1,5 @@
 """python -m cifar_dist [train|eval] ARGS  (train when no subcommand is given)."""
+
 import sys
 
 from .cli import eval_main, train_main

@@ -15,6 +15,7 @@ Why reflect padding: airbench pads by reflection; it leaves no black frame for t
 learn about and needs no mask. flip(crop(P, dy, dx)) == crop(flip(P), dy, 2·pad - dx), which is
 what lets the mirrored copy replace a second pass over the batch.
 """
+
 from __future__ import annotations
 
 import torch
@@ -60,8 +61,9 @@ def mirrored_padded(images_u8: torch.Tensor, pad: int) -> torch.Tensor:
     return torch.stack([padded, padded.flip(3)])
 
 
-def gather_crop_flip(stack: torch.Tensor, index: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor,
-                     flip: torch.Tensor, size: int) -> torch.Tensor:
+def gather_crop_flip(
+    stack: torch.Tensor, index: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, size: int
+) -> torch.Tensor:
     """Images `index` of a `mirrored_padded` stack, cropped at (dy, dx) and flipped where `flip`:
     the same result as random_flip(random_crop(images[index], pad, dy, dx), flip), in one op."""
     pad2 = stack.shape[-1] - size  # 2·pad

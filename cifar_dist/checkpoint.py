@@ -11,6 +11,7 @@
 The checkpointer owns its timing: the loop calls `maybe_save_best` after validation and
 `maybe_save` after every step and at every epoch end.
 """
+
 from __future__ import annotations
 
 import io
@@ -100,16 +101,28 @@ def versions() -> dict:
     import accelerate
     import torchvision
 
-    return {"python": sys.version.split()[0], "torch": str(torch.__version__),
-            "torchvision": str(torchvision.__version__), "accelerate": str(accelerate.__version__)}
+    return {
+        "python": sys.version.split()[0],
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "accelerate": str(accelerate.__version__),
+    }
 
 
 # -- the checkpoint format: what a model is, written once, read once ------------------------------
 def model_metadata(cfg, data) -> dict:
     """What rebuilding the network needs, stored in best.pt (and, reshaped, in model/config.json)."""
-    return {"model": {"name": cfg.model.name, "in_channels": data.in_channels, "image_size": data.image_size,
-                      "num_classes": data.num_classes, **{k: getattr(cfg.model, k) for k in MODEL_ARGS}},
-            "classes": list(data.classes), "normalize": {"mean": list(data.mean), "std": list(data.std)}}
+    return {
+        "model": {
+            "name": cfg.model.name,
+            "in_channels": data.in_channels,
+            "image_size": data.image_size,
+            "num_classes": data.num_classes,
+            **{k: getattr(cfg.model, k) for k in MODEL_ARGS},
+        },
+        "classes": list(data.classes),
+        "normalize": {"mean": list(data.mean), "std": list(data.std)},
+    }
 
 
 def build_model_from_checkpoint(ckpt: dict, source="the checkpoint") -> torch.nn.Module:
@@ -118,12 +131,15 @@ def build_model_from_checkpoint(ckpt: dict, source="the checkpoint") -> torch.nn
 
     m = ckpt["model"]
     try:
-        model = build_model(m["name"], m["in_channels"], m["image_size"], m["num_classes"],
-                            **{k: m[k] for k in MODEL_ARGS if k in m})
+        model = build_model(
+            m["name"], m["in_channels"], m["image_size"], m["num_classes"], **{k: m[k] for k in MODEL_ARGS if k in m}
+        )
         model.load_state_dict(ckpt["model_state"])
     except (RuntimeError, KeyError) as e:
-        raise UserError(f"{source} does not match model {m.get('name')!r} with {m.get('num_classes')} classes "
-                        f"({first_line(e, 100)}); it was written by another model or version") from None
+        raise UserError(
+            f"{source} does not match model {m.get('name')!r} with {m.get('num_classes')} classes "
+            f"({first_line(e, 100)}); it was written by another model or version"
+        ) from None
     return model.eval()
 
 
@@ -138,13 +154,15 @@ def load_checkpoint(path: str | Path) -> dict:
     if path.is_dir():
         path = RunDir(path).best
     if not path.exists():
-        raise UserError(f"checkpoint {path} does not exist; pass a run folder, its best.pt or its model/ "
-                        f"folder to --checkpoint")
+        raise UserError(
+            f"checkpoint {path} does not exist; pass a run folder, its best.pt or its model/ folder to --checkpoint"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle garbage, not a torch file at all
-        raise UserError(f"{path} is not a readable cifar-dist checkpoint (truncated or corrupt: "
-                        f"{first_line(e, 120)})") from None
+        raise UserError(
+            f"{path} is not a readable cifar-dist checkpoint (truncated or corrupt: {first_line(e, 120)})"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is a torch file but not a cifar-dist checkpoint; pass the best.pt that train.py wrote")
     return ckpt
@@ -201,8 +219,9 @@ class Checkpointer:
             previous = self.state.best_val_loss
             self.state.best_val_loss = val_metrics["val_loss"]
             self.state.best_epoch = epoch
-            self.accelerator.print(f"Validation loss decreased ({previous:.6f} --> {val_metrics['val_loss']:.6f}).  "
-                                   f"Saving model ...")
+            self.accelerator.print(
+                f"Validation loss decreased ({previous:.6f} --> {val_metrics['val_loss']:.6f}).  Saving model ..."
+            )
         else:
             return False
         error = None
@@ -216,11 +235,20 @@ class Checkpointer:
 
         weights = {k: v.detach().cpu() for k, v in self.accelerator.unwrap_model(model).state_dict().items()}
         weights = {k.removeprefix("_orig_mod."): v for k, v in weights.items()}  # torch.compile wrapper
-        ckpt = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_state": weights,
-                "config": self.cfg.to_dict(), "epoch": epoch, "step": self.state.step,
-                "val_metrics": val_metrics, "versions": versions(),
-                "world_size": self.accelerator.num_processes, "tracker_run_id": self.state.tracker_run_id,
-                "command": shlex.join(sys.argv), **self.meta}
+        ckpt = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model_state": weights,
+            "config": self.cfg.to_dict(),
+            "epoch": epoch,
+            "step": self.state.step,
+            "val_metrics": val_metrics,
+            "versions": versions(),
+            "world_size": self.accelerator.num_processes,
+            "tracker_run_id": self.state.tracker_run_id,
+            "command": shlex.join(sys.argv),
+            **self.meta,
+        }
         buf = io.BytesIO()
         torch.save(ckpt, buf)
         try:
@@ -258,8 +286,9 @@ class Checkpointer:
         # Every rank's RNG (each draws its own dropout masks); TrainState is written by rank 0 only,
         # so the states are gathered into it, one per rank.
         self.state.rng_state = gather_per_rank(self.accelerator, torch.get_rng_state())
-        self.state.cuda_rng_state = (gather_per_rank(self.accelerator, torch.cuda.get_rng_state())
-                                     if torch.cuda.is_available() else None)
+        self.state.cuda_rng_state = (
+            gather_per_rank(self.accelerator, torch.cuda.get_rng_state()) if torch.cuda.is_available() else None
+        )
         tmp = self.run.last_tmp(self.state.step)
         if self.accelerator.is_main_process:
             self.run.clean_stale()  # this step's and any a crash left behind
@@ -320,11 +349,15 @@ class Checkpointer:
         try:
             self.accelerator.load_state(str(path))
         except Exception as e:
-            raise UserError(f"cannot resume from {path}: {first_line(e, 160)}; the config may differ from the "
-                            f"run's (model, dataset) or the state is corrupt") from None
+            raise UserError(
+                f"cannot resume from {path}: {first_line(e, 160)}; the config may differ from the "
+                f"run's (model, dataset) or the state is corrupt"
+            ) from None
 
 
 def check_finite(loss_sum: float, state: TrainState, run: RunDir) -> None:
     if not math.isfinite(loss_sum):
-        raise UserError(f"training loss became {loss_sum} by step {state.step} (epoch {state.epoch + 1}); lower "
-                        f"--optim.lr or check the data; the last good state is kept in {run.last}")
+        raise UserError(
+            f"training loss became {loss_sum} by step {state.step} (epoch {state.epoch + 1}); lower "
+            f"--optim.lr or check the data; the last good state is kept in {run.last}"
+        )

@@ -5,6 +5,7 @@
 
 Bad input ends in one line on stderr and exit code 2 (a traceback only with --debug).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,10 +84,14 @@ def reject_unknown_options(parser: argparse.ArgumentParser, rest: list[str], ext
 def _train(argv: list[str]) -> None:
     from .config import PRESETS, config_help, config_warnings, config_yaml, resolve
 
-    p = argparse.ArgumentParser(prog="cifar-train", allow_abbrev=False, formatter_class=argparse.RawTextHelpFormatter,
-                                description="Train on CIFAR-10 (and friends). Any config key: --section.key=value.",
-                                epilog=f"presets: {', '.join(PRESETS)}\n\nconfig keys (defaults < --preset < "
-                                       f"--config < these; the defaults are the tutorial's):\n{config_help()}")
+    p = argparse.ArgumentParser(
+        prog="cifar-train",
+        allow_abbrev=False,
+        formatter_class=argparse.RawTextHelpFormatter,
+        description="Train on CIFAR-10 (and friends). Any config key: --section.key=value.",
+        epilog=f"presets: {', '.join(PRESETS)}\n\nconfig keys (defaults < --preset < "
+        f"--config < these; the defaults are the tutorial's):\n{config_help()}",
+    )
     p.add_argument("--preset", default=None, help="named recipe (default: seed, the tutorial)")
     p.add_argument("--config", default=None, help="YAML file with config sections (--print-config writes one)")
     p.add_argument("--resume", action="store_true", help="continue run.dir from its last full state")

@@ -5,6 +5,7 @@
 Unknown keys, wrong types and out-of-range values raise ``UserError`` before any work starts.
 The resolved config is printed at start, logged to the tracker and saved in every checkpoint.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,8 +39,12 @@ def option(default, help: str):
 @dataclass
 class DataConfig:
     name: str = option("cifar10", "dataset: cifar10, cifar100, fashion_mnist, synthetic (for tests) or imagefolder")
-    root: str = option("./data", "dataset folder; imagefolder: train/<class>/ + test/<class>/, or a .tar(.gz/.xz) of it")
-    cache_dir: str = option("./data/cache", "imagefolder: decoded arrays and unpacked archives (never inside data.root)")
+    root: str = option(
+        "./data", "dataset folder; imagefolder: train/<class>/ + test/<class>/, or a .tar(.gz/.xz) of it"
+    )
+    cache_dir: str = option(
+        "./data/cache", "imagefolder: decoded arrays and unpacked archives (never inside data.root)"
+    )
     image_size: int = option(0, "imagefolder: resize every image to N×N while caching; 0 keeps the files' size")
     val_fraction: float = option(0.2, "share of the training images held out for validation; 0 trains on all")
     loader: str = option("torch", "torch: the tutorial's per-sample DataLoader; tensor: uint8 tensors and batch ops")
@@ -186,7 +191,9 @@ def apply_tree(cfg: Config, tree: dict, source: str) -> None:
             sub = getattr(cfg, key)
             for k, v in value.items():
                 if k not in sections[key]:
-                    raise UserError(f"{source}: unknown key '{key}.{k}'; valid keys in '{key}': {', '.join(sections[key])}")
+                    raise UserError(
+                        f"{source}: unknown key '{key}.{k}'; valid keys in '{key}': {', '.join(sections[key])}"
+                    )
                 setattr(sub, k, _coerce(f"{key}.{k}", v, getattr(sub, k)))
         elif key == "seed":
             cfg.seed = _coerce("seed", value, cfg.seed)
@@ -255,8 +262,10 @@ def validate(cfg: Config) -> Config:
     if cfg.train.mixed_precision == "fp16" and (cfg.train.device == "cpu" or not _cuda_available()):
         # Measured (accelerate 1.15): Accelerator(cpu=True, mixed_precision="fp16") autocasts nothing
         # and trains in fp32 without a word.
-        raise UserError("train.mixed_precision=fp16 needs a CUDA GPU (on the CPU Accelerate would silently train "
-                        "in fp32); use --train.mixed_precision=bf16, auto, no or launcher")
+        raise UserError(
+            "train.mixed_precision=fp16 needs a CUDA GPU (on the CPU Accelerate would silently train "
+            "in fp32); use --train.mixed_precision=bf16, auto, no or launcher"
+        )
     if cfg.data.augment and cfg.data.loader != "tensor":
         raise UserError("data.augment=true needs data.loader=tensor (the tutorial loader has no augmentation)")
     return cfg
@@ -268,14 +277,18 @@ def config_warnings(cfg: Config) -> list[str]:
     out = []
     if cfg.optim.schedule in DEPRECATED_SCHEDULES:
         new = DEPRECATED_SCHEDULES[cfg.optim.schedule]
-        out.append(f"warning: optim.schedule={cfg.optim.schedule} is deprecated (it is a linear warm-up and a linear "
-                   f"decay to lr/100, not PyTorch's OneCycleLR); it runs as {new}: use --optim.schedule={new}")
+        out.append(
+            f"warning: optim.schedule={cfg.optim.schedule} is deprecated (it is a linear warm-up and a linear "
+            f"decay to lr/100, not PyTorch's OneCycleLR); it runs as {new}: use --optim.schedule={new}"
+        )
     if cfg.eval.tta and not cfg.data.augment:
         # Measured on Fashion-MNIST, one model (seed_fast without augmentation, 3 epochs): validation
         # accuracy 0.9077 without TTA, 0.8244 with flip-TTA.
-        out.append("warning: eval.tta=true averages each image's logits with its mirror image's, but data.augment=false: "
-                   "this model never sees mirrored images in training, so TTA usually lowers accuracy; "
-                   "set --data.augment=true (needs data.loader=tensor) or --eval.tta=false")
+        out.append(
+            "warning: eval.tta=true averages each image's logits with its mirror image's, but data.augment=false: "
+            "this model never sees mirrored images in training, so TTA usually lowers accuracy; "
+            "set --data.augment=true (needs data.loader=tensor) or --eval.tta=false"
+        )
     return out
 
 
@@ -329,8 +342,9 @@ def _read_yaml(config_file: str) -> dict:
     return tree
 
 
-def apply_overrides(cfg: Config, argv: list[str], sections: tuple[str, ...] | None = None,
-                    who: str = "this command") -> Config:
+def apply_overrides(
+    cfg: Config, argv: list[str], sections: tuple[str, ...] | None = None, who: str = "this command"
+) -> Config:
     """Apply --section.key=value arguments to cfg (train.py and evaluate.py); `sections` limits which
     sections may be set (evaluate.py: data, eval, train). Does not validate: call validate() after."""
     tree = parse_overrides(argv)
@@ -412,7 +426,10 @@ def config_help(sections: tuple[str, ...] | None = None) -> str:
 def format_config(cfg: Config) -> str:
     extra = dataset_overrides(cfg.preset, cfg.data.name)
     shown = ", ".join(f"{section}.{k}={v}" for section, keys in extra.items() for k, v in keys.items())
-    lines = [f"preset: {cfg.preset}" + (f" (with its {cfg.data.name} layer: {shown})" if extra else ""), f"seed: {cfg.seed}"]
+    lines = [
+        f"preset: {cfg.preset}" + (f" (with its {cfg.data.name} layer: {shown})" if extra else ""),
+        f"seed: {cfg.seed}",
+    ]
     for name, section in cfg.to_dict().items():
         if isinstance(section, dict):
             lines.append(f"{name}: " + ", ".join(f"{k}={v}" for k, v in section.items()))

@@ -6,6 +6,7 @@ image files (imagefolder.py).
     from cifar_dist.data import load_data
     bundle = load_data(cfg, accelerator)   # every rank gets the same seeded 80/20 split
 """
+
 from __future__ import annotations
 
 import gzip
@@ -26,7 +27,12 @@ from .prepare import build_once, has_marker
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-FASHION_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+FASHION_FILES = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+]
 SYNTHETIC_DATA_SEED = 1234  # the synthetic images do not change with cfg.seed; the split does
 
 
@@ -54,6 +60,7 @@ class DataBundle:
 
 
 # --------------------------------------------------------------------------- synthetic CIFAR-10 files
+
 
 def _class_templates(rng: np.random.Generator, num_classes: int) -> np.ndarray:
     """One smooth colour pattern per class: 4×4 random colours upsampled to 32×32, plus a stripe."""
@@ -83,7 +90,9 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def write_synthetic_cifar10(root: Path, n_train: int = 5000, n_test: int = 1000, seed: int = SYNTHETIC_DATA_SEED) -> Path:
+def write_synthetic_cifar10(
+    root: Path, n_train: int = 5000, n_test: int = 1000, seed: int = SYNTHETIC_DATA_SEED
+) -> Path:
     """Write `root/cifar-10-batches-py/` exactly as CIFAR-10's python tarball lays it out
     (five `data_batch_i` pickles, `test_batch`, `batches.meta`; str keys, as torchvision reads them
     with encoding="latin1"), plus `manifest.json` with each file's md5; once, however many jobs
@@ -97,20 +106,37 @@ def write_synthetic_cifar10(root: Path, n_train: int = 5000, n_test: int = 1000,
         bounds = np.linspace(0, n_train, 6).astype(int)
         for i in range(5):
             lo, hi = bounds[i], bounds[i + 1]
-            entry = {"batch_label": f"training batch {i + 1} of 5", "labels": train_labels[lo:hi], "data": train[lo:hi],
-                     "filenames": [f"synthetic_{j:06d}.png" for j in range(lo, hi)]}
+            entry = {
+                "batch_label": f"training batch {i + 1} of 5",
+                "labels": train_labels[lo:hi],
+                "data": train[lo:hi],
+                "filenames": [f"synthetic_{j:06d}.png" for j in range(lo, hi)],
+            }
             with open(tmp / f"data_batch_{i + 1}", "wb") as f:
                 pickle.dump(entry, f, protocol=2)
         with open(tmp / "test_batch", "wb") as f:
-            pickle.dump({"batch_label": "testing batch 1 of 1", "labels": test_labels, "data": test,
-                         "filenames": [f"synthetic_test_{j:06d}.png" for j in range(n_test)]}, f, protocol=2)
+            pickle.dump(
+                {
+                    "batch_label": "testing batch 1 of 1",
+                    "labels": test_labels,
+                    "data": test,
+                    "filenames": [f"synthetic_test_{j:06d}.png" for j in range(n_test)],
+                },
+                f,
+                protocol=2,
+            )
         with open(tmp / "batches.meta", "wb") as f:
-            pickle.dump({"num_cases_per_batch": int(bounds[1]), "label_names": CIFAR10_CLASSES, "num_vis": 3072}, f,
-                        protocol=2)
+            pickle.dump(
+                {"num_cases_per_batch": int(bounds[1]), "label_names": CIFAR10_CLASSES, "num_vis": 3072}, f, protocol=2
+            )
         manifest = {p.name: _md5(p) for p in sorted(tmp.iterdir())}
-        (tmp / "manifest.json").write_text(json.dumps({"n_train": n_train, "n_test": n_test, "seed": seed, "md5": manifest}))
+        (tmp / "manifest.json").write_text(
+            json.dumps({"n_train": n_train, "n_test": n_test, "seed": seed, "md5": manifest})
+        )
 
-    return build_once(root / "cifar-10-batches-py", build, "the synthetic dataset", "set --data.root to a writable folder")
+    return build_once(
+        root / "cifar-10-batches-py", build, "the synthetic dataset", "set --data.root to a writable folder"
+    )
 
 
 def _synthetic_root(cfg) -> Path:
@@ -139,6 +165,7 @@ def _synthetic_class(root: Path):
 
 # --------------------------------------------------------------------------- readers
 
+
 def _open_cifar(cls, root: Path, train: bool, label: str, transform=None):
     """torchvision's reader, never downloading (_prepare_cifar has done that): it md5-checks every file."""
     synthetic = label.startswith("synthetic")
@@ -146,17 +173,26 @@ def _open_cifar(cls, root: Path, train: bool, label: str, transform=None):
         return cls(str(root), train=train, download=False, transform=transform)
     except RuntimeError as e:  # "Dataset not found or corrupted"
         if synthetic:  # written by us, md5-checked against its manifest: regenerate rather than download
-            raise UserError(f"{label} under {root} is corrupted ({e}); delete {root} and run again "
-                            f"(it is rewritten)") from None
-        raise UserError(f"{label} not found or corrupted under {root} ({e}); place {cls.filename} in {root}/ and "
-                        f"run again (it is unpacked there; with data.download=true it is downloaded)") from None
+            raise UserError(
+                f"{label} under {root} is corrupted ({e}); delete {root} and run again (it is rewritten)"
+            ) from None
+        raise UserError(
+            f"{label} not found or corrupted under {root} ({e}); place {cls.filename} in {root}/ and "
+            f"run again (it is unpacked there; with data.download=true it is downloaded)"
+        ) from None
     except ValueError as e:  # the pickles load but their arrays do not reshape to N×3×32×32
-        raise UserError(f"{label} files under {root} hold data of the wrong shape ({first_line(e, 100)}); "
-                        f"they are not CIFAR batches: delete them and {'run again' if synthetic else 'download again'}") from None
+        raise UserError(
+            f"{label} files under {root} hold data of the wrong shape ({first_line(e, 100)}); "
+            f"they are not CIFAR batches: delete them and {'run again' if synthetic else 'download again'}"
+        ) from None
     except OSError as e:
-        raise UserError(f"cannot read {label} under {root} ({e.strerror or e}); check the folder's permissions") from None
+        raise UserError(
+            f"cannot read {label} under {root} ({e.strerror or e}); check the folder's permissions"
+        ) from None
     except (pickle.UnpicklingError, EOFError, KeyError, UnicodeDecodeError) as e:
-        raise UserError(f"{label} files under {root} are corrupt ({type(e).__name__}); delete them and download again") from None
+        raise UserError(
+            f"{label} files under {root} are corrupt ({type(e).__name__}); delete them and download again"
+        ) from None
 
 
 def _prepare_fashion_mnist(root: Path) -> None:
@@ -165,7 +201,9 @@ def _prepare_fashion_mnist(root: Path) -> None:
     let torchvision download; once, however many jobs sharing data.root ask at the same moment."""
     raw = root / "FashionMNIST" / "raw"
 
-    def complete(folder: Path) -> bool:  # also a folder filled by hand, or by earlier versions (file by file, atomically)
+    def complete(
+        folder: Path,
+    ) -> bool:  # also a folder filled by hand, or by earlier versions (file by file, atomically)
         return has_marker(folder) or all((folder / f).is_file() for f in FASHION_FILES)
 
     if complete(raw):
@@ -201,11 +239,14 @@ def _prepare_cifar(cls, root: Path, download: bool, label: str) -> None:
 
     def build(tmp: Path) -> None:
         try:
-            download_and_extract_archive(cls.url, download_root=str(root), extract_root=str(tmp),
-                                         filename=cls.filename, md5=cls.tgz_md5)
+            download_and_extract_archive(
+                cls.url, download_root=str(root), extract_root=str(tmp), filename=cls.filename, md5=cls.tgz_md5
+            )
         except OSError as e:  # URLError is an OSError: no network
-            raise UserError(f"{label} is not in {root} and the download failed ({getattr(e, 'reason', e)}); this "
-                            f"machine seems offline: place {cls.filename} in {root}/ by hand and run again") from None
+            raise UserError(
+                f"{label} is not in {root} and the download failed ({getattr(e, 'reason', e)}); this "
+                f"machine seems offline: place {cls.filename} in {root}/ by hand and run again"
+            ) from None
         except RuntimeError as e:  # the archive's md5 differs from torchvision's
             raise UserError(f"{root / cls.filename} is not {label}'s archive ({e}); delete it and run again") from None
         for p in (tmp / cls.base_folder).iterdir():  # the archive holds <base_folder>/...: its files are the folder's
@@ -249,18 +290,27 @@ def _read_raw(cfg, main_process_first, transform):
             train = FashionMNIST(str(root), train=True, download=False, transform=transform)
             test = FashionMNIST(str(root), train=False, download=False)
         except (RuntimeError, ValueError, OSError) as e:
-            raise UserError(f"Fashion-MNIST files under {root}/FashionMNIST/raw are unreadable ({e}); delete them and run again") from None
+            raise UserError(
+                f"Fashion-MNIST files under {root}/FashionMNIST/raw are unreadable ({e}); delete them and run again"
+            ) from None
         tr_x, te_x = train.data.unsqueeze(1).contiguous(), test.data.unsqueeze(1).contiguous()
         classes = list(train.classes)
     tr_y = torch.as_tensor(np.asarray(train.targets), dtype=torch.int64)
     te_y = torch.as_tensor(np.asarray(test.targets), dtype=torch.int64)
     for split, x, y in (("train", tr_x, tr_y), ("test", te_x, te_y)):
         if x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[2] != x.shape[3] or x.dtype != torch.uint8:
-            raise UserError(f"{label} {split} images have shape {tuple(x.shape)}; expected N×H×W×3 uint8 (CIFAR) or N×H×W (MNIST)")
+            raise UserError(
+                f"{label} {split} images have shape {tuple(x.shape)}; expected N×H×W×3 uint8 (CIFAR) or N×H×W (MNIST)"
+            )
         if len(x) != len(y):
-            raise UserError(f"{label} {split} split has {len(x)} images but {len(y)} labels; the files are inconsistent")
+            raise UserError(
+                f"{label} {split} split has {len(x)} images but {len(y)} labels; the files are inconsistent"
+            )
         if len(y) and (y.min() < 0 or y.max() >= len(classes)):
-            raise UserError(f"{label} {split} labels run {int(y.min())}..{int(y.max())} but there are {len(classes)} classes; the files are corrupt")
+            raise UserError(
+                f"{label} {split} labels run {int(y.min())}..{int(y.max())} but there are {len(classes)} classes; "
+                "the files are corrupt"
+            )
     return train, tr_x, tr_y, te_x, te_y, classes
 
 
@@ -288,11 +338,21 @@ def load_data(cfg, accelerator) -> DataBundle:
         std = tuple(x.std(dim=(0, 2, 3)).tolist())
     train_ds.transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
     return DataBundle(
-        name=cfg.data.name, classes=classes, in_channels=c, image_size=tr_x.shape[-1], mean=mean, std=std,
-        train_images=tr_x[train_idx], train_labels=tr_y[train_idx],
-        val_images=tr_x[val_idx], val_labels=tr_y[val_idx],
-        test_images=te_x, test_labels=te_y,
-        train_set=Subset(train_ds, train_idx.tolist()), train_indices=train_idx, val_indices=val_idx,
+        name=cfg.data.name,
+        classes=classes,
+        in_channels=c,
+        image_size=tr_x.shape[-1],
+        mean=mean,
+        std=std,
+        train_images=tr_x[train_idx],
+        train_labels=tr_y[train_idx],
+        val_images=tr_x[val_idx],
+        val_labels=tr_y[val_idx],
+        test_images=te_x,
+        test_labels=te_y,
+        train_set=Subset(train_ds, train_idx.tolist()),
+        train_indices=train_idx,
+        val_indices=val_idx,
     )
 
 

@@ -7,6 +7,7 @@ On a machine without CUDA we always build `Accelerator(cpu=True)`: measured here
 launch config on CPU without it starts 2 processes that each think they are alone (two
 independent runs writing the same checkpoint), and with it they form one gloo DDP job.
 """
+
 from __future__ import annotations
 
 import os
@@ -101,13 +102,17 @@ def choose_mixed_precision(requested: str, use_cpu: bool) -> tuple[str | None, s
         if not env:
             return None, "no launcher setting, so no"
         if env not in LAUNCHER_PRECISIONS:
-            raise UserError(f"the launcher asked for mixed_precision {env} (ACCELERATE_MIXED_PRECISION); cifar-dist "
-                            f"supports {', '.join(LAUNCHER_PRECISIONS)}: launch with --mixed_precision bf16 or no")
+            raise UserError(
+                f"the launcher asked for mixed_precision {env} (ACCELERATE_MIXED_PRECISION); cifar-dist "
+                f"supports {', '.join(LAUNCHER_PRECISIONS)}: launch with --mixed_precision bf16 or no"
+            )
         if env == "fp16" and use_cpu:
             # Measured (accelerate 1.15): Accelerator(cpu=True, mixed_precision="fp16") autocasts nothing.
-            raise UserError("the launcher's mixed_precision fp16 needs a CUDA GPU (ACCELERATE_MIXED_PRECISION=fp16; on the "
-                            "CPU Accelerate would silently train in fp32); launch with --mixed_precision bf16 or no, "
-                            "or pass --train.mixed_precision=bf16|auto|no")
+            raise UserError(
+                "the launcher's mixed_precision fp16 needs a CUDA GPU (ACCELERATE_MIXED_PRECISION=fp16; on the "
+                "CPU Accelerate would silently train in fp32); launch with --mixed_precision bf16 or no, "
+                "or pass --train.mixed_precision=bf16|auto|no"
+            )
         return None, f"the launcher (ACCELERATE_MIXED_PRECISION={env})"
     chosen = resolve_mixed_precision(requested, use_cpu)
     why = f"train.mixed_precision={requested}"
@@ -151,7 +156,8 @@ def check_launch(accelerator) -> None:
     if world_env is not None and int(world_env) != accelerator.num_processes:
         raise UserError(
             f"the launcher started {world_env} processes but they did not form one job (this process sees "
-            f"num_processes={accelerator.num_processes}); on CPU launch with --config_file accelerate_configs/cpu_ddp.yaml"
+            f"num_processes={accelerator.num_processes}); "
+            "on CPU launch with --config_file accelerate_configs/cpu_ddp.yaml"
         )
     requested = _launcher_requested_processes()
     if requested is not None and requested > 1 and accelerator.num_processes == 1:
@@ -175,9 +181,11 @@ def _machines_disagree() -> str | None:
     if local * machines == world:
         return None
     rank = os.environ.get("GROUP_RANK", "?")
-    return (f"the machines disagree on the world size: machine {rank} was launched for {local} process(es) x "
-            f"{machines} machine(s) = {local * machines}, but {world} processes joined the job; launch every machine "
-            f"with the same --num_machines and --num_processes (the TOTAL over all machines)")
+    return (
+        f"the machines disagree on the world size: machine {rank} was launched for {local} process(es) x "
+        f"{machines} machine(s) = {local * machines}, but {world} processes joined the job; launch every machine "
+        f"with the same --num_machines and --num_processes (the TOTAL over all machines)"
+    )
 
 
 def exit_process(code) -> None:

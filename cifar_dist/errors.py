@@ -1,7 +1,8 @@
 """User-facing errors: one line on stderr, exit code 2, no traceback unless --debug.
 
-    raise UserError("data.root ./x does not exist; pass --data.root=DIR")   # -> "error: data.root ..."
+raise UserError("data.root ./x does not exist; pass --data.root=DIR")   # -> "error: data.root ..."
 """
+
 from __future__ import annotations
 
 import sys

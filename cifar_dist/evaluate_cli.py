@@ -4,6 +4,7 @@ else is needed.
     python evaluate.py --checkpoint runs/<run>/ --json out.json
     accelerate launch --config_file accelerate_configs/cpu_ddp.yaml evaluate.py --checkpoint runs/<run>/ --json out.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,17 +47,24 @@ def main(argv: list[str]) -> None:
 def _parser() -> argparse.ArgumentParser:
     from .config import config_help
 
-    p = argparse.ArgumentParser(prog="cifar-eval", allow_abbrev=False, description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawTextHelpFormatter,
-                                epilog=f"config keys that apply here (defaults: the checkpoint's own config):\n"
-                                       f"{config_help(EVAL_SECTIONS)}")
+    p = argparse.ArgumentParser(
+        prog="cifar-eval",
+        allow_abbrev=False,
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawTextHelpFormatter,
+        epilog=f"config keys that apply here (defaults: the checkpoint's own config):\n{config_help(EVAL_SECTIONS)}",
+    )
     p.add_argument("--checkpoint", required=True, help="a run folder, its best.pt, or its exported model/ folder")
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--json", default=None, help="write loss, accuracy, per-class counts and the confusion matrix here")
     p.add_argument("--batch-size", type=int, default=None, help="short for --eval.per_device_batch_size")
     p.add_argument("--plots", default=None, help="write the figures (PNG) into this folder")
-    p.add_argument("--plots-images", type=int, default=16,
-                   help="images in batch.png and predictions.png (two rows; default 16, a 2x8 grid)")
+    p.add_argument(
+        "--plots-images",
+        type=int,
+        default=16,
+        help="images in batch.png and predictions.png (two rows; default 16, a 2x8 grid)",
+    )
     p.add_argument("--images", nargs="+", default=None, help="predict these image files or folders instead")
     return p
 
@@ -99,16 +107,32 @@ def _evaluate_split(model, ckpt: dict, cfg, args) -> None:
     data = load_data(cfg, accelerator)
     m = ckpt["model"]
     if (data.num_classes, data.in_channels, data.image_size) != (m["num_classes"], m["in_channels"], m["image_size"]):
-        raise UserError(f"{args.checkpoint} has {m['num_classes']} classes / {m['in_channels']} channels / "
-                        f"{m['image_size']} pixels but {cfg.data.name} has {data.num_classes} / {data.in_channels} / "
-                        f"{data.image_size}")
+        raise UserError(
+            f"{args.checkpoint} has {m['num_classes']} classes / {m['in_channels']} channels / "
+            f"{m['image_size']} pixels but {cfg.data.name} has {data.num_classes} / {data.in_channels} / "
+            f"{data.image_size}"
+        )
     if args.split == "val" and not len(data.val_labels):
-        raise UserError(f"{args.checkpoint} was trained on every training image (data.val_fraction=0), so there is "
-                        f"no validation split to evaluate; use --split test")
+        raise UserError(
+            f"{args.checkpoint} was trained on every training image (data.val_fraction=0), so there is "
+            f"no validation split to evaluate; use --split test"
+        )
     model = accelerator.prepare(model)
-    images, labels = (data.test_images, data.test_labels) if args.split == "test" else (data.val_images, data.val_labels)
-    result = evaluate(model, images, labels, data.mean, data.std, accelerator, data.classes,
-                      batch_size=cfg.eval.per_device_batch_size, tta=cfg.eval.tta, tta_translate=cfg.eval.tta_translate)
+    images, labels = (
+        (data.test_images, data.test_labels) if args.split == "test" else (data.val_images, data.val_labels)
+    )
+    result = evaluate(
+        model,
+        images,
+        labels,
+        data.mean,
+        data.std,
+        accelerator,
+        data.classes,
+        batch_size=cfg.eval.per_device_batch_size,
+        tta=cfg.eval.tta,
+        tta_translate=cfg.eval.tta_translate,
+    )
     print_report(result, args.split, accelerator)
     error = None
     if args.json and accelerator.is_main_process:
@@ -121,6 +145,14 @@ def _evaluate_split(model, ckpt: dict, cfg, args) -> None:
     if args.plots:
         from .plots import write_all
 
-        write_all(Path(args.plots), data, result, args.split, ckpt, Path(args.checkpoint), accelerator,
-                  n_images=args.plots_images)
+        write_all(
+            Path(args.plots),
+            data,
+            result,
+            args.split,
+            ckpt,
+            Path(args.checkpoint),
+            accelerator,
+            n_images=args.plots_images,
+        )
     accelerator.wait_for_everyone()

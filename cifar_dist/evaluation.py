@@ -4,6 +4,7 @@ Each rank evaluates whole single-process batches (no padding), then per-sample l
 predictions are gathered, ordered by sample index and reduced as sums and counts in float64.
 The result is identical for 1, 2 or N processes, also when N × batch does not divide the split.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -30,24 +31,35 @@ class EvalResult:
 
     @property
     def per_class(self) -> dict[str, dict[str, int]]:
-        return {name: {"correct": self.confusion[i][i], "total": sum(self.confusion[i])}
-                for i, name in enumerate(self.classes)}
+        return {
+            name: {"correct": self.confusion[i][i], "total": sum(self.confusion[i])}
+            for i, name in enumerate(self.classes)
+        }
 
     def to_json(self) -> dict:
-        return {"loss": self.loss, "accuracy": self.accuracy, "num_samples": self.num_samples,
-                "per_class": self.per_class, "confusion": self.confusion}
+        return {
+            "loss": self.loss,
+            "accuracy": self.accuracy,
+            "num_samples": self.num_samples,
+            "per_class": self.per_class,
+            "confusion": self.confusion,
+        }
 
     def tutorial_lines(self) -> list[str]:
         """The tutorial's report: 'Test Accuracy of  bird: 65% (659/1000)'."""
         lines = []
         for name, pc in self.per_class.items():
             if pc["total"]:
-                lines.append(f"Test Accuracy of {name:>5s}: {100 * pc['correct'] // pc['total']:2d}% "
-                             f"({pc['correct']:2d}/{pc['total']:2d})")
+                lines.append(
+                    f"Test Accuracy of {name:>5s}: {100 * pc['correct'] // pc['total']:2d}% "
+                    f"({pc['correct']:2d}/{pc['total']:2d})"
+                )
             else:
                 lines.append(f"Test Accuracy of {name:>5s}: N/A (no training examples)")
-        lines.append(f"\nTest Accuracy (Overall): {100 * self.correct // max(self.num_samples, 1)}% "
-                     f"({self.correct}/{self.num_samples})")
+        lines.append(
+            f"\nTest Accuracy (Overall): {100 * self.correct // max(self.num_samples, 1)}% "
+            f"({self.correct}/{self.num_samples})"
+        )
         return lines
 
 
@@ -68,15 +80,25 @@ def logits_of(net, x: torch.Tensor, tta: bool, translate: int = 0) -> torch.Tens
         h, w = x.shape[-2:]
         padded = F.pad(x, (translate,) * 4, mode="reflect")
         ends = 2 * translate
-        shifted = _flip_mean(net, padded[..., :h, :w]) + _flip_mean(net, padded[..., ends:ends + h, ends:ends + w])
+        shifted = _flip_mean(net, padded[..., :h, :w]) + _flip_mean(net, padded[..., ends : ends + h, ends : ends + w])
         logits = 0.5 * logits + 0.25 * shifted
     return logits
 
 
 @torch.no_grad()
-def evaluate(model, images_u8: torch.Tensor, labels: torch.Tensor, mean, std, accelerator, classes: list[str],
-             batch_size: int = 500, tta: bool = False, channels_last: bool = False,
-             tta_translate: int = 0) -> EvalResult:
+def evaluate(
+    model,
+    images_u8: torch.Tensor,
+    labels: torch.Tensor,
+    mean,
+    std,
+    accelerator,
+    classes: list[str],
+    batch_size: int = 500,
+    tta: bool = False,
+    channels_last: bool = False,
+    tta_translate: int = 0,
+) -> EvalResult:
     """Collective: every rank must call it. `model` may be DDP-wrapped; we run the bare module so
     no rank waits on another's forward (uneven batch counts are fine)."""
     net = accelerator.unwrap_model(model)
@@ -84,7 +106,11 @@ def evaluate(model, images_u8: torch.Tensor, labels: torch.Tensor, mean, std, ac
     net.eval()
     idx_parts, loss_parts, prob_parts = [], [], []
     batches = eval_batches(len(labels), batch_size, accelerator.process_index, accelerator.num_processes)
-    with bar("evaluating" + ((" with flip and translate TTA" if tta_translate else " with flip TTA") if tta else ""), len(batches), accelerator.is_main_process) as advance:
+    with bar(
+        "evaluating" + ((" with flip and translate TTA" if tta_translate else " with flip TTA") if tta else ""),
+        len(batches),
+        accelerator.is_main_process,
+    ) as advance:
         for batch in batches:
             index = torch.tensor(batch)
             x = normalize_batch(images_u8[index].to(accelerator.device, non_blocking=True), mean, std)
@@ -112,8 +138,16 @@ def evaluate(model, images_u8: torch.Tensor, labels: torch.Tensor, mean, std, ac
     top3 = probs.topk(min(3, num_classes), dim=1).indices
     n = len(labels)
     correct = int((preds == labels).sum())
-    confusion = torch.bincount(labels * num_classes + preds, minlength=num_classes ** 2).view(num_classes, num_classes)
+    confusion = torch.bincount(labels * num_classes + preds, minlength=num_classes**2).view(num_classes, num_classes)
     loss = float(losses.double().sum() / max(n, 1))  # sum, then divide
-    return EvalResult(loss=loss, accuracy=correct / max(n, 1), num_samples=n, correct=correct,
-                      confusion=confusion.tolist(), classes=list(classes), predictions=preds,
-                      confidences=conf, top3=top3)
+    return EvalResult(
+        loss=loss,
+        accuracy=correct / max(n, 1),
+        num_samples=n,
+        correct=correct,
+        confusion=confusion.tolist(),
+        classes=list(classes),
+        predictions=preds,
+        confidences=conf,
+        top3=top3,
+    )

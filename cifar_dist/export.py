@@ -9,6 +9,7 @@ channels, normalisation) and a `README.md` model card (test results once the run
 
 Loading needs torch, safetensors and this package, not the toolkit's config.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,12 +34,24 @@ def model_config(ckpt: dict) -> dict:
     class), then what a user needs to feed it and read its output, then where it came from."""
     m = ckpt["model"]
     args = {k: v for k, v in m.items() if k != "name"}
-    return {"architecture": m["name"], **args, "input_size": [m["in_channels"], m["image_size"], m["image_size"]],
-            "class_names": list(ckpt["classes"]), "normalize": dict(ckpt["normalize"]),
-            "format": FORMAT, "format_version": FORMAT_VERSION,
-            "training": {"config": ckpt["config"], "epoch": ckpt.get("epoch"), "step": ckpt.get("step"),
-                         "val_metrics": ckpt.get("val_metrics", {}), "world_size": ckpt.get("world_size"),
-                         "versions": ckpt.get("versions", {}), "command": ckpt.get("command", "")}}
+    return {
+        "architecture": m["name"],
+        **args,
+        "input_size": [m["in_channels"], m["image_size"], m["image_size"]],
+        "class_names": list(ckpt["classes"]),
+        "normalize": dict(ckpt["normalize"]),
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "training": {
+            "config": ckpt["config"],
+            "epoch": ckpt.get("epoch"),
+            "step": ckpt.get("step"),
+            "val_metrics": ckpt.get("val_metrics", {}),
+            "world_size": ckpt.get("world_size"),
+            "versions": ckpt.get("versions", {}),
+            "command": ckpt.get("command", ""),
+        },
+    }
 
 
 def read_model_folder(folder) -> dict:
@@ -53,18 +66,34 @@ def read_model_folder(folder) -> dict:
         conf = json.loads((folder / "config.json").read_text())
         weights = load_file(folder / WEIGHTS)
     except (OSError, ValueError) as e:
-        raise UserError(f"{folder} is not a readable exported model ({first_line(e, 120)}); "
-                        f"rewrite it with: python -m cifar_dist.export <run.dir>") from None
+        raise UserError(
+            f"{folder} is not a readable exported model ({first_line(e, 120)}); "
+            f"rewrite it with: python -m cifar_dist.export <run.dir>"
+        ) from None
     if conf.get("format") != FORMAT:
         raise UserError(f"{folder}/config.json was not written by cifar-dist (no format {FORMAT!r})")
-    model = {"name": conf["architecture"], "in_channels": conf["in_channels"], "image_size": conf["input_size"][-1],
-             "num_classes": len(conf["class_names"]), **{k: conf[k] for k in MODEL_ARGS if k in conf}}
+    model = {
+        "name": conf["architecture"],
+        "in_channels": conf["in_channels"],
+        "image_size": conf["input_size"][-1],
+        "num_classes": len(conf["class_names"]),
+        **{k: conf[k] for k in MODEL_ARGS if k in conf},
+    }
     training = conf.get("training", {})
-    return {"format": CKPT_FORMAT, "model": model, "classes": conf["class_names"], "normalize": conf["normalize"],
-            "model_state": weights, "config": training.get("config", {}), "epoch": training.get("epoch"),
-            "step": training.get("step"), "val_metrics": training.get("val_metrics", {}),
-            "world_size": training.get("world_size"), "versions": training.get("versions", {}),
-            "command": training.get("command", "")}
+    return {
+        "format": CKPT_FORMAT,
+        "model": model,
+        "classes": conf["class_names"],
+        "normalize": conf["normalize"],
+        "model_state": weights,
+        "config": training.get("config", {}),
+        "epoch": training.get("epoch"),
+        "step": training.get("step"),
+        "val_metrics": training.get("val_metrics", {}),
+        "world_size": training.get("world_size"),
+        "versions": training.get("versions", {}),
+        "command": training.get("command", ""),
+    }
 
 
 def load_model(path, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -91,24 +120,54 @@ def model_card(conf: dict, test: dict | None = None) -> str:
     data = cfg.get("data", {}).get("name", "unknown")
     args = ", ".join(f"{k}={conf[k]}" for k in ("dropout", "width") if k in conf)
     c, s = conf["input_size"][0], conf["input_size"][-1]
-    lines = ["---", "library_name: cifar-dist", "tags:", "- image-classification", "- pytorch_model_hub_mixin",
-             "metrics:", "- accuracy", "---", "", f"# {conf['architecture']} trained on {data}", "",
-             f"- architecture: `{conf['architecture']}` ({args}), input {c}×{s}×{s}, {len(conf['class_names'])} classes",
-             f"- normalisation: mean {conf['normalize']['mean']}, std {conf['normalize']['std']}",
-             (f"- dataset: {data}, validation fraction {cfg.get('data', {}).get('val_fraction')}, "
-              f"preset {cfg.get('preset')}, seed {cfg.get('seed')}"),
-             f"- best epoch: {t.get('epoch')} ({_validation(t.get('val_metrics'))})",
-             f"- training command: `{t.get('command') or 'unknown'}` on {t.get('world_size')} process(es)"]
+    lines = [
+        "---",
+        "library_name: cifar-dist",
+        "tags:",
+        "- image-classification",
+        "- pytorch_model_hub_mixin",
+        "metrics:",
+        "- accuracy",
+        "---",
+        "",
+        f"# {conf['architecture']} trained on {data}",
+        "",
+        f"- architecture: `{conf['architecture']}` ({args}), input {c}×{s}×{s}, {len(conf['class_names'])} classes",
+        f"- normalisation: mean {conf['normalize']['mean']}, std {conf['normalize']['std']}",
+        (
+            f"- dataset: {data}, validation fraction {cfg.get('data', {}).get('val_fraction')}, "
+            f"preset {cfg.get('preset')}, seed {cfg.get('seed')}"
+        ),
+        f"- best epoch: {t.get('epoch')} ({_validation(t.get('val_metrics'))})",
+        f"- training command: `{t.get('command') or 'unknown'}` on {t.get('world_size')} process(es)",
+    ]
     if test is None:
         lines += ["- test accuracy: not measured yet (written when the run's final test has run)"]
     else:
-        lines += [(f"- test accuracy: {100 * test['accuracy']:.2f}% on {test['num_samples']:,} images "
-                   f"(loss {test['loss']:.4f})"), "", "| class | test accuracy | correct / total |", "|---|---:|---:|"]
-        lines += [f"| {name} | {_pct(pc['correct'], pc['total'])} | {pc['correct']}/{pc['total']} |"
-                  for name, pc in test["per_class"].items()]
-    lines += ["", "## Use", "", "```python", "from cifar_dist import load_model",
-              'model = load_model("path/to/this/folder")  # eval mode; or SeedCNN/ResNetFast.from_pretrained(...)',
-              "logits = model(x)  # x: float (N, C, H, W), normalised with config.json's mean and std", "```", ""]
+        lines += [
+            (
+                f"- test accuracy: {100 * test['accuracy']:.2f}% on {test['num_samples']:,} images "
+                f"(loss {test['loss']:.4f})"
+            ),
+            "",
+            "| class | test accuracy | correct / total |",
+            "|---|---:|---:|",
+        ]
+        lines += [
+            f"| {name} | {_pct(pc['correct'], pc['total'])} | {pc['correct']}/{pc['total']} |"
+            for name, pc in test["per_class"].items()
+        ]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from cifar_dist import load_model",
+        'model = load_model("path/to/this/folder")  # eval mode; or SeedCNN/ResNetFast.from_pretrained(...)',
+        "logits = model(x)  # x: float (N, C, H, W), normalised with config.json's mean and std",
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -126,8 +185,9 @@ def write_model_folder(run: RunDir, ckpt: dict, test: dict | None = None) -> Pat
     try:
         tmp.mkdir(parents=True)
         conf = model_config(ckpt)
-        save_file({k: v.contiguous() for k, v in ckpt["model_state"].items()}, str(tmp / WEIGHTS),
-                  metadata={"format": "pt"})
+        save_file(
+            {k: v.contiguous() for k, v in ckpt["model_state"].items()}, str(tmp / WEIGHTS), metadata={"format": "pt"}
+        )
         atomic_write_bytes(tmp / "config.json", (json.dumps(conf, indent=2) + "\n").encode())
         atomic_write_bytes(tmp / "README.md", model_card(conf, test).encode())
         with open(tmp / WEIGHTS, "rb") as f:
@@ -163,20 +223,27 @@ def push_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:
     import huggingface_hub as hub
 
     if not hub.get_token():
-        raise UserError(f"no Hugging Face token: run `hf auth login` or set HF_TOKEN, then retry "
-                        f"(nothing uploaded; the model is in {folder})")
+        raise UserError(
+            f"no Hugging Face token: run `hf auth login` or set HF_TOKEN, then retry "
+            f"(nothing uploaded; the model is in {folder})"
+        )
     try:
         hub.create_repo(repo_id, private=private, exist_ok=True)
         info = hub.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload cifar-dist model")
     except Exception as e:  # offline (HF_HUB_OFFLINE), no route, a bad token, a name taken
-        raise UserError(f"could not upload to the Hugging Face Hub ({first_line(e, 160)}); "
-                        f"nothing uploaded; the model is in {folder}") from None
+        raise UserError(
+            f"could not upload to the Hugging Face Hub ({first_line(e, 160)}); "
+            f"nothing uploaded; the model is in {folder}"
+        ) from None
     return str(getattr(info, "commit_url", info))
 
 
 def main(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(prog="python -m cifar_dist.export", allow_abbrev=False,
-                                description="Write a run's best model as model/ and optionally upload it.")
+    p = argparse.ArgumentParser(
+        prog="python -m cifar_dist.export",
+        allow_abbrev=False,
+        description="Write a run's best model as model/ and optionally upload it.",
+    )
     p.add_argument("checkpoint", help="a run folder, its best.pt, or its model/ folder")
     p.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="upload model/ to this Hub repository")
     p.add_argument("--private", action="store_true", help="create the Hub repository as private")

@@ -9,6 +9,7 @@ disk, a rank that dies. Each ends in one line (the leftovers of an interrupted w
 
 The guarantees these serve are listed in the README, "What happens when things go wrong".
 """
+
 from __future__ import annotations
 
 import errno
@@ -46,16 +47,26 @@ def write_failure(what: str, path: Path, exc: BaseException, kept: str) -> str:
         fix = "make it writable or choose another --run.dir"
     else:
         fix = "free space (or choose another --run.dir)"
-    return (f"could not write {what} to {path} ({_reason(exc)}; {where}); {fix}, then continue with "
-            f"--resume: {kept} is untouched")
+    return (
+        f"could not write {what} to {path} ({_reason(exc)}; {where}); {fix}, then continue with "
+        f"--resume: {kept} is untouched"
+    )
 
 
 # What gloo, NCCL and the c10d store say when the process at the other end of a collective is gone
 # or silent (measured with gloo: a SIGKILLed peer gives "Connection reset by peer" within ~1 s; a
 # stopped one, after train.dist_timeout_s, "Timed out waiting ..." or "Application timeout caused
 # pair closure").
-_PEER_SIGNS = ("connection reset by peer", "connection closed by peer", "broken pipe", "timed out",
-               "timeout", "socket", "nccl", "gloo")
+_PEER_SIGNS = (
+    "connection reset by peer",
+    "connection closed by peer",
+    "broken pipe",
+    "timed out",
+    "timeout",
+    "socket",
+    "nccl",
+    "gloo",
+)
 
 
 def peer_failure(exc: BaseException) -> str | None:
@@ -73,6 +84,8 @@ def peer_failure(exc: BaseException) -> str | None:
     rank, world = dist.get_rank(), dist.get_world_size()
     # With two ranks the silent one is the other; with more, only the launcher knows which one went first.
     who = f"rank {1 - rank}" if world == 2 else "another rank (the launcher's summary names it)"
-    return (f"rank {rank} of {world}: {who} died, hung or became unreachable during a collective "
-            f"({_reason(exc)}); this rank stops too and saved nothing after that point; fix the cause, then "
-            f"continue with --resume from the last complete state")
+    return (
+        f"rank {rank} of {world}: {who} died, hung or became unreachable during a collective "
+        f"({_reason(exc)}); this rank stops too and saved nothing after that point; fix the cause, then "
+        f"continue with --resume from the last complete state"
+    )

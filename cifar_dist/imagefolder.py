@@ -12,6 +12,7 @@ cache; an unchanged folder loads its cache (about a second for CIFAR-10's 60,000
 archive is unpacked once into the cache folder, keyed by its path, size and modification time.
 Both go through prepare.build_once, so jobs sharing the cache wait for one builder.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -88,8 +89,10 @@ def unpack(archive: Path, cache_dir: Path) -> Path:
             with tarfile.open(archive) as tf:
                 tf.extractall(tmp, filter="data")  # "data": no absolute paths, links out or devices
         except (tarfile.TarError, EOFError, ValueError) as e:
-            raise UserError(f"data.root {archive} is not a readable tar archive ({e}); "
-                            f"give a .tar/.tar.gz/.tar.xz of train/<class>/ and test/<class>/ or a folder") from None
+            raise UserError(
+                f"data.root {archive} is not a readable tar archive ({e}); "
+                f"give a .tar/.tar.gz/.tar.xz of train/<class>/ and test/<class>/ or a folder"
+            ) from None
 
     build_once(target, build, f"the unpacked {archive.name}", FIX_CACHE)
     _replace_older(target, prefix)
@@ -124,23 +127,29 @@ def scan(root: Path) -> tuple[list[str], list[tuple[str, int]], int, str]:
     for split in SPLITS:
         folder = root / split
         if not folder.is_dir():
-            raise UserError(f"data.root {root} has no {split}/ folder; an image folder holds train/<class>/ and "
-                            f"test/<class>/ (one folder of images per class)")
+            raise UserError(
+                f"data.root {root} has no {split}/ folder; an image folder holds train/<class>/ and "
+                f"test/<class>/ (one folder of images per class)"
+            )
         split_classes[split] = [e.name for e in _entries(str(folder)) if e.is_dir()]
         if not split_classes[split]:
             raise UserError(f"{folder} holds no class folders; put each class's images in {folder}/<class name>/")
     if split_classes["train"] != split_classes["test"]:
         a, b = set(split_classes["train"]), set(split_classes["test"])
-        raise UserError(f"train/ and test/ in {root} name different classes: only in train/: "
-                        f"{', '.join(sorted(a - b)) or '-'}; only in test/: {', '.join(sorted(b - a)) or '-'}; "
-                        f"both need one folder per class with the same names")
+        raise UserError(
+            f"train/ and test/ in {root} name different classes: only in train/: "
+            f"{', '.join(sorted(a - b)) or '-'}; only in test/: {', '.join(sorted(b - a)) or '-'}; "
+            f"both need one folder per class with the same names"
+        )
     classes, files, lines, cut = split_classes["train"], [], [], len(str(root)) + 1
     for split in SPLITS:
         for label, name in enumerate(classes):
             found = _files(str(root / split / name))
             if not found:
-                raise UserError(f"class folder {root / split / name} holds no images; add some or remove the folder "
-                                f"(from train/ and test/ alike)")
+                raise UserError(
+                    f"class folder {root / split / name} holds no images; add some or remove the folder "
+                    f"(from train/ and test/ alike)"
+                )
             for e in found:
                 st = e.stat()
                 lines.append(f"{e.path[cut:]}\t{st.st_size}\t{st.st_mtime_ns}")
@@ -162,8 +171,10 @@ def _open(path: str, image_size: int):
                 im = im.resize((image_size, image_size), Image.Resampling.BILINEAR)
             return np.asarray(im), grey
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise UserError(f"{path} is not an image Pillow can read ({type(e).__name__}: {str(e)[:80]}); "
-                        f"remove it from the image folder") from None
+        raise UserError(
+            f"{path} is not an image Pillow can read ({type(e).__name__}: {str(e)[:80]}); "
+            f"remove it from the image folder"
+        ) from None
 
 
 def decode(files: list[tuple[str, int]], image_size: int) -> np.ndarray:
@@ -176,15 +187,19 @@ def decode(files: list[tuple[str, int]], image_size: int) -> np.ndarray:
             first = path
             out = np.empty((len(files), 3, h, w), np.uint8)  # greys are copied into all three channels
         if arr.shape[:2] != out.shape[2:]:
-            raise UserError(f"images differ in size: {first} is {out.shape[3]}×{out.shape[2]} but {path} is {w}×{h}; "
-                            f"resize every image while caching with --data.image_size=N (e.g. "
-                            f"--data.image_size={min(out.shape[2], out.shape[3], h, w)})")
+            raise UserError(
+                f"images differ in size: {first} is {out.shape[3]}×{out.shape[2]} but {path} is {w}×{h}; "
+                f"resize every image while caching with --data.image_size=N (e.g. "
+                f"--data.image_size={min(out.shape[2], out.shape[3], h, w)})"
+            )
         out[i] = arr[None] if grey else arr.transpose(2, 0, 1)
         grey_all &= grey
     _, _, h, w = out.shape
     if h != w:
-        raise UserError(f"the images are {w}×{h}, not square (e.g. {first}); the models need square input: "
-                        f"resize every image while caching with --data.image_size=N (e.g. --data.image_size={min(h, w)})")
+        raise UserError(
+            f"the images are {w}×{h}, not square (e.g. {first}); the models need square input: "
+            f"resize every image while caching with --data.image_size=N (e.g. --data.image_size={min(h, w)})"
+        )
     return np.ascontiguousarray(out[:, :1]) if grey_all else out
 
 
@@ -193,11 +208,15 @@ def load_imagefolder(cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tor
     when the cache for this exact set of files and data.image_size is missing."""
     source, cache_dir = Path(cfg.data.root), Path(cfg.data.cache_dir)
     if not source.exists():
-        raise UserError(f"data.root {source} does not exist; point it at a folder holding train/<class>/ and "
-                        f"test/<class>/, or at a .tar/.tar.gz/.tar.xz of one")
+        raise UserError(
+            f"data.root {source} does not exist; point it at a folder holding train/<class>/ and "
+            f"test/<class>/, or at a .tar/.tar.gz/.tar.xz of one"
+        )
     if source.is_dir() and cache_dir.resolve().is_relative_to(source.resolve()):
-        raise UserError(f"data.cache_dir {cache_dir} is inside data.root {source}, which is only ever read; "
-                        f"choose a cache folder outside it")
+        raise UserError(
+            f"data.cache_dir {cache_dir} is inside data.root {source}, which is only ever read; "
+            f"choose a cache folder outside it"
+        )
     if is_archive(source):  # an archive's files change only with it: no need to list them on a cache hit
         st = source.stat()
         listing, fingerprint = None, _key("archive", st.st_size, st.st_mtime_ns)
@@ -216,8 +235,16 @@ def load_imagefolder(cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tor
         images = decode(files, cfg.data.image_size)
         np.save(tmp / "images.npy", images)
         np.save(tmp / "labels.npy", np.array([label for _, label in files], np.int64))
-        (tmp / "meta.json").write_text(json.dumps({"source": str(source.resolve()), "classes": classes,
-                                                   "n_train": n_train, "image_size": cfg.data.image_size}))
+        (tmp / "meta.json").write_text(
+            json.dumps(
+                {
+                    "source": str(source.resolve()),
+                    "classes": classes,
+                    "n_train": n_train,
+                    "image_size": cfg.data.image_size,
+                }
+            )
+        )
 
     build_once(target, build, "the image-folder cache", FIX_CACHE)
     _replace_older(target, prefix)

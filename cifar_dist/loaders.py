@@ -7,6 +7,7 @@ disjoint shard of the epoch, in an order that is a pure function of (seed, epoch
   (none for the tutorial: 40,000 = 2,500 × 16).
 - `tensor`: see tensor_loader.py.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -16,10 +17,15 @@ from torch.utils.data import DataLoader
 
 class TorchTrainLoader:
     def __init__(self, cfg, data, accelerator):
-        loader = DataLoader(data.train_set, batch_size=cfg.train.per_device_batch_size, shuffle=True,
-                            drop_last=True, num_workers=cfg.data.num_workers,
-                            pin_memory=accelerator.device.type == "cuda",
-                            persistent_workers=cfg.data.num_workers > 0)
+        loader = DataLoader(
+            data.train_set,
+            batch_size=cfg.train.per_device_batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=cfg.data.num_workers,
+            pin_memory=accelerator.device.type == "cuda",
+            persistent_workers=cfg.data.num_workers > 0,
+        )
         self.loader = accelerator.prepare(loader)
         self.per_device_batch_size = cfg.train.per_device_batch_size
         self.world = accelerator.num_processes

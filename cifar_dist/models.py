@@ -7,6 +7,7 @@ CIFAR (3×32×32) and Fashion-MNIST (1×28×28).
 The classes are Hugging Face Hub mixins: `SeedCNN.from_pretrained("runs/<run>/model")` reads an
 exported model folder (export.py) and returns the network in eval mode, its weights checked strictly.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -103,12 +104,22 @@ class ResNetFast(nn.Module, _HubModel):
         w = width
         self.net = nn.Sequential(
             _conv_bn(in_channels, w),
-            nn.Conv2d(w, 2 * w, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(2 * w), nn.ReLU(inplace=True),
+            nn.Conv2d(w, 2 * w, 3, padding=1, bias=False),
+            nn.MaxPool2d(2),
+            nn.BatchNorm2d(2 * w),
+            nn.ReLU(inplace=True),
             _Residual(2 * w),
-            nn.Conv2d(2 * w, 4 * w, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(4 * w), nn.ReLU(inplace=True),
-            nn.Conv2d(4 * w, 8 * w, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(8 * w), nn.ReLU(inplace=True),
+            nn.Conv2d(2 * w, 4 * w, 3, padding=1, bias=False),
+            nn.MaxPool2d(2),
+            nn.BatchNorm2d(4 * w),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(4 * w, 8 * w, 3, padding=1, bias=False),
+            nn.MaxPool2d(2),
+            nn.BatchNorm2d(8 * w),
+            nn.ReLU(inplace=True),
             _Residual(8 * w),
-            nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+            nn.AdaptiveMaxPool2d(1),
+            nn.Flatten(),
         )
         self.fc = nn.Linear(8 * w, num_classes, bias=False)
 

@@ -8,6 +8,7 @@ per-class accuracy and the training curves.
 draws and writes. Each function below returns a matplotlib Figure (no pyplot, so no global state
 and no display backend: the Agg canvas renders it), which the tests inspect directly.
 """
+
 from __future__ import annotations
 
 import io
@@ -28,6 +29,7 @@ FIGURES = ("batch.png", "channels.png", "predictions.png", "confusion.png", "per
 
 
 # --------------------------------------------------------------------------- helpers (pure)
+
 
 def unnormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     """Invert Normalize(mean, std) on an NCHW float batch: x·std + mean, clipped to [0, 1].
@@ -86,6 +88,7 @@ def _grid(n: int) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- figures
 
+
 def batch_figure(images_u8: torch.Tensor, labels: torch.Tensor, classes: list[str], mean, std):
     """Training images titled with their class, shown as the model's normalised input mapped back."""
     from .data import normalize_batch
@@ -134,8 +137,7 @@ def channels_figure(image_u8: torch.Tensor, title: str = ""):
         for y in range(h):
             for x in range(w):
                 v = int(values[k, y, x])
-                ax.text(x, y, str(v), ha="center", va="center", fontsize=VALUE_PT,
-                        color=text_colour((v / 255,) * 3))
+                ax.text(x, y, str(v), ha="center", va="center", fontsize=VALUE_PT, color=text_colour((v / 255,) * 3))
     if title:
         fig.suptitle(title, fontsize=14, y=1 - 0.12 / fig_h, va="top")
     return fig
@@ -146,7 +148,9 @@ def spread_indices(n: int, k: int) -> torch.Tensor:
     return torch.linspace(0, n - 1, k).round().long()
 
 
-def predictions_figure(images_u8: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, classes: list[str], split: str):
+def predictions_figure(
+    images_u8: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, classes: list[str], split: str
+):
     n = len(images_u8)
     rows, cols = _grid(n)
     fig = _figure(cols * 1.9, rows * 2.0 + 0.5)
@@ -185,12 +189,21 @@ def confusion_figure(confusion: list[list[int]], classes: list[str], split: str)
     if k <= 30:  # beyond that the numbers no longer fit their cells
         for t in range(k):
             for p in range(k):
-                ax.text(p, t, str(int(counts[t, p])), ha="center", va="center", fontsize=9 if k <= 20 else 6,
-                        color=text_colour(cmap(float(frac[t, p]))))
+                ax.text(
+                    p,
+                    t,
+                    str(int(counts[t, p])),
+                    ha="center",
+                    va="center",
+                    fontsize=9 if k <= 20 else 6,
+                    color=text_colour(cmap(float(frac[t, p]))),
+                )
     cax = fig.add_axes(((left + side + 0.2) / fig_w, bottom / fig_h, 0.2 / fig_w, side / fig_h))
     fig.colorbar(im, cax=cax, label="fraction of the true class")
     total, right = int(counts.sum()), int(counts.diagonal().sum())
-    ax.set_title(f"confusion matrix, {split} split: {right}/{total} right ({100 * right / max(total, 1):.1f}%)", fontsize=11)
+    ax.set_title(
+        f"confusion matrix, {split} split: {right}/{total} right ({100 * right / max(total, 1):.1f}%)", fontsize=11
+    )
     return fig
 
 
@@ -210,16 +223,25 @@ def per_class_figure(per_class: dict[str, dict[str, int]], split: str):
     ax.set_xticks(range(0, 101, 20))
     ax.set_xlabel("accuracy (%)")
     if k <= 30:
-        ax.bar_label(bars, [f"{a:.1f}% ({v['correct']}/{v['total']})" if v["total"] else "no images"
-                            for a, v in zip(acc, per_class.values())], padding=3, fontsize=8,
-                     bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5, "alpha": 0.85})  # over the lines
+        ax.bar_label(
+            bars,
+            [
+                f"{a:.1f}% ({v['correct']}/{v['total']})" if v["total"] else "no images"
+                for a, v in zip(acc, per_class.values())
+            ],
+            padding=3,
+            fontsize=8,
+            bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5, "alpha": 0.85},
+        )  # over the lines
     correct = sum(v["correct"] for v in per_class.values())
     total = sum(v["total"] for v in per_class.values())
     overall = 100 * correct / max(total, 1)
     ax.axvline(overall, color="black", linestyle="--", linewidth=1, zorder=0)  # behind bars and labels
     ax.axvline(100 / k, color="grey", linestyle=":", linewidth=1, zorder=0)
-    ax.set_title(f"per-class accuracy, {split} split (dashed: overall {overall:.1f}%, dotted: chance {100 / k:.0f}%)",
-                 fontsize=11)
+    ax.set_title(
+        f"per-class accuracy, {split} split (dashed: overall {overall:.1f}%, dotted: chance {100 / k:.0f}%)",
+        fontsize=11,
+    )
     return fig
 
 
@@ -251,8 +273,14 @@ def curves_figure(rows: list[dict], best_epoch: int | None):
             ax.axvline(best_epoch, color="#cf222e", linestyle="--", linewidth=1, label=f"best epoch ({best_epoch})")
             best = [r for r in rows if r.get("epoch") == best_epoch and f"val_{what}" in r]
             if best:
-                ax.plot([best_epoch], [scale * best[0][f"val_{what}"]], "*", markersize=16, markerfacecolor="none",
-                        markeredgecolor="#cf222e")  # hollow, so the validation point stays visible under it
+                ax.plot(
+                    [best_epoch],
+                    [scale * best[0][f"val_{what}"]],
+                    "*",
+                    markersize=16,
+                    markerfacecolor="none",
+                    markeredgecolor="#cf222e",
+                )  # hollow, so the validation point stays visible under it
         ax.set_xlabel("epoch")
         ax.set_ylabel(what if what == "loss" else "accuracy (%)")
         # why validation can sit below train: the train value is the mean over the epoch's steps
@@ -268,6 +296,7 @@ def curves_figure(rows: list[dict], best_epoch: int | None):
 
 # --------------------------------------------------------------------------- all of them
 
+
 def _best_epoch(ckpt: dict, rows: list[dict]) -> int | None:
     if isinstance(ckpt.get("epoch"), int):
         return ckpt["epoch"]
@@ -275,8 +304,17 @@ def _best_epoch(ckpt: dict, rows: list[dict]) -> int | None:
     return marked[-1] if marked else None
 
 
-def write_all(out_dir: Path, data, result, split: str, ckpt: dict, checkpoint: Path, accelerator,
-              n_images: int = 16, channel_index: int = 0) -> dict[str, Path]:
+def write_all(
+    out_dir: Path,
+    data,
+    result,
+    split: str,
+    ckpt: dict,
+    checkpoint: Path,
+    accelerator,
+    n_images: int = 16,
+    channel_index: int = 0,
+) -> dict[str, Path]:
     """Collective (every rank calls it; only the main process draws). Returns {name: path} of the
     files written (empty on other ranks); curves.png is skipped, with a note, when the run folder
     has no metrics.jsonl (a best.pt copied elsewhere)."""
@@ -300,7 +338,9 @@ def _write_all(out: Path, data, result, split, ckpt, checkpoint, n_images, chann
         raise UserError(f"--plots-images must be >= 1, got {n_images}")
     images, labels = (data.test_images, data.test_labels) if split == "test" else (data.val_images, data.val_labels)
     if n_images > min(len(data.train_labels), len(labels)):
-        raise UserError(f"--plots-images {n_images} is more than the {min(len(data.train_labels), len(labels))} images available")
+        raise UserError(
+            f"--plots-images {n_images} is more than the {min(len(data.train_labels), len(labels))} images available"
+        )
     out.mkdir(parents=True, exist_ok=True)
     from .run_dir import RunDir, run_dir_of
 
@@ -319,8 +359,10 @@ def _draw(out, data, images, labels, result, split, ckpt, metrics, n_images, cha
     written["batch"] = save_png(fig, out / "batch.png")
     advance()
     img = data.train_images[channel_index]
-    title = (f"training image {channel_index}: {data.classes[int(data.train_labels[channel_index])]}"
-             f"{' (the first in batch.png)' if channel_index == 0 else ''}\npixel values 0-255")
+    title = (
+        f"training image {channel_index}: {data.classes[int(data.train_labels[channel_index])]}"
+        f"{' (the first in batch.png)' if channel_index == 0 else ''}\npixel values 0-255"
+    )
     written["channels"] = save_png(channels_figure(img, title), out / "channels.png", dpi=CHANNELS_DPI)
     advance()
     # Evenly spaced over the split, not its first n: an image-folder split is sorted by class, so its

@@ -13,6 +13,7 @@ A folder contributes its image files (by extension, sorted by name). A file that
 gets a one-line error naming it; the others are still predicted, and the command ends with exit
 code 2 if any failed.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,13 @@ def expand(paths: list[str]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(f for f in p.iterdir()
-                              if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")))
+            out.extend(
+                sorted(
+                    f
+                    for f in p.iterdir()
+                    if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
+                )
+            )
         else:
             out.append(p)
     return out
@@ -64,8 +70,9 @@ def load_image(path: Path, in_channels: int, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_tensor(model, images_u8: torch.Tensor, mean, std, batch_size: int = 256, tta: bool = False,
-                   tta_translate: int = 0) -> torch.Tensor:
+def predict_tensor(
+    model, images_u8: torch.Tensor, mean, std, batch_size: int = 256, tta: bool = False, tta_translate: int = 0
+) -> torch.Tensor:
     """uint8 NCHW -> softmax probabilities (N, classes), in batches, on the model's device."""
     from .data import normalize_batch
     from .evaluation import logits_of
@@ -75,14 +82,21 @@ def predict_tensor(model, images_u8: torch.Tensor, mean, std, batch_size: int = 
     device = next(model.parameters()).device
     probs = []
     for i in range(0, len(images_u8), batch_size):
-        x = normalize_batch(images_u8[i:i + batch_size].to(device), mean, std)
+        x = normalize_batch(images_u8[i : i + batch_size].to(device), mean, std)
         probs.append(torch.softmax(logits_of(model, x, tta, tta_translate).float(), dim=1).cpu())
     model.train(was_training)
     return torch.cat(probs) if probs else torch.zeros(0, 0)
 
 
-def predict_files(model, ckpt: dict, paths: list[str], json_path: str | None = None, console=None,
-                  tta: bool = False, tta_translate: int = 0) -> dict:
+def predict_files(
+    model,
+    ckpt: dict,
+    paths: list[str],
+    json_path: str | None = None,
+    console=None,
+    tta: bool = False,
+    tta_translate: int = 0,
+) -> dict:
     """Predict every image, print a table, write JSON; raise UserError at the end if any file failed
     (after the others were predicted and written). Returns the JSON document."""
     from rich.console import Console
@@ -108,23 +122,40 @@ def predict_files(model, ckpt: dict, paths: list[str], json_path: str | None = N
         k = min(3, probs.shape[1])
         top_p, top_i = probs.topk(k, dim=1)
         for f, ps, ix in zip(ok_files, top_p.tolist(), top_i.tolist()):
-            rows.append({"file": str(f), "class": classes[ix[0]], "confidence": ps[0],
-                         "top3": [{"class": classes[i], "confidence": p} for i, p in zip(ix, ps)]})
-    doc = {"checkpoint_classes": classes, "input": {"channels": m["in_channels"], "size": m["image_size"]},
-           "tta": tta, "predictions": rows, "failed": failed}
+            rows.append(
+                {
+                    "file": str(f),
+                    "class": classes[ix[0]],
+                    "confidence": ps[0],
+                    "top3": [{"class": classes[i], "confidence": p} for i, p in zip(ix, ps)],
+                }
+            )
+    doc = {
+        "checkpoint_classes": classes,
+        "input": {"channels": m["in_channels"], "size": m["image_size"]},
+        "tta": tta,
+        "predictions": rows,
+        "failed": failed,
+    }
 
     # Names relative to the files' common folder, said once in the title: long absolute paths would
     # otherwise be folded over several lines in an 80-column terminal.
     common = os.path.commonpath([str(f.parent.absolute()) for f in files])
-    table = Table(title=f"{len(rows)} image{'s' if len(rows) != 1 else ''} in {common} "
-                        f"({m['in_channels']}×{m['image_size']}×{m['image_size']} input{', flip TTA' if tta else ''})")
+    table = Table(
+        title=f"{len(rows)} image{'s' if len(rows) != 1 else ''} in {common} "
+        f"({m['in_channels']}×{m['image_size']}×{m['image_size']} input{', flip TTA' if tta else ''})"
+    )
     table.add_column("file", overflow="fold")
     table.add_column("class")
     table.add_column("confidence", justify="right")
     table.add_column("top-3")
     for r in rows:
-        table.add_row(os.path.relpath(Path(r["file"]).absolute(), common), r["class"], f"{100 * r['confidence']:.1f}%",
-                      ", ".join(f"{t['class']} {100 * t['confidence']:.1f}%" for t in r["top3"]))
+        table.add_row(
+            os.path.relpath(Path(r["file"]).absolute(), common),
+            r["class"],
+            f"{100 * r['confidence']:.1f}%",
+            ", ".join(f"{t['class']} {100 * t['confidence']:.1f}%" for t in r["top3"]),
+        )
     (console or Console()).print(table)
 
     if json_path:
@@ -136,5 +167,7 @@ def predict_files(model, ckpt: dict, paths: list[str], json_path: str | None = N
         raise UserError(f"{failed[0]['file']}: {failed[0]['error']}")
     if failed:
         names = ", ".join(x["file"] for x in failed[:3]) + (" ..." if len(failed) > 3 else "")
-        raise UserError(f"{len(failed)} of {len(files)} files could not be predicted ({names}); the other {len(rows)} were")
+        raise UserError(
+            f"{len(failed)} of {len(files)} files could not be predicted ({names}); the other {len(rows)} were"
+        )
     return doc

@@ -4,7 +4,8 @@ The handler only sets a flag; the loop asks `requested(step)` at every step boun
 ranks the answer is a collective OR (so all ranks stop at the same step), taken every
 CHECK_EVERY_STEPS steps only: it costs a host sync, which a GPU step should not pay each time,
 and a stop a few steps later is well inside SLURM's warning time (seconds to minutes). The run
-saves the full state on every rank, then exits: 0 after USR1 (a resumable stop, not a failure), 143 after SIGTERM. By hand:
+saves the full state on every rank, then exits: 0 after USR1 (a resumable stop, not a failure),
+143 after SIGTERM. By hand:
 
     python train.py --run.dir=runs/x          # meanwhile, elsewhere: kill -USR1 <its pid>
     python train.py --run.dir=runs/x --resume # continues at the exact step, bit-exact on one process
@@ -12,8 +13,10 @@ saves the full state on every rank, then exits: 0 after USR1 (a resumable stop, 
 Under SLURM (slurm/job.sh) the batch shell gets the warning, passes USR1 to every training process,
 and after their clean exit requeues the job, which resumes with --train.resume=auto.
 """
+
 from __future__ import annotations
 
+import contextlib
 import signal
 
 from .distributed import any_rank
@@ -37,10 +40,8 @@ class StopRequest:
         self.accelerator = accelerator
         self._flag = _Flag()
         for sig in (signal.SIGUSR1, signal.SIGTERM):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread
                 signal.signal(sig, self._flag)
-            except ValueError:  # not the main thread
-                pass
 
     @property
     def signum(self) -> int | None:

@@ -16,6 +16,7 @@ cache and unpacked archives) goes through `build_once`:
 - a job killed halfway leaves only its temporary folder (its lock dies with it), which the next
   builder removes before building again: nothing a later job could take for finished data.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,8 +52,9 @@ def locked(target: Path, what: str, fix: str) -> Iterator[None]:
         lock.release()
 
 
-def build_once(target: Path, build: Callable[[Path], None], what: str, fix: str,
-               is_complete: Callable[[Path], bool] = has_marker) -> Path:
+def build_once(
+    target: Path, build: Callable[[Path], None], what: str, fix: str, is_complete: Callable[[Path], bool] = has_marker
+) -> Path:
     """Return `target` complete, built at most once across processes by `build(tmp)`, which fills
     the empty folder `tmp` with what `target` must hold. `is_complete` may accept folders made
     before markers existed (torchvision's md5 check, files that are written whole)."""

@@ -3,6 +3,7 @@ their per-dataset layers.
 
     python train.py --preset seed_fast --print-config      # a preset, resolved, as YAML
 """
+
 from __future__ import annotations
 
 # Presets are partial dicts layered over the defaults. `seed` is the tutorial, exactly.
@@ -12,9 +13,23 @@ PRESETS: dict[str, dict] = {
     "seed_fast": {
         "data": {"loader": "tensor", "normalize": "dataset", "augment": True, "crop_pad": 0},
         "model": {"name": "seed_cnn", "dropout": 0.0},
-        "optim": {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "reference_batch_size": 128,
-                  "schedule": "linear_to_1pct", "warmup_epochs": 1.0, "label_smoothing": 0.1},
-        "train": {"epochs": 18, "per_device_batch_size": 128, "channels_last": True, "mixed_precision": "auto", "eval_every_epochs": 3},
+        "optim": {
+            "lr": 0.1,
+            "momentum": 0.9,
+            "nesterov": True,
+            "weight_decay": 5e-4,
+            "reference_batch_size": 128,
+            "schedule": "linear_to_1pct",
+            "warmup_epochs": 1.0,
+            "label_smoothing": 0.1,
+        },
+        "train": {
+            "epochs": 18,
+            "per_device_batch_size": 128,
+            "channels_last": True,
+            "mixed_precision": "auto",
+            "eval_every_epochs": 3,
+        },
         "eval": {"tta": True},
     },
     # resnet_fast at width 16 with airbench's recipe, sized for 2 CPU cores (docs/results.md, tuning history).
@@ -22,9 +37,23 @@ PRESETS: dict[str, dict] = {
     "fast": {
         "data": {"loader": "tensor", "normalize": "dataset", "augment": True, "crop_pad": 1},
         "model": {"name": "resnet_fast", "width": 16},
-        "optim": {"lr": 0.2, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "reference_batch_size": 256,
-                  "schedule": "linear", "warmup_epochs": 1.0, "label_smoothing": 0.1},
-        "train": {"epochs": 13, "per_device_batch_size": 256, "channels_last": True, "mixed_precision": "auto", "eval_every_epochs": 13},
+        "optim": {
+            "lr": 0.2,
+            "momentum": 0.9,
+            "nesterov": True,
+            "weight_decay": 5e-4,
+            "reference_batch_size": 256,
+            "schedule": "linear",
+            "warmup_epochs": 1.0,
+            "label_smoothing": 0.1,
+        },
+        "train": {
+            "epochs": 13,
+            "per_device_batch_size": 256,
+            "channels_last": True,
+            "mixed_precision": "auto",
+            "eval_every_epochs": 13,
+        },
         "eval": {"tta": True},
     },
 }
@@ -39,8 +68,11 @@ PRESETS: dict[str, dict] = {
 # within 0.005 of each other (0.8416 / 0.8376 at 22 epochs / 0.8427), pad 2 is the cheapest; 18 -> 22
 # epochs (+0.014 from 18 to 24 at pad 4), validated once at the end, and 6-view flip+translate TTA
 # (+0.008 over flip TTA on one model; flip TTA +0.017 over none). ~170 s on 2 quiet cores (estimate).
-_SEED_FAST_PHOTOS = {"data": {"crop_pad": 2}, "train": {"epochs": 22, "eval_every_epochs": 22},
-                     "eval": {"tta_translate": 1}}
+_SEED_FAST_PHOTOS = {
+    "data": {"crop_pad": 2},
+    "train": {"epochs": 22, "eval_every_epochs": 22},
+    "eval": {"tta_translate": 1},
+}
 # fast: crop pad 2 (validation 0.8771 with flip TTA; train 0.913) and 6-view TTA (0.8818).
 _FAST_PHOTOS = {"data": {"crop_pad": 2}, "eval": {"tta_translate": 1}}
 PRESET_DATASET_OVERRIDES: dict[str, dict[str, dict]] = {

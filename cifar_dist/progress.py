@@ -19,6 +19,7 @@ ETA the rest of this epoch at the epoch's pace so far. Evaluation, TTA and the f
 a transient bar on a terminal, silence elsewhere (their results are printed anyway). Only one rich
 display can be live at a time, so a `bar` opened while the training bar shows joins it as a row.
 """
+
 from __future__ import annotations
 
 import sys
@@ -42,8 +43,14 @@ def is_terminal() -> bool:
 def _new_progress():
     from rich import progress as p
 
-    return p.Progress(p.TextColumn("[bold]{task.description}"), p.BarColumn(), p.MofNCompleteColumn(),
-                      p.TimeElapsedColumn(), p.TimeRemainingColumn(), transient=True)
+    return p.Progress(
+        p.TextColumn("[bold]{task.description}"),
+        p.BarColumn(),
+        p.MofNCompleteColumn(),
+        p.TimeElapsedColumn(),
+        p.TimeRemainingColumn(),
+        transient=True,
+    )
 
 
 @contextmanager
@@ -122,8 +129,12 @@ class TrainProgress:
         t_first, seen_first = self.first
         ips = (seen - seen_first) * self.world / (now - t_first) if seen > seen_first else float("nan")
         eta = timedelta(seconds=round((now - self.t0) / (self.done - self.start_done) * (self.total - self.done)))
-        print(f"epoch {self.epoch}/{self.epochs} step {self.done}/{self.total} ({100 * self.done // self.total}%) "
-              f"loss {loss:.4f} {ips:.0f} img/s ETA {eta}", file=self.out or sys.stdout, flush=True)
+        print(
+            f"epoch {self.epoch}/{self.epochs} step {self.done}/{self.total} ({100 * self.done // self.total}%) "
+            f"loss {loss:.4f} {ips:.0f} img/s ETA {eta}",
+            file=self.out or sys.stdout,
+            flush=True,
+        )
 
     def end_epoch(self) -> None:
         if self._row is not None:

@@ -1,20 +1,21 @@
 """The run folder: every name in it, and the checks made before a run starts or resumes.
 
-    runs/<name>/
-      best.pt             the best-validation model: weights, config, metadata (checkpoint.py)
-      model/              the same model for use outside the toolkit: model.safetensors, config.json,
-                          README.md (export.py; `cifar_dist.load_model("runs/<name>/model")`)
-      last/               the full training state (Accelerate's save_state); what --resume reads
-      last.old/           the previous last/, kept only while a newer one is renamed into place
-      last.tmp-<step>/    a state being written; a crash may leave one, the next save removes it
-      config.json         the resolved config of the state in last/
-      metrics.jsonl       one JSON line per epoch
-      test_metrics.json   the final test of the best model
-      wandb/              the W&B run's files (tracking.py)
+runs/<name>/
+  best.pt             the best-validation model: weights, config, metadata (checkpoint.py)
+  model/              the same model for use outside the toolkit: model.safetensors, config.json,
+                      README.md (export.py; `cifar_dist.load_model("runs/<name>/model")`)
+  last/               the full training state (Accelerate's save_state); what --resume reads
+  last.old/           the previous last/, kept only while a newer one is renamed into place
+  last.tmp-<step>/    a state being written; a crash may leave one, the next save removes it
+  config.json         the resolved config of the state in last/
+  metrics.jsonl       one JSON line per epoch
+  test_metrics.json   the final test of the best model
+  wandb/              the W&B run's files (tracking.py)
 
-    from cifar_dist.run_dir import RunDir
-    RunDir("runs/x").best            # Path("runs/x/best.pt")
+from cifar_dist.run_dir import RunDir
+RunDir("runs/x").best            # Path("runs/x/best.pt")
 """
+
 from __future__ import annotations
 
 import json
@@ -35,9 +36,18 @@ STALE_PATTERNS = ("last.tmp-*", "model.tmp-*", "model.old-*", ".*.tmp[0-9]*")
 
 # Config keys that must not change when a run resumes: they define the model and the data split.
 # data.root only for imagefolder, where it names the images; CIFAR's root may move (node-local scratch).
-RESUME_FIXED = [("seed",), ("data", "name"), ("data", "image_size"), ("data", "val_fraction"), ("data", "normalize"),
-                ("data", "synthetic_train_size"), ("data", "synthetic_test_size"), ("model", "name"),
-                ("model", "width"), ("train", "per_device_batch_size")]
+RESUME_FIXED = [
+    ("seed",),
+    ("data", "name"),
+    ("data", "image_size"),
+    ("data", "val_fraction"),
+    ("data", "normalize"),
+    ("data", "synthetic_train_size"),
+    ("data", "synthetic_test_size"),
+    ("model", "name"),
+    ("model", "width"),
+    ("train", "per_device_batch_size"),
+]
 
 
 class RunDir:
@@ -131,8 +141,10 @@ def _start_error(cfg, run: RunDir) -> tuple[str | None, bool]:
     """(the one-line reason this run cannot start here or None, whether it resumes). Main process."""
     has_state = run.resumable() is not None
     if cfg.train.resume == "false" and run.holds_run():
-        return (f"run.dir {run.path} already holds a run; pass --resume to continue it "
-                f"or choose a new --run.dir (nothing was changed)"), False
+        return (
+            f"run.dir {run.path} already holds a run; pass --resume to continue it "
+            f"or choose a new --run.dir (nothing was changed)"
+        ), False
     if cfg.train.resume == "true" and not has_state:
         return f"nothing to resume in {run.path} (no last/ state); drop --resume to start a new run there", False
     resume = has_state and cfg.train.resume != "false"
@@ -144,8 +156,10 @@ def _start_error(cfg, run: RunDir) -> tuple[str | None, bool]:
         now, defaults = cfg.to_dict(), Config().to_dict()  # a key newer than the saved run: its default
         changed = [".".join(p) for p in fixed if _get(saved, p, _get(defaults, p)) != _get(now, p)]
         if changed:
-            return (f"cannot resume {run.path}: {', '.join(changed)} differ from the saved run "
-                    f"(see {run.config}); resume with the same settings or start a new --run.dir"), resume
+            return (
+                f"cannot resume {run.path}: {', '.join(changed)} differ from the saved run "
+                f"(see {run.config}); resume with the same settings or start a new --run.dir"
+            ), resume
     from .checkpoint import atomic_write_bytes
 
     probe = run.path / f".write-probe{os.getpid()}"

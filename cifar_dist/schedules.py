@@ -15,6 +15,7 @@ epoch and p = clamp((s − W) / (T − W), 0, 1) the fraction of the decay done:
 `onecycle` is the old name of `linear_to_1pct`, kept as a deprecated alias: it was never PyTorch's
 OneCycleLR (cosine annealing with momentum cycling), only a linear warm-up and a linear decay.
 """
+
 from __future__ import annotations
 
 DEPRECATED = {"onecycle": "linear_to_1pct"}  # old name -> the schedule it means

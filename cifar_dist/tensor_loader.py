@@ -20,6 +20,7 @@ Every rank holds the whole training split (uint8; with augmentation padded and o
 for CIFAR-10's 40,000 training images) and gathers its own batches from it, so reshuffling across
 ranks every epoch costs no communication.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -76,8 +77,10 @@ class TensorTrainLoader:
         self.n = len(data.train_labels)
         self.size = data.image_size
         if steps_per_epoch(self.n, self.batch, self.world) == 0:
-            raise UserError(f"train.per_device_batch_size={self.batch} × {self.world} processes = {self.batch * self.world} "
-                            f"exceeds the {self.n} training samples; lower the batch size")
+            raise UserError(
+                f"train.per_device_batch_size={self.batch} × {self.world} processes = {self.batch * self.world} "
+                f"exceeds the {self.n} training samples; lower the batch size"
+            )
         images = data.train_images
         # With augmentation: [padded, padded+mirrored], so a batch is gathered, cropped and flipped in one op.
         self.images = (mirrored_padded(images, self.pad) if self.augment else images).to(self.device)
@@ -100,8 +103,10 @@ class TensorTrainLoader:
         left out (mid-epoch resume lands on the exact batch: the order and the crops are recomputed)."""
         order = rank_batches(self.n, self.batch, self.world, self.rank, self.seed, self.epoch).to(self.device)
         if self.augment:
-            dy, dx, flip = (p.to(self.device) for p in
-                            rank_augment(self.n, self.batch, self.world, self.rank, self.seed, self.epoch, self.pad))
+            dy, dx, flip = (
+                p.to(self.device)
+                for p in rank_augment(self.n, self.batch, self.world, self.rank, self.seed, self.epoch, self.pad)
+            )
         for i in range(skip, len(order)):
             index = order[i]
             if self.augment:

@@ -18,6 +18,7 @@ Rules this module keeps:
   TrainState (so in last/ and best.pt) and resuming continues the same run (id + resume="allow");
   the run's config holds the absolute run.dir.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,7 @@ from .run_dir import RunDir
 
 SAMPLE_PREDICTIONS = 100  # rows of the test-prediction table (the first images of the test split)
 PROBE_TIMEOUT_S = 3.0  # how long `auto` waits for a TCP connection to the W&B server
-_ENV_MODES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline",
-              "disabled": "disabled"}
+_ENV_MODES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline", "disabled": "disabled"}
 
 
 class NullTracker:
@@ -134,10 +134,15 @@ def git_state(repo: Path | None = None) -> dict:
     if not (repo / ".git").exists():
         return {"commit": "unknown (not a git checkout)", "dirty": None}
     try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10).stdout.strip()
-        status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=10)
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return {"commit": "unknown (git failed)", "dirty": None}
     return {"commit": commit or "unknown", "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
@@ -151,14 +156,20 @@ def run_config(cfg, accelerator, run_dir: Path) -> dict:
     from .checkpoint import versions
     from .distributed import mixed_precision_source
 
-    job = {"world_size": accelerator.num_processes, "device": str(accelerator.device), "distributed_type": getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type)),
-           "mixed_precision": str(accelerator.mixed_precision),
-           "mixed_precision_source": mixed_precision_source(cfg, accelerator),
-           "torch_threads": torch.get_num_threads(),
-           "gpu": torch.cuda.get_device_name() if accelerator.device.type == "cuda" else None,
-           "versions": {**versions(), "wandb": wandb.__version__, "cuda": torch.version.cuda},
-           "git": git_state(), "run_dir": str(Path(run_dir).resolve()), "command": " ".join(sys.argv),
-           "host": socket.gethostname()}
+    job = {
+        "world_size": accelerator.num_processes,
+        "device": str(accelerator.device),
+        "distributed_type": getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type)),
+        "mixed_precision": str(accelerator.mixed_precision),
+        "mixed_precision_source": mixed_precision_source(cfg, accelerator),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if accelerator.device.type == "cuda" else None,
+        "versions": {**versions(), "wandb": wandb.__version__, "cuda": torch.version.cuda},
+        "git": git_state(),
+        "run_dir": str(Path(run_dir).resolve()),
+        "command": " ".join(sys.argv),
+        "host": socket.gethostname(),
+    }
     return {**cfg.to_dict(), "job": job}
 
 
@@ -192,8 +203,13 @@ class WandbTracker:
     # -- start ----------------------------------------------------------------------------------
     def _init_kwargs(self, mode: str) -> dict:
         t = self.cfg.tracking
-        kw = {"id": self.run_id, "resume": "allow", "mode": mode, "job_type": "train",
-              "name": t.run_name or os.environ.get("WANDB_NAME") or self.run_dir.resolve().name}
+        kw = {
+            "id": self.run_id,
+            "resume": "allow",
+            "mode": mode,
+            "job_type": "train",
+            "name": t.run_name or os.environ.get("WANDB_NAME") or self.run_dir.resolve().name,
+        }
         if t.entity:
             kw["entity"] = t.entity
         if t.tags:
@@ -222,8 +238,9 @@ class WandbTracker:
         attempts = [mode] if mode == "offline" else [mode, "offline"]
         for attempt in attempts:
             try:
-                self.accelerator.init_trackers(self._project(), config=config,
-                                               init_kwargs={"wandb": self._init_kwargs(attempt)})
+                self.accelerator.init_trackers(
+                    self._project(), config=config, init_kwargs={"wandb": self._init_kwargs(attempt)}
+                )
                 self.run = self.accelerator.get_tracker("wandb", unwrap=True)
                 mode = attempt
                 break
@@ -239,8 +256,9 @@ class WandbTracker:
             self.run.define_metric("epoch/*", step_metric="epoch/epoch")  # epoch panels: x = epoch
             if mode == "offline":
                 sync_dir = Path(self.run.dir).parent
-                self.accelerator.print(f"W&B: run {self.run_id} is offline ({why}); "
-                                       f"upload it with: wandb sync {sync_dir}")
+                self.accelerator.print(
+                    f"W&B: run {self.run_id} is offline ({why}); upload it with: wandb sync {sync_dir}"
+                )
             elif resuming:
                 self.accelerator.print(f"W&B: continuing run {self.run_id}")
         except Exception as e:
@@ -292,29 +310,52 @@ class WandbTracker:
         import wandb
 
         classes = list(result.classes)
-        per_class = {name: pc["correct"] / pc["total"] if pc["total"] else None for name, pc in result.per_class.items()}
+        per_class = {
+            name: pc["correct"] / pc["total"] if pc["total"] else None for name, pc in result.per_class.items()
+        }
         bars = wandb.Table(columns=["class", "accuracy"], data=[[n, a] for n, a in per_class.items() if a is not None])
         values = {
-            "test/loss": result.loss, "test/accuracy": result.accuracy, "test/num_samples": result.num_samples,
+            "test/loss": result.loss,
+            "test/accuracy": result.accuracy,
+            "test/num_samples": result.num_samples,
             "test/per_class_accuracy": wandb.plot.bar(bars, "class", "accuracy", title="Test accuracy per class"),
-            "test/confusion": wandb.plot.confusion_matrix(y_true=data.test_labels.tolist(),
-                                                          preds=result.predictions.tolist(), class_names=classes,
-                                                          title="Test confusion matrix"),
+            "test/confusion": wandb.plot.confusion_matrix(
+                y_true=data.test_labels.tolist(),
+                preds=result.predictions.tolist(),
+                class_names=classes,
+                title="Test confusion matrix",
+            ),
             "test/predictions": self._predictions_table(result, data),
         }
         self.accelerator.log(values, step=self.last_step)
         best_val_loss = self.state.best_val_loss_or_none
-        self.run.summary.update({"test/per_class": per_class, "best/epoch": self.state.best_epoch,
-                                 "best/val_loss": best_val_loss,
-                                 "run_dir": str(run_dir.resolve())})
+        self.run.summary.update(
+            {
+                "test/per_class": per_class,
+                "best/epoch": self.state.best_epoch,
+                "best/val_loss": best_val_loss,
+                "run_dir": str(run_dir.resolve()),
+            }
+        )
         if best_path.exists():
             art = wandb.Artifact(
-                f"model-{self.run_id}", type="model",
-                description=f"{'best-validation' if best_val_loss is not None else 'final (no validation split)'} {self.cfg.model.name} on {self.cfg.data.name} from {run_dir.resolve()}",
-                metadata={"epoch": self.state.best_epoch, "val_loss": best_val_loss,
-                          "test_loss": result.loss, "test_accuracy": result.accuracy,
-                          "model": self.cfg.model.name, "data": self.cfg.data.name,
-                          "world_size": self.accelerator.num_processes, "run_dir": str(run_dir.resolve())})
+                f"model-{self.run_id}",
+                type="model",
+                description=(
+                    f"{'best-validation' if best_val_loss is not None else 'final (no validation split)'} "
+                    f"{self.cfg.model.name} on {self.cfg.data.name} from {run_dir.resolve()}"
+                ),
+                metadata={
+                    "epoch": self.state.best_epoch,
+                    "val_loss": best_val_loss,
+                    "test_loss": result.loss,
+                    "test_accuracy": result.accuracy,
+                    "model": self.cfg.model.name,
+                    "data": self.cfg.data.name,
+                    "world_size": self.accelerator.num_processes,
+                    "run_dir": str(run_dir.resolve()),
+                },
+            )
             art.add_file(str(best_path), name="best.pt")
             self.run.log_artifact(art, aliases=["best", "latest"])
 
@@ -329,8 +370,15 @@ class WandbTracker:
             img = data.test_images[i].permute(1, 2, 0).numpy()  # uint8 CHW -> HWC
             img = img[..., 0] if img.shape[-1] == 1 else img
             true, pred = int(data.test_labels[i]), int(result.predictions[i])
-            table.add_data(i, wandb.Image(img), classes[true], classes[pred], float(result.confidences[i]),
-                           true == pred, ", ".join(classes[int(k)] for k in result.top3[i]))
+            table.add_data(
+                i,
+                wandb.Image(img),
+                classes[true],
+                classes[pred],
+                float(result.confidences[i]),
+                true == pred,
+                ", ".join(classes[int(k)] for k in result.top3[i]),
+            )
         return table
 
     def finish(self, preempted: bool = False) -> None:

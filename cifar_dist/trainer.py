@@ -7,6 +7,7 @@
 model, optimizer, loader), resume, then per epoch train, validate, checkpoint, log; finally the
 test with the best weights. The phases are the functions below it, in the same order.
 """
+
 from __future__ import annotations
 
 import json
@@ -75,13 +76,16 @@ def train(cfg: Config, after_epoch=None) -> dict:
     if resume:
         checkpointer.load_state()
         metrics_log.load(epochs_completed=state.epoch)
-        accelerator.print(f"resumed {run.path} at epoch {state.epoch + 1}, step {state.step} "
-                          f"(best validation loss so far {state.best_val_loss:.6f})")
+        accelerator.print(
+            f"resumed {run.path} at epoch {state.epoch + 1}, step {state.step} "
+            f"(best validation loss so far {state.best_val_loss:.6f})"
+        )
     tracker = build_tracker(cfg, accelerator, run.path, state)
 
     # Epochs: train, validate when due, keep the best model, log, save the full state.
-    with TrainProgress(accelerator.is_main_process and cfg.run.progress, len(job.loader), cfg.train.epochs,
-                       accelerator.num_processes) as progress:
+    with TrainProgress(
+        accelerator.is_main_process and cfg.run.progress, len(job.loader), cfg.train.epochs, accelerator.num_processes
+    ) as progress:
         while state.epoch < cfg.train.epochs and not (cfg.train.max_steps and state.step >= cfg.train.max_steps):
             row = train_epoch(job, state, run, checkpointer, stop, tracker, progress)
             if state.epoch % cfg.train.eval_every_epochs == 0 or state.epoch == cfg.train.epochs:
@@ -122,26 +126,45 @@ class Job:
     def evaluate(self, images, labels):
         """Collective: the current weights on these images, with the run's eval settings."""
         cfg = self.cfg
-        return evaluate(self.model, images, labels, self.data.mean, self.data.std, self.accelerator, self.data.classes,
-                        batch_size=cfg.eval.per_device_batch_size, tta=cfg.eval.tta,
-                        channels_last=cfg.train.channels_last, tta_translate=cfg.eval.tta_translate)
+        return evaluate(
+            self.model,
+            images,
+            labels,
+            self.data.mean,
+            self.data.std,
+            self.accelerator,
+            self.data.classes,
+            batch_size=cfg.eval.per_device_batch_size,
+            tta=cfg.eval.tta,
+            channels_last=cfg.train.channels_last,
+            tta_translate=cfg.eval.tta_translate,
+        )
 
     def evaluate_split(self, split: str):
         data = self.data
-        return self.evaluate(*((data.test_images, data.test_labels) if split == "test"
-                               else (data.val_images, data.val_labels)))
+        return self.evaluate(
+            *((data.test_images, data.test_labels) if split == "test" else (data.val_images, data.val_labels))
+        )
 
 
 def build(cfg: Config, accelerator) -> Job:
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
     data = load_data(cfg, accelerator)
-    model = build_model(cfg.model.name, data.in_channels, data.image_size, data.num_classes,
-                        dropout=cfg.model.dropout, width=cfg.model.width)
+    model = build_model(
+        cfg.model.name,
+        data.in_channels,
+        data.image_size,
+        data.num_classes,
+        dropout=cfg.model.dropout,
+        width=cfg.model.width,
+    )
     seed_each_rank(accelerator, cfg.seed)
-    accelerator.print(f"model {cfg.model.name}: {count_parameters(model):,} parameters; "
-                      f"{data.name}: {len(data.train_labels):,} train / {len(data.val_labels):,} val / "
-                      f"{len(data.test_labels):,} test; world size {accelerator.num_processes} on {accelerator.device}; "
-                      f"mixed precision {accelerator.mixed_precision} ({mixed_precision_source(cfg, accelerator)})")
+    accelerator.print(
+        f"model {cfg.model.name}: {count_parameters(model):,} parameters; "
+        f"{data.name}: {len(data.train_labels):,} train / {len(data.val_labels):,} val / "
+        f"{len(data.test_labels):,} test; world size {accelerator.num_processes} on {accelerator.device}; "
+        f"mixed precision {accelerator.mixed_precision} ({mixed_precision_source(cfg, accelerator)})"
+    )
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     base_lr = scaled_lr(cfg, accelerator.num_processes)  # optim.reference_batch_size: lr given per that batch
@@ -150,18 +173,31 @@ def build(cfg: Config, accelerator) -> Job:
     # 13-epoch `fast` run) end bit-identical to the loop, 20 steps of the seed CNN do not.
     # Measured (2 cores, torch 2.14.1, medians of 5) on the training step alone: seed CNN batch 64
     # 4,154 -> 4,426 images/s, batch 128 5,023 -> 5,133; resnet_fast +1 %.
-    optimizer = torch.optim.SGD(model.parameters(), lr=base_lr, momentum=cfg.optim.momentum,
-                                nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay,
-                                fused=accelerator.device.type in ("cpu", "cuda"))
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=base_lr,
+        momentum=cfg.optim.momentum,
+        nesterov=cfg.optim.nesterov,
+        weight_decay=cfg.optim.weight_decay,
+        fused=accelerator.device.type in ("cpu", "cuda"),
+    )
     model, optimizer = accelerator.prepare(model, optimizer)
     if cfg.train.compile:
         model = torch.compile(model)
     loader = build_train_loader(cfg, data, accelerator)
     steps_per_epoch = len(loader)
-    return Job(cfg, accelerator, data, model, optimizer, loader,
-               criterion=torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing), base_lr=base_lr,
-               total_steps=steps_per_epoch * cfg.train.epochs,
-               warmup_steps=int(cfg.optim.warmup_epochs * steps_per_epoch))
+    return Job(
+        cfg,
+        accelerator,
+        data,
+        model,
+        optimizer,
+        loader,
+        criterion=torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
+        base_lr=base_lr,
+        total_steps=steps_per_epoch * cfg.train.epochs,
+        warmup_steps=int(cfg.optim.warmup_epochs * steps_per_epoch),
+    )
 
 
 def train_epoch(job: Job, state: TrainState, run: RunDir, checkpointer, stop, tracker, progress) -> dict:
@@ -201,8 +237,9 @@ def train_epoch(job: Job, state: TrainState, run: RunDir, checkpointer, stop, tr
         stopping = stop.requested(state.step)
         checkpointer.maybe_save(running=(loss_sum, correct, seen), stop=stopping)
         if stopping:
-            accelerator.print(f"stop requested: full state saved at step {state.step} in {run.last}; "
-                              f"continue with --resume")
+            accelerator.print(
+                f"stop requested: full state saved at step {state.step} in {run.last}; continue with --resume"
+            )
             tracker.finish(preempted=True)
             raise SystemExit(stop.exit_code())
         if cfg.train.max_steps and state.step >= cfg.train.max_steps:
@@ -218,10 +255,17 @@ def train_epoch(job: Job, state: TrainState, run: RunDir, checkpointer, stop, tr
     state.epoch += 1
     state.step_in_epoch = 0
     state.partial = {}
-    return {"epoch": state.epoch, "step": state.step, "train_loss": s / max(n, 1), "train_accuracy": c / max(n, 1),
-            "lr": job.lr(max(state.step - 1, 0)),
-            "images_per_sec": (n - partial.get("seen", 0)) / max(train_seconds, 1e-9),
-            "epoch_seconds": train_seconds, "world_size": accelerator.num_processes, "train_samples": int(n)}
+    return {
+        "epoch": state.epoch,
+        "step": state.step,
+        "train_loss": s / max(n, 1),
+        "train_accuracy": c / max(n, 1),
+        "lr": job.lr(max(state.step - 1, 0)),
+        "images_per_sec": (n - partial.get("seen", 0)) / max(train_seconds, 1e-9),
+        "epoch_seconds": train_seconds,
+        "world_size": accelerator.num_processes,
+        "train_samples": int(n),
+    }
 
 
 def train_step(job: Job, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,8 +290,9 @@ def log_step(job: Job, state: TrainState, run: RunDir, tracker, running, lr: flo
     check_finite(s, state, run)
     tracker.log({"train/loss": s / max(n, 1), "train/lr": lr, "train/images_per_sec": ips}, state.step)
     if not job.cfg.run.progress:  # run.progress=false: this line every log_every_steps instead
-        job.accelerator.print(f"step {state.step} epoch {state.epoch + 1} loss {s / max(n, 1):.4f} "
-                              f"lr {lr:.4g} {ips:.0f} img/s")
+        job.accelerator.print(
+            f"step {state.step} epoch {state.epoch + 1} loss {s / max(n, 1):.4f} lr {lr:.4g} {ips:.0f} img/s"
+        )
 
 
 def validate(job: Job, row: dict) -> dict | None:
@@ -256,9 +301,11 @@ def validate(job: Job, row: dict) -> dict | None:
     val = job.evaluate(job.data.val_images, job.data.val_labels) if len(job.data.val_labels) else None
     if val is not None:
         row.update({"val_loss": val.loss, "val_accuracy": val.accuracy, "val_samples": val.num_samples})
-    job.accelerator.print(f"Epoch: {row['epoch']} \tTraining Loss: {row['train_loss']:.6f} \t" + (
-        f"Validation Loss: {val.loss:.6f} \t(val acc {val.accuracy:.4f}, " if val else "(")
-        + f"{row['images_per_sec']:.0f} img/s)")
+    job.accelerator.print(
+        f"Epoch: {row['epoch']} \tTraining Loss: {row['train_loss']:.6f} \t"
+        + (f"Validation Loss: {val.loss:.6f} \t(val acc {val.accuracy:.4f}, " if val else "(")
+        + f"{row['images_per_sec']:.0f} img/s)"
+    )
     return {"val_loss": val.loss, "val_accuracy": val.accuracy} if val else None
 
 
@@ -280,10 +327,15 @@ def test_best(job: Job, state: TrainState, run: RunDir) -> tuple[dict, object]:
     accelerator.print(f"Test Loss: {test.loss:.6f}\n")
     for line in test.tutorial_lines():
         accelerator.print(line)
-    summary = {**test.to_json(), "best_epoch": state.best_epoch, "best_val_loss": state.best_val_loss_or_none,
-               "epochs": state.epoch, "steps": state.step, "world_size": accelerator.num_processes}
+    summary = {
+        **test.to_json(),
+        "best_epoch": state.best_epoch,
+        "best_val_loss": state.best_val_loss_or_none,
+        "epochs": state.epoch,
+        "steps": state.step,
+        "world_size": accelerator.num_processes,
+    }
     if accelerator.is_main_process:
         atomic_write_bytes(run.test_metrics, json.dumps(summary, indent=2).encode())
         add_test_results(run, summary)
     return summary, test
-

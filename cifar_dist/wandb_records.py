@@ -17,6 +17,7 @@ nested keys joined by dots (`test/predictions.path`), so tables are found throug
 which keeps them nested; the crc check is a warning on stderr there ("skipped corrupt data"), an
 error (RecordFileError) here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,13 @@ class RecordFileError(ValueError):
 
 def inspect(path: str | Path, *flags: str) -> str:
     """stdout of `wandb leet inspect FLAGS PATH` (wandb's own reader of the record file)."""
-    p = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", *flags, str(path)], capture_output=True,
-                       text=True, timeout=300, check=False)
+    p = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", *flags, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     problems = [line for line in p.stderr.splitlines() if "corrupt" in line or line.startswith("Error")]
     if p.returncode != 0 or problems:
         why = (problems or p.stderr.strip().splitlines() or [f"exit code {p.returncode}"])[0]
@@ -69,8 +75,11 @@ class RunRecords:
 
     def epoch_rows(self) -> list[dict]:
         """Rows holding per-epoch metrics, keyed as in metrics.jsonl (the `epoch/` prefix dropped)."""
-        return [{k.removeprefix("epoch/"): v for k, v in row.items() if k.startswith("epoch/")}
-                for row in self.history if "epoch/epoch" in row]
+        return [
+            {k.removeprefix("epoch/"): v for k, v in row.items() if k.startswith("epoch/")}
+            for row in self.history
+            if "epoch/epoch" in row
+        ]
 
     def table(self, key: str) -> dict:
         """The latest table logged under `key` (wandb.plot charts are stored as `<key>_table`), read
@@ -97,10 +106,17 @@ def read_run(path: str | Path) -> RunRecords:
             raise FileNotFoundError(f"no run-*.wandb file under {path}")
         path = files[-1]
     state = json.loads(inspect(path, "--summary", "--json"))
-    out = RunRecords(path=path, run_id=state.get("run_id", ""), project=state.get("project", ""),
-                     entity=state.get("entity", ""), name=state.get("name", ""), tags=list(state.get("tags") or []),
-                     config={k: v for k, v in (state.get("config") or {}).items() if not k.startswith("_wandb")},
-                     summary=state.get("summary") or {}, exit_code=state.get("exit_code"))
+    out = RunRecords(
+        path=path,
+        run_id=state.get("run_id", ""),
+        project=state.get("project", ""),
+        entity=state.get("entity", ""),
+        name=state.get("name", ""),
+        tags=list(state.get("tags") or []),
+        config={k: v for k, v in (state.get("config") or {}).items() if not k.startswith("_wandb")},
+        summary=state.get("summary") or {},
+        exit_code=state.get("exit_code"),
+    )
     for line in inspect(path, "--json").splitlines():
         record = json.loads(line)
         kind = record.get("type", "")
@@ -109,16 +125,32 @@ def read_run(path: str | Path) -> RunRecords:
         if kind == "history":
             out.history.append(body.get("item", {}))
         elif kind == "artifact":
-            out.artifacts.append({
-                "name": body.get("name", ""), "type": body.get("type", ""), "digest": body.get("digest", ""),
-                "aliases": body.get("aliases", []), "description": body.get("description", ""),
-                "metadata": json.loads(body["metadata"]) if body.get("metadata") else {},
-                "files": {e["path"]: {"digest": e.get("digest", ""), "size": int(e.get("size", 0)),
-                                      "local_path": e.get("local_path", "")}
-                          for e in body.get("manifest", {}).get("contents", [])}})
+            out.artifacts.append(
+                {
+                    "name": body.get("name", ""),
+                    "type": body.get("type", ""),
+                    "digest": body.get("digest", ""),
+                    "aliases": body.get("aliases", []),
+                    "description": body.get("description", ""),
+                    "metadata": json.loads(body["metadata"]) if body.get("metadata") else {},
+                    "files": {
+                        e["path"]: {
+                            "digest": e.get("digest", ""),
+                            "size": int(e.get("size", 0)),
+                            "local_path": e.get("local_path", ""),
+                        }
+                        for e in body.get("manifest", {}).get("contents", [])
+                    },
+                }
+            )
         elif kind == "metric":
-            out.metrics.append({"name": body.get("name", ""), "glob_name": body.get("glob_name", ""),
-                                "step_metric": body.get("step_metric", "")})
+            out.metrics.append(
+                {
+                    "name": body.get("name", ""),
+                    "glob_name": body.get("glob_name", ""),
+                    "step_metric": body.get("step_metric", ""),
+                }
+            )
         elif kind == "files":
             out.files.extend(f["path"] for f in body.get("files", []))
         elif kind == "preempting":
@@ -136,12 +168,21 @@ def find_run_files(root: str | Path) -> list[Path]:
 
 def describe(run: RunRecords) -> str:
     rows = run.epoch_rows()
-    lines = [f"{run.folder}", f"  run {run.run_id}  project {run.project}  name {run.name!r}  tags {run.tags}",
-             f"  config: {len(run.config)} sections; job: {json.dumps(run.config.get('job', {}).get('versions', {}))}",
-             f"  history: {len(run.history)} steps, {len(rows)} with epoch metrics"]
+    lines = [
+        f"{run.folder}",
+        f"  run {run.run_id}  project {run.project}  name {run.name!r}  tags {run.tags}",
+        f"  config: {len(run.config)} sections; job: {json.dumps(run.config.get('job', {}).get('versions', {}))}",
+        f"  history: {len(run.history)} steps, {len(rows)} with epoch metrics",
+    ]
     for r in rows:
-        lines.append("    epoch {epoch}: train_loss {tl} val_loss {vl} val_accuracy {va}".format(
-            epoch=r.get("epoch"), tl=_fmt(r.get("train_loss")), vl=_fmt(r.get("val_loss")), va=_fmt(r.get("val_accuracy"))))
+        lines.append(
+            "    epoch {epoch}: train_loss {tl} val_loss {vl} val_accuracy {va}".format(
+                epoch=r.get("epoch"),
+                tl=_fmt(r.get("train_loss")),
+                vl=_fmt(r.get("val_loss")),
+                va=_fmt(r.get("val_accuracy")),
+            )
+        )
     for k in ("test/loss", "test/accuracy", "best/epoch"):
         if k in run.summary:
             lines.append(f"  summary {k}: {_fmt(run.summary[k])}")
@@ -171,9 +212,24 @@ def main(argv: list[str] | None = None) -> int:
         print_error(str(e))
         return 2
     if args.json:
-        print(json.dumps([{"file": str(r.path), "run_id": r.run_id, "config": r.config, "summary": r.summary,
-                           "epochs": r.epoch_rows(), "artifacts": r.artifacts, "exit_code": r.exit_code}
-                          for r in runs], indent=2, default=str))
+        print(
+            json.dumps(
+                [
+                    {
+                        "file": str(r.path),
+                        "run_id": r.run_id,
+                        "config": r.config,
+                        "summary": r.summary,
+                        "epochs": r.epoch_rows(),
+                        "artifacts": r.artifacts,
+                        "exit_code": r.exit_code,
+                    }
+                    for r in runs
+                ],
+                indent=2,
+                default=str,
+            )
+        )
     else:
         print("\n".join(describe(r) for r in runs))
     return 0

@@ -1,6 +1,7 @@
 """Shared test helpers: real subprocesses (`python train.py`, `accelerate launch`), a small
 synthetic CIFAR-10 written once per session, and `require()`, which skips a system test with a
 reason on a developer's machine but fails it under CI=true."""
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,16 @@ def base_env(**extra) -> dict:
     # WANDB_MODE=disabled: tracking is on by default (tracking.backend=wandb) and would add a
     # run.dir/wandb/ folder and ~6 s per run here; tests/test_wandb.py sets its own W&B environment.
     env = dict(os.environ)
-    env.update({"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "WANDB_MODE": "disabled",
-                "WANDB_SILENT": "true", "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "OMP_NUM_THREADS": "1",
+            "OMP_WAIT_POLICY": "PASSIVE",
+            "WANDB_MODE": "disabled",
+            "WANDB_SILENT": "true",
+            "PYTHONPATH": str(REPO),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.pop("ACCELERATE_USE_CPU", None)
     env.update({k: str(v) for k, v in extra.items()})
     return env
@@ -31,11 +40,14 @@ def accelerate_cmd(config: Path = CPU_DDP) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
 
 
-def run(cmd: list[str], timeout: float = 300, env: dict | None = None, cwd: Path | str = REPO,
-        check: bool = False) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str], timeout: float = 300, env: dict | None = None, cwd: Path | str = REPO, check: bool = False
+) -> subprocess.CompletedProcess:
     p = subprocess.run(cmd, cwd=cwd, env=env or base_env(), capture_output=True, text=True, timeout=timeout)
     if check and p.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} exited {p.returncode}\nSTDOUT:\n{p.stdout[-4000:]}\nSTDERR:\n{p.stderr[-6000:]}")
+        raise AssertionError(
+            f"{' '.join(map(str, cmd))} exited {p.returncode}\nSTDOUT:\n{p.stdout[-4000:]}\nSTDERR:\n{p.stderr[-6000:]}"
+        )
     return p
 
 
@@ -84,6 +96,10 @@ def data_root(tmp_path_factory) -> Path:
 def trained_run(tmp_path_factory, data_root) -> Path:
     """One 2-epoch single-process run on the small synthetic set, shared by read-only tests."""
     run_dir = tmp_path_factory.mktemp("runs") / "shared"
-    run(train_cmd(*SMALL, f"--data.root={data_root}", "--train.epochs=2", f"--run.dir={run_dir}",
-                  "--run.progress=false"), check=True)
+    run(
+        train_cmd(
+            *SMALL, f"--data.root={data_root}", "--train.epochs=2", f"--run.dir={run_dir}", "--run.progress=false"
+        ),
+        check=True,
+    )
     return run_dir

@@ -1,5 +1,6 @@
 """Small image-folder trees for the tests: train/<class>/ and test/<class>/ of PNG files, each
 class a colour of its own plus noise, so a model learns them in a few steps."""
+
 from __future__ import annotations
 
 import tarfile
@@ -20,8 +21,9 @@ def write_image(path: Path, label: int, rng: np.random.Generator, size: int = 8,
     (image.convert("L") if grey else image).save(path)
 
 
-def write_tree(root: Path, n_train: int = 12, n_test: int = 4, size: int = 8, grey: bool = False,
-               classes=CLASSES, seed: int = 0) -> Path:
+def write_tree(
+    root: Path, n_train: int = 12, n_test: int = 4, size: int = 8, grey: bool = False, classes=CLASSES, seed: int = 0
+) -> Path:
     rng = np.random.default_rng(seed)
     for split, n in (("train", n_train), ("test", n_test)):
         for label, name in enumerate(classes):

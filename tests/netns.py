@@ -18,8 +18,10 @@ turns SLURM's node list into a head *hostname* resolves it as it would on a clus
 Everything is removed on exit, also when the body raises: processes still inside the namespaces
 (only ours: nothing else can enter them) are killed, then the namespaces and their hosts files.
 """
+
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -53,8 +55,20 @@ class Host:
         script, extra = 'hostname "$0" && exec "$@"', []
         if disk:
             script, extra = 'hostname "$0" && mount --bind "$1" "$2" && shift 2 && exec "$@"', [*map(str, disk)]
-        return ["ip", "netns", "exec", self.hostname, "unshare", "--uts", "sh", "-c", script, self.hostname,
-                *extra, *map(str, argv)]
+        return [
+            "ip",
+            "netns",
+            "exec",
+            self.hostname,
+            "unshare",
+            "--uts",
+            "sh",
+            "-c",
+            script,
+            self.hostname,
+            *extra,
+            *map(str, argv),
+        ]
 
     def pids(self) -> list[int]:
         p = subprocess.run(["ip", "netns", "pids", self.hostname], capture_output=True, text=True)
@@ -85,10 +99,8 @@ def _remove(hosts: list[Host]) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         pids = [pid for h in hosts for pid in h.pids()]
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + 5
         while pids and time.monotonic() < deadline and any(h.pids() for h in hosts):
             time.sleep(0.1)
@@ -105,7 +117,7 @@ def _remove_stale() -> None:
         name = line.split()[0] if line.strip() else ""
         if not name.startswith(PREFIX) or "x" not in name:
             continue
-        owner = name[len(PREFIX):].split("x")[0]
+        owner = name[len(PREFIX) :].split("x")[0]
         if owner.isdigit() and not Path(f"/proc/{owner}").exists():
             _remove([Host(name, "")])
 

@@ -3,12 +3,12 @@ through benchmarks/accuracy.py must land well above chance on the real test spli
 
     OMP_NUM_THREADS=1 python -m pytest tests/test_accuracy.py
 """
+
 import json
 import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, require, run
 
 DEBIAN = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
@@ -20,9 +20,25 @@ def test_short_fashion_mnist_run_is_far_above_chance(tmp_path):
     out = tmp_path / "acc.json"
     # 100 steps of batch 128 = 12,800 of the 48,000 training images (no warm-up: the run is cut short
     # long before the epoch the warm-up spans), then the full 10,000-image test split
-    p = run([sys.executable, str(REPO / "benchmarks" / "accuracy.py"), "--preset", "seed_fast", "--data.name", "fashion_mnist",
-             f"--data.root={tmp_path / 'data'}", "--train.epochs=1", "--train.max_steps=100", "--optim.warmup_epochs=0", "--quiet",
-             "--json", str(out)], timeout=400, check=True)
+    p = run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "accuracy.py"),
+            "--preset",
+            "seed_fast",
+            "--data.name",
+            "fashion_mnist",
+            f"--data.root={tmp_path / 'data'}",
+            "--train.epochs=1",
+            "--train.max_steps=100",
+            "--optim.warmup_epochs=0",
+            "--quiet",
+            "--json",
+            str(out),
+        ],
+        timeout=400,
+        check=True,
+    )
     last = p.stdout.strip().splitlines()[-1]
     assert last.startswith("test_accuracy=") and " train_seconds=" in last
     result = json.loads(out.read_text())
@@ -60,25 +76,45 @@ def test_reference_batch_size_reaches_the_optimizer(tmp_path):
     from conftest import SMALL, train_cmd
 
     run_dir = tmp_path / "run"
-    run(train_cmd("--preset=seed_fast", *SMALL, f"--data.root={tmp_path / 'data'}", "--train.epochs=1",
-                  "--train.per_device_batch_size=64", "--optim.lr=0.02", "--optim.reference_batch_size=32",
-                  "--optim.schedule=constant", f"--run.dir={run_dir}", "--tracking.backend=none"), check=True)
+    run(
+        train_cmd(
+            "--preset=seed_fast",
+            *SMALL,
+            f"--data.root={tmp_path / 'data'}",
+            "--train.epochs=1",
+            "--train.per_device_batch_size=64",
+            "--optim.lr=0.02",
+            "--optim.reference_batch_size=32",
+            "--optim.schedule=constant",
+            f"--run.dir={run_dir}",
+            "--tracking.backend=none",
+        ),
+        check=True,
+    )
     row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
     assert row["lr"] == pytest.approx(0.04)
 
 
 def test_crop_pad_zero_is_flip_only(tmp_path):
     """data.crop_pad=0: every training image is the stored image or its mirror, never shifted."""
-    import torch
     from accelerate import Accelerator
-
     from conftest import SMALL
+
     from cifar_dist.config import resolve
     from cifar_dist.data import load_data, normalize_batch
     from cifar_dist.tensor_loader import TensorTrainLoader, rank_batches
 
-    cfg = resolve("seed_fast", None, [*SMALL, f"--data.root={tmp_path}", "--data.crop_pad=0",
-                                      "--train.per_device_batch_size=100", "--train.channels_last=false"])
+    cfg = resolve(
+        "seed_fast",
+        None,
+        [
+            *SMALL,
+            f"--data.root={tmp_path}",
+            "--data.crop_pad=0",
+            "--train.per_device_batch_size=100",
+            "--train.channels_last=false",
+        ],
+    )
     accelerator = Accelerator(cpu=True)
     data = load_data(cfg, accelerator)
     loader = TensorTrainLoader(cfg, data, accelerator)
@@ -87,7 +123,7 @@ def test_crop_pad_zero_is_flip_only(tmp_path):
     plain, mirror = normalize_batch(src, data.mean, data.std), normalize_batch(src.flip(3), data.mean, data.std)
     same = (x == plain).flatten(1).all(1)
     flipped = (x == mirror).flatten(1).all(1)
-    assert bool((same | flipped).all()) and 0 < int(flipped.sum()) and int((flipped & ~same).sum()) > 10
+    assert bool((same | flipped).all()) and int(flipped.sum()) > 0 and int((flipped & ~same).sum()) > 10
 
 
 def test_several_seeds_give_mean_spread_and_medians(tmp_path):
@@ -98,20 +134,39 @@ def test_several_seeds_give_mean_spread_and_medians(tmp_path):
     from conftest import SMALL
 
     out = tmp_path / "seeds.json"
-    p = run([sys.executable, str(REPO / "benchmarks" / "accuracy.py"), "--preset", "seed_fast", *SMALL,
-             f"--data.root={tmp_path / 'data'}", "--train.epochs=1", "--seeds", "0", "1", "2", "--quiet",
-             "--json", str(out)], timeout=300, check=True)
+    p = run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "accuracy.py"),
+            "--preset",
+            "seed_fast",
+            *SMALL,
+            f"--data.root={tmp_path / 'data'}",
+            "--train.epochs=1",
+            "--seeds",
+            "0",
+            "1",
+            "2",
+            "--quiet",
+            "--json",
+            str(out),
+        ],
+        timeout=300,
+        check=True,
+    )
     summary = json.loads(out.read_text())
     acc = [r["test_accuracy"] for r in summary["runs"]]
     assert [r["seed"] for r in summary["runs"]] == [0, 1, 2]
     assert summary["test_accuracy_mean"] == pytest.approx(statistics.mean(acc))
     assert summary["test_accuracy_std"] == pytest.approx(statistics.stdev(acc))
-    assert p.stdout.strip().splitlines()[-1] == (f"test_accuracy={statistics.median(acc):.4f} "
-                                                 f"train_seconds={summary['train_seconds_median']:.1f}")
+    assert p.stdout.strip().splitlines()[-1] == (
+        f"test_accuracy={statistics.median(acc):.4f} train_seconds={summary['train_seconds_median']:.1f}"
+    )
 
 
 def _prepare(root: str, barrier) -> None:
     from cifar_dist.data import _prepare_fashion_mnist
+
     barrier.wait()  # all start decompressing at once
     _prepare_fashion_mnist(Path(root))
 
@@ -136,6 +191,6 @@ def test_independent_runs_can_prepare_one_fashion_mnist_root_at_once(tmp_path):
 
     raw = tmp_path / "FashionMNIST" / "raw"
     for f in FASHION_FILES:
-        assert (raw / f).read_bytes() == gzip.open(DEBIAN.parent / f"{f}.gz").read()
+        assert (raw / f).read_bytes() == gzip.decompress((DEBIAN.parent / f"{f}.gz").read_bytes())
     # no temporary file left behind; the marker prepare.build_once writes last
     assert sorted(p.name for p in raw.iterdir()) == sorted([*FASHION_FILES, ".complete"])

@@ -1,18 +1,28 @@
 """Config layering (defaults < preset < YAML < overrides) and one-line errors before any work."""
+
 import pytest
+from conftest import eval_cmd, run, train_cmd
 
 from cifar_dist.config import PRESETS, from_dict, parse_overrides, resolve
 from cifar_dist.errors import UserError
-
-from conftest import eval_cmd, run, train_cmd
 
 
 def test_defaults_are_the_tutorial():
     cfg = resolve()
     assert cfg.preset == "seed"
-    assert (cfg.data.name, cfg.data.root, cfg.data.val_fraction, cfg.data.normalize) == ("cifar10", "./data", 0.2, "half")
+    assert (cfg.data.name, cfg.data.root, cfg.data.val_fraction, cfg.data.normalize) == (
+        "cifar10",
+        "./data",
+        0.2,
+        "half",
+    )
     assert (cfg.model.name, cfg.model.dropout) == ("seed_cnn", 0.3)
-    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.schedule) == (0.01, 0.0, 0.0, "constant")
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.schedule) == (
+        0.01,
+        0.0,
+        0.0,
+        "constant",
+    )
     assert (cfg.train.epochs, cfg.train.per_device_batch_size) == (30, 16)
     assert cfg.data.loader == "torch" and cfg.data.augment is False
 
@@ -24,30 +34,37 @@ def test_layering_order(tmp_path):
     assert cfg.optim.lr == 0.3  # override beats YAML
     assert cfg.optim.momentum == 0.5  # YAML beats preset (0.9)
     assert cfg.train.epochs == 7
-    assert cfg.train.per_device_batch_size == PRESETS["seed_fast"]["train"]["per_device_batch_size"]  # preset beats default
+    assert (
+        cfg.train.per_device_batch_size == PRESETS["seed_fast"]["train"]["per_device_batch_size"]
+    )  # preset beats default
     assert cfg.seed == 5
 
 
 def test_type_coercion():
-    cfg = resolve(overrides=["--optim.lr=1", "--train.channels_last=true", "--tracking.tags=a,b", "--train.resume=auto"])
+    cfg = resolve(
+        overrides=["--optim.lr=1", "--train.channels_last=true", "--tracking.tags=a,b", "--train.resume=auto"]
+    )
     assert isinstance(cfg.optim.lr, float) and cfg.optim.lr == 1.0
     assert cfg.train.channels_last is True
     assert cfg.tracking.tags == ["a", "b"]
     assert cfg.train.resume == "auto"
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--optim.lrr=0.1"], "unknown key 'optim.lrr'; valid keys in 'optim': lr"),
-    (["--optimizer.lr=0.1"], "unknown key 'optimizer'"),
-    (["--optim.lr=-1"], "optim.lr=-1.0 must be > 0"),
-    (["--optim.lr=fast"], "optim.lr must be a number"),
-    (["--train.per_device_batch_size=0"], "train.per_device_batch_size=0 must be >= 1"),
-    (["--train.epochs=2.5"], "train.epochs must be an integer"),
-    (["--data.val_fraction=1"], "data.val_fraction=1.0 must be in [0, 1)"),
-    (["--data.name=imagenet"], "choose one of: cifar10, cifar100, fashion_mnist, synthetic"),
-    (["--model.name=vit"], "model.name='vit' is not valid; choose one of: seed_cnn"),
-    (["--train.channels_last=maybe"], "must be true or false"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--optim.lrr=0.1"], "unknown key 'optim.lrr'; valid keys in 'optim': lr"),
+        (["--optimizer.lr=0.1"], "unknown key 'optimizer'"),
+        (["--optim.lr=-1"], "optim.lr=-1.0 must be > 0"),
+        (["--optim.lr=fast"], "optim.lr must be a number"),
+        (["--train.per_device_batch_size=0"], "train.per_device_batch_size=0 must be >= 1"),
+        (["--train.epochs=2.5"], "train.epochs must be an integer"),
+        (["--data.val_fraction=1"], "data.val_fraction=1.0 must be in [0, 1)"),
+        (["--data.name=imagenet"], "choose one of: cifar10, cifar100, fashion_mnist, synthetic"),
+        (["--model.name=vit"], "model.name='vit' is not valid; choose one of: seed_cnn"),
+        (["--train.channels_last=maybe"], "must be true or false"),
+    ],
+)
 def test_bad_values_name_the_fix(args, fragment):
     with pytest.raises(UserError) as e:
         resolve(overrides=args)
@@ -88,11 +105,14 @@ def test_cli_error_is_one_line_before_any_work(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("script, argv, line", [
-    ("train", ["--print-confg"], "error: unknown option --print-confg; did you mean --print-config?"),
-    ("train", ["--resme", "--train.epochs=1"], "error: unknown option --resme; did you mean --resume?"),
-    ("eval", ["--checkpoint", "x.pt", "--splt=val"], "error: unknown option --splt; did you mean --split?"),
-])
+@pytest.mark.parametrize(
+    "script, argv, line",
+    [
+        ("train", ["--print-confg"], "error: unknown option --print-confg; did you mean --print-config?"),
+        ("train", ["--resme", "--train.epochs=1"], "error: unknown option --resme; did you mean --resume?"),
+        ("eval", ["--checkpoint", "x.pt", "--splt=val"], "error: unknown option --splt; did you mean --split?"),
+    ],
+)
 def test_a_mistyped_option_names_the_one_meant(script, argv, line):
     """A flag that is neither an option nor --section.key: one line, the closest option (difflib)."""
     p = run((train_cmd if script == "train" else eval_cmd)(*argv), timeout=120)
@@ -112,8 +132,10 @@ def test_print_config_yaml_reads_back_identically(tmp_path, preset, data_name):
     """--print-config's YAML, given to --config, is the same config again, key for key (every preset)."""
     from cifar_dist.config import config_yaml
 
-    cfg = resolve(preset, overrides=[f"--data.name={data_name}", "--tracking.tags=a,b", "--train.resume=auto",
-                                     "--run.dir=runs/x y"])
+    cfg = resolve(
+        preset,
+        overrides=[f"--data.name={data_name}", "--tracking.tags=a,b", "--train.resume=auto", "--run.dir=runs/x y"],
+    )
     path = tmp_path / "c.yaml"
     path.write_text(config_yaml(cfg))
     again = resolve(config_file=str(path))

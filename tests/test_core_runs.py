@@ -1,14 +1,14 @@
 """End-to-end runs through the real launchers: 2-process CPU DDP, exact evaluation across world
 sizes, resume, the offline CIFAR-10 error and the collapsed-launch trap."""
+
 import json
 import re
 import sys
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
-
 from conftest import REPO, SMALL, accelerate_cmd, base_env, eval_cmd, run, train_cmd
+from torch.utils.data import DataLoader
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
@@ -21,8 +21,9 @@ def test_train_shards_are_disjoint_and_cover_the_epoch(world):
     shards = []
     for rank in range(world):
         dl = DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True)
-        dl = prepare_data_loader(dl, num_processes=world, process_index=rank, put_on_device=False,
-                                 use_seedable_sampler=True, data_seed=0)
+        dl = prepare_data_loader(
+            dl, num_processes=world, process_index=rank, put_on_device=False, use_seedable_sampler=True, data_seed=0
+        )
         dl.set_epoch(3)
         shards.append([int(i) for b in dl for i in b])
     flat = [i for s in shards for i in s]
@@ -30,8 +31,14 @@ def test_train_shards_are_disjoint_and_cover_the_epoch(world):
     assert len(set(len(s) for s in shards)) == 1, "ranks must take the same number of steps"
     assert n - len(flat) < world * batch  # only the tail that cannot fill a global batch sits out
     # the order is a function of (seed, epoch): the same rank gets the same shard again ...
-    dl = prepare_data_loader(DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True), num_processes=world,
-                             process_index=0, put_on_device=False, use_seedable_sampler=True, data_seed=0)
+    dl = prepare_data_loader(
+        DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True),
+        num_processes=world,
+        process_index=0,
+        put_on_device=False,
+        use_seedable_sampler=True,
+        data_seed=0,
+    )
     dl.set_epoch(3)
     assert [int(i) for b in dl for i in b] == shards[0]
     dl.set_epoch(4)  # ... and a different one next epoch
@@ -40,16 +47,28 @@ def test_train_shards_are_disjoint_and_cover_the_epoch(world):
 
 def test_ddp_two_processes_one_best_checkpoint(tmp_path, data_root):
     run_dir = tmp_path / "ddp"
-    p = run(train_cmd(*SMALL, f"--data.root={data_root}", "--train.epochs=2", f"--run.dir={run_dir}",
-                      "--run.progress=false", launch=accelerate_cmd()), check=True)
-    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    p = run(
+        train_cmd(
+            *SMALL,
+            f"--data.root={data_root}",
+            "--train.epochs=2",
+            f"--run.dir={run_dir}",
+            "--run.progress=false",
+            launch=accelerate_cmd(),
+        ),
+        check=True,
+    )
+    rows = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all(r["world_size"] == 2 for r in rows)
     # 400 training images, batch 16 per rank, 2 ranks: 12 full global batches of 32 = 384 per epoch
     assert all(r["train_samples"] == 384 for r in rows)
     assert rows[0]["step"] == 12  # steps per rank: half the single-process count
     assert sorted(x.name for x in run_dir.iterdir() if x.suffix == ".pt") == ["best.pt"]
-    assert sorted(x.name for x in (run_dir / "last").glob("random_states_*.pkl")) == ["random_states_0.pkl", "random_states_1.pkl"]
+    assert sorted(x.name for x in (run_dir / "last").glob("random_states_*.pkl")) == [
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    ]
     assert p.stdout.count("Validation loss decreased") >= 1
     assert p.stdout.count("model seed_cnn: 541,094 parameters") == 1  # printed by the main process only
     ckpt = torch.load(run_dir / "best.pt", weights_only=True)
@@ -80,8 +99,18 @@ def test_ddp_run_frees_its_process_group_before_interpreter_exit(tmp_path, data_
     signal handler used to keep the accelerator, and everything it prepared, alive until then)."""
     probe = tmp_path / "probe.py"
     probe.write_text(RELEASE_PROBE)
-    p = run([*accelerate_cmd(), str(probe), *SMALL, f"--data.root={data_root}", "--train.epochs=1",
-             f"--run.dir={tmp_path / 'run'}", "--run.progress=false"], check=True)
+    p = run(
+        [
+            *accelerate_cmd(),
+            str(probe),
+            *SMALL,
+            f"--data.root={data_root}",
+            "--train.epochs=1",
+            f"--run.dir={tmp_path / 'run'}",
+            "--run.progress=false",
+        ],
+        check=True,
+    )
     assert p.stdout.count("after run_cli: exit 0, process group down, still alive: []") == 2, p.stdout[-2000:]
 
 
@@ -113,7 +142,10 @@ def test_evaluate_one_and_two_processes_identical(tmp_path, trained_run):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     # 101 test images, batch 16: 7 batches, 4 on rank 0 and 3 on rank 1, the last one of 5 images
     p1 = run(eval_cmd("--checkpoint", str(trained_run), "--json", str(a), "--batch-size", "16"), check=True)
-    run(eval_cmd("--checkpoint", str(trained_run), "--json", str(b), "--batch-size", "16", launch=accelerate_cmd()), check=True)
+    run(
+        eval_cmd("--checkpoint", str(trained_run), "--json", str(b), "--batch-size", "16", launch=accelerate_cmd()),
+        check=True,
+    )
     assert a.read_bytes() == b.read_bytes()
     result = json.loads(a.read_text())
     assert result["num_samples"] == 101
@@ -122,8 +154,9 @@ def test_evaluate_one_and_two_processes_identical(tmp_path, trained_run):
     assert result["accuracy"] == sum(v["correct"] for v in result["per_class"].values()) / 101
     # one report, the tutorial's lines, whose counts are the JSON's (and test_metrics.json's)
     report = re.findall(r"^Test Accuracy of\s+(\w+):\s+(\d+)% \(\s*(\d+)/\s*(\d+)\)$", p1.stdout, re.M)
-    assert [(c, int(n), int(t)) for c, _, n, t in report] == \
-        [(c, v["correct"], v["total"]) for c, v in result["per_class"].items() if v["total"]], p1.stdout
+    assert [(c, int(n), int(t)) for c, _, n, t in report] == [
+        (c, v["correct"], v["total"]) for c, v in result["per_class"].items() if v["total"]
+    ], p1.stdout
     assert all(int(pct) == 100 * int(n) // int(t) for _, pct, n, t in report)  # the tutorial's rounding: down
     correct = sum(v["correct"] for v in result["per_class"].values())
     assert f"Test Accuracy (Overall): {100 * correct // 101}% ({correct}/101)" in p1.stdout
@@ -140,12 +173,21 @@ def test_final_fit_without_validation_keeps_the_newest_weights(tmp_path, data_ro
     pass, best.pt holds the last epoch's weights (an empty split's loss of 0 must not freeze it at
     epoch 1), and evaluate.py refuses --split val in one line instead of scoring 0 images."""
     run_dir = tmp_path / "all"
-    p = run(train_cmd(*SMALL, f"--data.root={data_root}", "--data.val_fraction=0", "--train.epochs=2",
-                      f"--run.dir={run_dir}", "--run.progress=false"), check=True)
+    p = run(
+        train_cmd(
+            *SMALL,
+            f"--data.root={data_root}",
+            "--data.val_fraction=0",
+            "--train.epochs=2",
+            f"--run.dir={run_dir}",
+            "--run.progress=false",
+        ),
+        check=True,
+    )
     assert "500 train / 0 val / 101 test" in p.stdout
     assert p.stdout.count("No validation split (data.val_fraction=0): saving the epoch") == 2
     assert "Validation Loss" not in p.stdout and "Validation loss decreased" not in p.stdout
-    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and not any("val_loss" in r for r in rows)
     assert rows[0]["train_samples"] == 496  # 500 images, batch 16: 31 full batches (the loader drops the tail)
     ckpt = torch.load(run_dir / "best.pt", weights_only=True)
@@ -172,8 +214,18 @@ def test_flip_tta_on_a_model_trained_without_flips_warns_once(tmp_path, data_roo
     p = run(train_cmd("--preset", "seed_fast", "--data.augment=false", "--print-config"), check=True)
     assert p.stderr.count(warning) == 1
     assert "warning" not in run(train_cmd("--preset", "fast", "--print-config"), check=True).stderr
-    p = run(train_cmd(*SMALL, f"--data.root={data_root}", "--eval.tta=true", "--train.epochs=1", "--train.max_steps=2",
-                      f"--run.dir={tmp_path / 't'}", "--run.progress=false"), check=True)
+    p = run(
+        train_cmd(
+            *SMALL,
+            f"--data.root={data_root}",
+            "--eval.tta=true",
+            "--train.epochs=1",
+            "--train.max_steps=2",
+            f"--run.dir={tmp_path / 't'}",
+            "--run.progress=false",
+        ),
+        check=True,
+    )
     assert p.stderr.count(warning) == 1
     p = run(eval_cmd("--checkpoint", str(trained_run), "--eval.tta=true", launch=accelerate_cmd()), check=True)
     assert p.stderr.count(warning) == 1
@@ -192,7 +244,7 @@ def test_resume_continues_at_next_epoch(tmp_path, data_root):
     p = run(train_cmd(*common, "--train.epochs=2", "--resume"), check=True)
     assert "resumed" in p.stdout and "at epoch 2, step 25" in p.stdout
     assert "Epoch: 1 " not in p.stdout and "Epoch: 2 " in p.stdout
-    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["step"] == 50
     # resuming with a different model/data config is refused
     p = run(train_cmd(*common, "--train.epochs=3", "--resume", "--seed=9"))
@@ -225,9 +277,26 @@ def test_missing_cifar10_offline_is_one_line(tmp_path):
 
 def test_collapsed_launch_is_detected(tmp_path, data_root):
     """`accelerate launch --num_processes 2` without a multi-process mode runs ONE process on CPU."""
-    p = run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-             "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "train.py"), *SMALL,
-             f"--data.root={data_root}", f"--run.dir={tmp_path / 'r'}"], timeout=180)
+    p = run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            str(REPO / "train.py"),
+            *SMALL,
+            f"--data.root={data_root}",
+            f"--run.dir={tmp_path / 'r'}",
+        ],
+        timeout=180,
+    )
     assert p.returncode != 0
     assert "asked for 2 processes but started one" in p.stderr
     assert not (tmp_path / "r" / "best.pt").exists()

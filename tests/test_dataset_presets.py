@@ -1,10 +1,10 @@
 """Per-dataset layers of the presets (config.PRESET_DATASET_OVERRIDES) and translate test-time views."""
+
 import torch
+from conftest import run, train_cmd
 
 from cifar_dist.config import PRESET_DATASET_OVERRIDES, PRESETS, resolve
 from cifar_dist.evaluation import logits_of
-
-from conftest import run, train_cmd
 
 
 def test_a_preset_takes_its_layer_for_the_runs_dataset(tmp_path):
@@ -15,7 +15,8 @@ def test_a_preset_takes_its_layer_for_the_runs_dataset(tmp_path):
         for key, value in keys.items():
             assert getattr(getattr(cifar, section), key) == value
             assert getattr(getattr(fashion, section), key) == PRESETS["seed_fast"].get(section, {}).get(
-                key, getattr(getattr(resolve(), section), key))
+                key, getattr(getattr(resolve(), section), key)
+            )
     assert resolve("seed_fast", overrides=["--data.name=imagefolder"]).data.crop_pad == cifar.data.crop_pad
     # The command line still beats the layer, and data.name from a YAML file selects it too.
     assert resolve("seed_fast", overrides=["--data.name=cifar10", "--data.crop_pad=3"]).data.crop_pad == 3
@@ -52,4 +53,6 @@ def test_translate_tta_averages_six_views_with_airbench_weights():
     expected = 0.25 * (s[0] + s[1]) + 0.125 * (s[2] + s[3] + s[4] + s[5])
     assert torch.allclose(out.squeeze(1), expected)
     views.clear()
-    assert torch.allclose(logits_of(net, x, tta=True), x.sum(dim=(1, 2, 3)).unsqueeze(1)) and len(views) == 2  # flip only
+    assert (
+        torch.allclose(logits_of(net, x, tta=True), x.sum(dim=(1, 2, 3)).unsqueeze(1)) and len(views) == 2
+    )  # flip only

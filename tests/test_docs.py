@@ -3,6 +3,7 @@ no Markdown line runs past 200 characters, and the README stays a short user's g
 
     python -m pytest tests/test_docs.py
 """
+
 from __future__ import annotations
 
 import re

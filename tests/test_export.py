@@ -1,6 +1,7 @@
 """The exported model folder (<run.dir>/model/): loaded in a fresh process with only torch,
 safetensors and cifar_dist, it gives exactly the logits the toolkit's own evaluation path gives;
 from_pretrained works; evaluate.py reads the folder; the Hub upload fails in one line offline."""
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,16 @@ def test_fresh_process_reproduces_evaluate_logits_exactly(tmp_path, trained_run)
     save_file({"images": images.contiguous()}, str(tmp_path / "images.safetensors"))
     script = tmp_path / "fresh.py"
     script.write_text(FRESH)
-    p = run([sys.executable, str(script), str(trained_run / "model"), str(tmp_path / "images.safetensors"),
-             str(tmp_path / "logits.safetensors")], check=True)
+    p = run(
+        [
+            sys.executable,
+            str(script),
+            str(trained_run / "model"),
+            str(tmp_path / "images.safetensors"),
+            str(tmp_path / "logits.safetensors"),
+        ],
+        check=True,
+    )
     assert "training mode: False" in p.stdout
     assert "loaded: []" in p.stdout, p.stdout  # none of the training stack was needed
     fresh = load_file(tmp_path / "logits.safetensors")["logits"]
@@ -70,8 +79,12 @@ def test_fresh_process_reproduces_evaluate_logits_exactly(tmp_path, trained_run)
     folder.mkdir()
     for i in range(len(images)):
         Image.fromarray(images[i].permute(1, 2, 0).numpy()).save(folder / f"{i:03d}.png")
-    run(eval_cmd("--checkpoint", str(trained_run / "model"), "--images", str(folder), "--json",
-                 str(tmp_path / "pred.json")), check=True)
+    run(
+        eval_cmd(
+            "--checkpoint", str(trained_run / "model"), "--images", str(folder), "--json", str(tmp_path / "pred.json")
+        ),
+        check=True,
+    )
     doc = json.loads((tmp_path / "pred.json").read_text())
     assert [r["confidence"] for r in doc["predictions"]] == torch.softmax(fresh, 1).max(1).values.tolist()
 
@@ -115,8 +128,14 @@ def test_export_rewrites_model_from_best_pt(tmp_path, trained_run):
 def _push(run_dir, **env):
     e = base_env(**env)
     e.pop("HF_TOKEN", None) if "HF_TOKEN" not in env else None
-    return subprocess.run([sys.executable, "-m", "cifar_dist.export", str(run_dir), "--push-to-hub", "me/model"],
-                          cwd=REPO, env=e, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "cifar_dist.export", str(run_dir), "--push-to-hub", "me/model"],
+        cwd=REPO,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_push_to_hub_without_token_or_network_is_one_line(tmp_path, trained_run):

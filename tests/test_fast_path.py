@@ -3,6 +3,7 @@ speed switches, exact evaluation and resume with it. Real subprocesses for the r
 
     OMP_NUM_THREADS=1 python -m pytest tests/test_fast_path.py
 """
+
 import json
 import signal
 import subprocess
@@ -11,8 +12,8 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import REPO, SMALL, accelerate_cmd, base_env, eval_cmd, run, train_cmd
+
 from cifar_dist import augment
 from cifar_dist.tensor_loader import CROP_PAD, rank_augment, rank_batches, steps_per_epoch
 
@@ -21,10 +22,11 @@ FAST = [*SMALL, "--run.progress=false", "--train.per_device_batch_size=32"]
 
 
 def rows_of(run_dir):
-    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 # --------------------------------------------------------------------------- pure functions
+
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 @pytest.mark.parametrize("n,batch", [(103, 4), (400, 32), (96, 8)])
@@ -35,7 +37,7 @@ def test_tensor_shards_disjoint_and_cover_the_split(world, n, batch):
         assert all(s.shape == (steps, batch) for s in shards), "every rank takes the same number of steps"
         flat = torch.cat([s.flatten() for s in shards])
         assert len(flat) == len(set(flat.tolist())), "a sample went to two ranks (or twice)"
-        assert 0 <= flat.min() and flat.max() < n
+        assert flat.min() >= 0 and flat.max() < n
         assert n - len(flat) < world * batch  # only what cannot fill a global batch sits out
         if n % (world * batch) == 0:
             assert sorted(flat.tolist()) == list(range(n))
@@ -44,7 +46,10 @@ def test_tensor_shards_disjoint_and_cover_the_split(world, n, batch):
         assert torch.equal(torch.stack(shards, 1).reshape(steps, world * batch), single)
         aug = [rank_augment(n, batch, world, r, 3, epoch) for r in range(world)]
         for p in range(3):
-            assert torch.equal(torch.stack([a[p] for a in aug], 1).reshape(steps, -1), rank_augment(n, world * batch, 1, 0, 3, epoch)[p])
+            assert torch.equal(
+                torch.stack([a[p] for a in aug], 1).reshape(steps, -1),
+                rank_augment(n, world * batch, 1, 0, 3, epoch)[p],
+            )
     # a pure function of (seed, epoch): the same again, different next epoch and with another seed
     a = rank_batches(n, batch, world, 0, 3, 1)
     assert torch.equal(a, rank_batches(n, batch, world, 0, 3, 1))
@@ -84,7 +89,9 @@ def test_augmentation_is_crop_and_flip():
     # offset (pad, pad) is the identity; flipping twice too; the draw is a pure function of the generator
     centre = torch.full((20,), CROP_PAD)
     assert torch.equal(augment.random_crop(images[index], CROP_PAD, centre, centre), images[index])
-    assert torch.equal(augment.random_flip(augment.random_flip(images, flip[:1].expand(50)), flip[:1].expand(50)), images)
+    assert torch.equal(
+        augment.random_flip(augment.random_flip(images, flip[:1].expand(50)), flip[:1].expand(50)), images
+    )
     a = augment.draw_crop_flip(20, 4, torch.Generator().manual_seed(7))
     b = augment.draw_crop_flip(20, 4, torch.Generator().manual_seed(7))
     assert all(torch.equal(x, y) for x, y in zip(a, b))
@@ -92,8 +99,10 @@ def test_augmentation_is_crop_and_flip():
     small = images[:10, :1, :28, :28].contiguous()
     i10 = torch.arange(10)
     dy, dx, flip = augment.draw_crop_flip(10, 2, g)
-    assert torch.equal(augment.gather_crop_flip(augment.mirrored_padded(small, 2), i10, dy, dx, flip, 28),
-                       _reference_crop_flip(small, i10, dy, dx, flip, 2))
+    assert torch.equal(
+        augment.gather_crop_flip(augment.mirrored_padded(small, 2), i10, dy, dx, flip, 28),
+        _reference_crop_flip(small, i10, dy, dx, flip, 2),
+    )
 
 
 def test_loader_batches_resume_and_normalise(tmp_path):
@@ -106,8 +115,11 @@ def test_loader_batches_resume_and_normalise(tmp_path):
     from cifar_dist.errors import UserError
     from cifar_dist.tensor_loader import TensorTrainLoader
 
-    cfg = resolve("seed_fast", None, [*SMALL, f"--data.root={tmp_path}", "--train.per_device_batch_size=32",
-                                      f"--data.crop_pad={CROP_PAD}"])  # the pad the checks below use
+    cfg = resolve(
+        "seed_fast",
+        None,
+        [*SMALL, f"--data.root={tmp_path}", "--train.per_device_batch_size=32", f"--data.crop_pad={CROP_PAD}"],
+    )  # the pad the checks below use
     accelerator = Accelerator(cpu=True)
     data = load_data(cfg, accelerator)
     loader = TensorTrainLoader(cfg, data, accelerator)
@@ -115,7 +127,9 @@ def test_loader_batches_resume_and_normalise(tmp_path):
     loader.set_epoch(2)
     full = list(loader.iterate())
     x, y = full[0]
-    assert x.shape == (32, 3, 32, 32) and x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+    assert (
+        x.shape == (32, 3, 32, 32) and x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+    )
     # mid-epoch resume: skipping k batches lands exactly on batch k, crops and all
     tail = list(loader.iterate(skip=9))
     assert len(tail) == 3 and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(tail, full[9:]))
@@ -170,17 +184,34 @@ def test_resnet_fast_shapes_and_channels():
 
 # --------------------------------------------------------------------------- real runs
 
-@pytest.mark.parametrize("switch", [
-    ["--train.channels_last=true"],
-    ["--train.channels_last=false", "--model.name=resnet_fast", "--model.width=4"],
-    ["--train.compile=true"],
-    ["--train.mixed_precision=bf16", "--train.channels_last=false"],
-], ids=["channels_last", "resnet_fast", "compile", "bf16"])
+
+@pytest.mark.parametrize(
+    "switch",
+    [
+        ["--train.channels_last=true"],
+        ["--train.channels_last=false", "--model.name=resnet_fast", "--model.width=4"],
+        ["--train.compile=true"],
+        ["--train.mixed_precision=bf16", "--train.channels_last=false"],
+    ],
+    ids=["channels_last", "resnet_fast", "compile", "bf16"],
+)
 def test_speed_switch_trains(tmp_path, data_root, switch):
     """Each switch on the tensor path trains on the CPU: 3 short epochs, the training loss falls."""
     run_dir = tmp_path / "r"
-    p = run(train_cmd("--preset", "seed_fast", *FAST, f"--data.root={data_root}", "--train.epochs=3",
-                      "--eval.per_device_batch_size=128", f"--run.dir={run_dir}", *switch), timeout=400, check=True)
+    p = run(
+        train_cmd(
+            "--preset",
+            "seed_fast",
+            *FAST,
+            f"--data.root={data_root}",
+            "--train.epochs=3",
+            "--eval.per_device_batch_size=128",
+            f"--run.dir={run_dir}",
+            *switch,
+        ),
+        timeout=400,
+        check=True,
+    )
     losses = [r["train_loss"] for r in rows_of(run_dir)]
     assert losses[-1] < losses[0], (switch, losses)
     assert all(r["train_samples"] == 384 for r in rows_of(run_dir))
@@ -194,8 +225,17 @@ def test_speed_switch_trains(tmp_path, data_root, switch):
 
 
 def test_fp16_on_cpu_is_refused(tmp_path, data_root):
-    p = run(train_cmd("--preset", "seed_fast", *FAST, f"--data.root={data_root}", f"--run.dir={tmp_path / 'r'}",
-                      "--train.mixed_precision=fp16"), timeout=120)
+    p = run(
+        train_cmd(
+            "--preset",
+            "seed_fast",
+            *FAST,
+            f"--data.root={data_root}",
+            f"--run.dir={tmp_path / 'r'}",
+            "--train.mixed_precision=fp16",
+        ),
+        timeout=120,
+    )
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0
     assert "fp16 needs a CUDA GPU" in p.stderr and not (tmp_path / "r").exists()
 
@@ -205,14 +245,29 @@ def test_fast_preset_ddp_and_exact_evaluation(tmp_path, data_root):
     checkpoint evaluated by 1 and by 2 processes gives byte-identical results (101 test images,
     batch 16: uneven shards)."""
     run_dir = tmp_path / "ddp"
-    run(train_cmd("--preset", "fast", *FAST, f"--data.root={data_root}", "--model.width=4", "--train.epochs=2",
-                  f"--run.dir={run_dir}", launch=accelerate_cmd()), timeout=400, check=True)
+    run(
+        train_cmd(
+            "--preset",
+            "fast",
+            *FAST,
+            f"--data.root={data_root}",
+            "--model.width=4",
+            "--train.epochs=2",
+            f"--run.dir={run_dir}",
+            launch=accelerate_cmd(),
+        ),
+        timeout=400,
+        check=True,
+    )
     rows = rows_of(run_dir)
     assert [r["world_size"] for r in rows] == [2, 2] and rows[0]["step"] == 6  # 400 // (2 × 32)
     assert all(r["train_samples"] == 384 for r in rows)
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     run(eval_cmd("--checkpoint", str(run_dir), "--json", str(a), "--batch-size", "16"), check=True)
-    run(eval_cmd("--checkpoint", str(run_dir), "--json", str(b), "--batch-size", "16", launch=accelerate_cmd()), check=True)
+    run(
+        eval_cmd("--checkpoint", str(run_dir), "--json", str(b), "--batch-size", "16", launch=accelerate_cmd()),
+        check=True,
+    )
     assert a.read_bytes() == b.read_bytes()
     result = json.loads(a.read_text())
     assert result["num_samples"] == 101 and sum(map(sum, result["confusion"])) == 101
@@ -225,12 +280,24 @@ def test_mid_epoch_resume_restores_the_data_order(tmp_path, data_root):
     bit, as a run never stopped: same batches, same crops and flips, same dropout."""
     from safetensors.torch import load_file
 
-    common = ["--preset", "seed_fast", *FAST, f"--data.root={data_root}", "--train.epochs=3",
-              "--model.dropout=0.3"]  # seed_fast trains without dropout; this test checks dropout's RNG too
+    common = [
+        "--preset",
+        "seed_fast",
+        *FAST,
+        f"--data.root={data_root}",
+        "--train.epochs=3",
+        "--model.dropout=0.3",
+    ]  # seed_fast trains without dropout; this test checks dropout's RNG too
     run(train_cmd(*common, f"--run.dir={tmp_path / 'straight'}"), timeout=300, check=True)
     split = tmp_path / "split"
-    proc = subprocess.Popen(train_cmd(*common, f"--run.dir={split}"), cwd=REPO, env=base_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        train_cmd(*common, f"--run.dir={split}"),
+        cwd=REPO,
+        env=base_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 300
         while not (split / "metrics.jsonl").exists() and proc.poll() is None and time.time() < deadline:
@@ -266,8 +333,11 @@ def test_gpu_check_script_runs_tiny_on_cpu(tmp_path):
     """benchmarks/gpu_check.sh is written for a lent GPU; its CPU smoke mode runs the same driver
     code on tiny data and must produce its table and JSON."""
     out = tmp_path / "out"
-    p = run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(out)], timeout=400,
-            env=base_env(GPU_CHECK_TINY=1, GPU_CHECK_DATA=tmp_path / "data"))
+    p = run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(out)],
+        timeout=400,
+        env=base_env(GPU_CHECK_TINY=1, GPU_CHECK_DATA=tmp_path / "data"),
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     result = json.loads((out / "gpu_check.json").read_text())
     assert [r["model"] for r in result["runs"]] == ["seed_cnn", "resnet_fast"]

@@ -11,6 +11,7 @@
 
     OMP_NUM_THREADS=1 pytest tests/test_faults.py -q
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,7 +24,6 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,13 +31,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, SMALL, accelerate_cmd, base_env, eval_cmd, require, run, train_cmd
 
 STEPS_PER_EPOCH = 25  # SMALL: 400 training images / batch 16
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def snapshot(folder: Path) -> dict:
     """Every file under folder -> (sha256, size, mtime_ns): what 'nothing changed' means."""
@@ -50,7 +50,7 @@ def snapshot(folder: Path) -> dict:
 
 
 def assert_one_line_error(p: subprocess.CompletedProcess, *patterns: str) -> str:
-    lines = [l for l in p.stderr.splitlines() if l.strip()]
+    lines = [s for s in p.stderr.splitlines() if s.strip()]
     detail = f"exit {p.returncode}\nSTDERR:\n{p.stderr[-3000:]}\nSTDOUT:\n{p.stdout[-1500:]}"
     assert p.returncode != 0, detail
     assert "Traceback" not in p.stderr, detail
@@ -103,8 +103,13 @@ def resumable(run_dir: Path) -> Path | None:
 def offline_env() -> dict:
     # A proxy nobody listens on: urllib fails at once, as on a machine without network, even where
     # the CI host could reach download servers.
-    return base_env(http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9",
-                    HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", no_proxy="")
+    return base_env(
+        http_proxy="http://127.0.0.1:9",
+        https_proxy="http://127.0.0.1:9",
+        HTTP_PROXY="http://127.0.0.1:9",
+        HTTPS_PROXY="http://127.0.0.1:9",
+        no_proxy="",
+    )
 
 
 def other_model() -> str | None:
@@ -119,17 +124,23 @@ def other_model() -> str | None:
 # synthetic data root), .tmp (a scratch folder). Train cases resume the copied run where they can, so
 # "nothing changed" is checked on a real run folder, not an empty one.
 
+
 class Ctx:
     def __init__(self, tmp: Path, run_dir: Path, data: Path):
         self.tmp, self.run, self.data = tmp, run_dir, data
 
     def train(self, *args, resume: bool = True) -> list[str]:
-        return train_cmd(*SMALL, f"--data.root={self.data}", f"--run.dir={self.run}", "--run.progress=false",
-                         *(["--resume"] if resume else []), *args)
+        return train_cmd(
+            *SMALL,
+            f"--data.root={self.data}",
+            f"--run.dir={self.run}",
+            "--run.progress=false",
+            *(["--resume"] if resume else []),
+            *args,
+        )
 
     def eval(self, *args) -> list[str]:
         return eval_cmd(*args)
-
 
 
 def _corrupt(ctx, how):
@@ -191,40 +202,100 @@ CASES = [
     ("unknown_dataset", lambda c: c.train("--data.name=imagenet"), [r"data\.name='imagenet' is not valid", r"cifar10"]),
     ("config_file_missing", lambda c: c.train("--config", str(c.tmp / "nope.yaml")), [r"nope\.yaml does not exist"]),
     ("run_dir_holds_a_run", lambda c: c.train(resume=False), [r"already holds a run", r"--resume"]),
-    ("resume_nothing", lambda c: train_cmd(*SMALL, f"--data.root={c.data}", f"--run.dir={c.tmp / 'empty'}", "--resume"),
-     [r"nothing to resume", r"drop --resume"]),
-    ("resume_changed_split", lambda c: c.train("--data.val_fraction=0.1"), [r"cannot resume", r"data\.val_fraction differ"]),
-    ("resume_changed_model", lambda c: c.train(f"--model.name={other_model()}" if other_model() else "--model.width=32"),
-     [r"cannot resume", r"model\.(name|width) differ", r"new --run\.dir"]),
-    ("dataset_missing_offline", lambda c: (train_cmd("--data.name=cifar10", f"--data.root={c.tmp / 'nodata'}",
-                                                     f"--run.dir={c.tmp / 'fresh'}"), offline_env()),
-     [r"CIFAR-10 is not in .*nodata", r"download failed", r"place cifar-10-python\.tar\.gz"]),
-    ("cifar_pickle_truncated", lambda c: _corrupt(c, lambda r: _truncate(r / "cifar-10-batches-py" / "data_batch_1")),
-     [r"corrupted", r"delete .*synthetic_500_101 and run again"]),
-    ("cifar_pickle_garbage", lambda c: _corrupt(c, lambda r: rewrite_batch(r, "data_batch_2", lambda e: b"\x80\x02garbage")),
-     [r"corrupt", r"delete them"]),
-    ("dataset_wrong_shape", lambda c: _corrupt(c, lambda r: rewrite_batch(r, "data_batch_3", _wrong_shape)),
-     [r"wrong shape", r"delete them"]),
-    ("labels_out_of_range", lambda c: _corrupt(c, lambda r: rewrite_batch(r, "data_batch_1", _labels_out_of_range)),
-     [r"labels run 0\.\.42 but there are 10 classes"]),
-    ("resume_state_truncated", lambda c: (_truncate(c.run / "last" / "model.safetensors"), c.train("--train.epochs=3"))[1],
-     [r"cannot resume from .*last", r"corrupt"]),
-    ("run_dir_is_a_file", lambda c: train_cmd(*SMALL, f"--data.root={c.data}", f"--run.dir={c.run / 'best.pt' / 'x'}"),
-     [r"cannot write to run\.dir", r"choose a writable --run\.dir"]),
-    ("nan_loss", lambda c: c.train("--train.epochs=3", "--optim.lr=1e6", "--train.log_every_steps=1"),
-     [r"training loss became (nan|inf|-inf) by step \d+", r"lower --optim\.lr", r"last good state is kept in .*last"]),
-    ("checkpoint_missing", lambda c: c.eval("--checkpoint", str(c.run / "nope.pt")), [r"nope\.pt does not exist", r"--checkpoint"]),
-    ("checkpoint_truncated", lambda c: c.eval("--checkpoint", str(_truncate(_ckpt_copy(c)))),
-     [r"not a readable cifar-dist checkpoint", r"truncated or corrupt"]),
+    (
+        "resume_nothing",
+        lambda c: train_cmd(*SMALL, f"--data.root={c.data}", f"--run.dir={c.tmp / 'empty'}", "--resume"),
+        [r"nothing to resume", r"drop --resume"],
+    ),
+    (
+        "resume_changed_split",
+        lambda c: c.train("--data.val_fraction=0.1"),
+        [r"cannot resume", r"data\.val_fraction differ"],
+    ),
+    (
+        "resume_changed_model",
+        lambda c: c.train(f"--model.name={other_model()}" if other_model() else "--model.width=32"),
+        [r"cannot resume", r"model\.(name|width) differ", r"new --run\.dir"],
+    ),
+    (
+        "dataset_missing_offline",
+        lambda c: (
+            train_cmd("--data.name=cifar10", f"--data.root={c.tmp / 'nodata'}", f"--run.dir={c.tmp / 'fresh'}"),
+            offline_env(),
+        ),
+        [r"CIFAR-10 is not in .*nodata", r"download failed", r"place cifar-10-python\.tar\.gz"],
+    ),
+    (
+        "cifar_pickle_truncated",
+        lambda c: _corrupt(c, lambda r: _truncate(r / "cifar-10-batches-py" / "data_batch_1")),
+        [r"corrupted", r"delete .*synthetic_500_101 and run again"],
+    ),
+    (
+        "cifar_pickle_garbage",
+        lambda c: _corrupt(c, lambda r: rewrite_batch(r, "data_batch_2", lambda e: b"\x80\x02garbage")),
+        [r"corrupt", r"delete them"],
+    ),
+    (
+        "dataset_wrong_shape",
+        lambda c: _corrupt(c, lambda r: rewrite_batch(r, "data_batch_3", _wrong_shape)),
+        [r"wrong shape", r"delete them"],
+    ),
+    (
+        "labels_out_of_range",
+        lambda c: _corrupt(c, lambda r: rewrite_batch(r, "data_batch_1", _labels_out_of_range)),
+        [r"labels run 0\.\.42 but there are 10 classes"],
+    ),
+    (
+        "resume_state_truncated",
+        lambda c: (_truncate(c.run / "last" / "model.safetensors"), c.train("--train.epochs=3"))[1],
+        [r"cannot resume from .*last", r"corrupt"],
+    ),
+    (
+        "run_dir_is_a_file",
+        lambda c: train_cmd(*SMALL, f"--data.root={c.data}", f"--run.dir={c.run / 'best.pt' / 'x'}"),
+        [r"cannot write to run\.dir", r"choose a writable --run\.dir"],
+    ),
+    (
+        "nan_loss",
+        lambda c: c.train("--train.epochs=3", "--optim.lr=1e6", "--train.log_every_steps=1"),
+        [
+            r"training loss became (nan|inf|-inf) by step \d+",
+            r"lower --optim\.lr",
+            r"last good state is kept in .*last",
+        ],
+    ),
+    (
+        "checkpoint_missing",
+        lambda c: c.eval("--checkpoint", str(c.run / "nope.pt")),
+        [r"nope\.pt does not exist", r"--checkpoint"],
+    ),
+    (
+        "checkpoint_truncated",
+        lambda c: c.eval("--checkpoint", str(_truncate(_ckpt_copy(c)))),
+        [r"not a readable cifar-dist checkpoint", r"truncated or corrupt"],
+    ),
     ("checkpoint_other_classes", _ckpt_other_classes, [r"does not match model 'seed_cnn' with 10 classes"]),
     ("checkpoint_other_model", _ckpt_other_model, [r"does not match model 'seed_cnn'", r"another model"]),
-    ("checkpoint_not_torch", lambda c: c.eval("--checkpoint", str(c.run / "config.json")), [r"not a readable cifar-dist checkpoint"]),
+    (
+        "checkpoint_not_torch",
+        lambda c: c.eval("--checkpoint", str(c.run / "config.json")),
+        [r"not a readable cifar-dist checkpoint"],
+    ),
     ("checkpoint_plain_state_dict", _plain_state_dict, [r"not a cifar-dist checkpoint", r"pass the best\.pt"]),
 ]
 if (REPO / "cifar_dist" / "predict.py").exists():  # issue 6's predictor: a file that is not an image
-    CASES.append(("predict_not_an_image",
-                  lambda c: c.eval("--checkpoint", str(c.run), "--images", str((c.tmp / "cat.png").write_text("not a png") and c.tmp / "cat.png")),
-                  [r"cat\.png: not an image"]))
+    CASES.append(
+        (
+            "predict_not_an_image",
+            lambda c: c.eval(
+                "--checkpoint",
+                str(c.run),
+                "--images",
+                str((c.tmp / "cat.png").write_text("not a png") and c.tmp / "cat.png"),
+            ),
+            [r"cat\.png: not an image"],
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -265,8 +336,11 @@ def test_a_failed_start_leaves_no_run_folder(tmp_path):
     """CIFAR-10 missing and the download failing (offline), with the default run.dir: no runs/ folder
     appears in the working directory; with a run.dir two levels below nothing, neither level stays."""
     for extra in ([], [f"--run.dir={tmp_path / 'new' / 'deeper' / 'run'}"]):
-        p = run(train_cmd("--data.name=cifar10", f"--data.root={tmp_path / 'nodata'}", *extra), cwd=tmp_path,
-                env=offline_env())
+        p = run(
+            train_cmd("--data.name=cifar10", f"--data.root={tmp_path / 'nodata'}", *extra),
+            cwd=tmp_path,
+            env=offline_env(),
+        )
         assert_one_line_error(p, r"CIFAR-10 is not in .*nodata", r"download failed")
         assert sorted(x.name for x in tmp_path.iterdir()) == ["nodata"], sorted(tmp_path.rglob("*"))
 
@@ -275,9 +349,18 @@ def test_a_run_that_fails_before_its_first_save_leaves_nothing(tmp_path, data_ro
     """The loss blows up in epoch 1, before any state is saved, with W&B offline writing into the run
     folder: the folder the run made goes, W&B's files included."""
     run_dir = tmp_path / "run"
-    p = run(train_cmd(*SMALL, f"--data.root={data_root}", f"--run.dir={run_dir}", "--optim.lr=1e6",
-                      "--train.log_every_steps=1", "--run.progress=false", "--tracking.backend=wandb"),
-            env=base_env(WANDB_MODE="offline"))
+    p = run(
+        train_cmd(
+            *SMALL,
+            f"--data.root={data_root}",
+            f"--run.dir={run_dir}",
+            "--optim.lr=1e6",
+            "--train.log_every_steps=1",
+            "--run.progress=false",
+            "--tracking.backend=wandb",
+        ),
+        env=base_env(WANDB_MODE="offline"),
+    )
     assert_one_line_error(p, r"training loss became")
     assert not run_dir.exists(), sorted(run_dir.rglob("*"))
 
@@ -291,8 +374,17 @@ def test_a_failed_start_keeps_a_folder_it_did_not_create(tmp_path, data_root, co
     if content != "empty":
         (run_dir / "notes.txt").write_text("mine")
     before = snapshot(run_dir)
-    p = run(train_cmd(*SMALL, f"--data.root={data_root}", f"--run.dir={run_dir}", "--optim.lr=1e6",
-                      "--train.log_every_steps=1", "--run.progress=false", "--tracking.backend=none"))
+    p = run(
+        train_cmd(
+            *SMALL,
+            f"--data.root={data_root}",
+            f"--run.dir={run_dir}",
+            "--optim.lr=1e6",
+            "--train.log_every_steps=1",
+            "--run.progress=false",
+            "--tracking.backend=none",
+        )
+    )
     assert_one_line_error(p, r"training loss became")
     assert run_dir.is_dir() and snapshot(run_dir) == before
     assert sorted(x.name for x in run_dir.iterdir()) == ([] if content == "empty" else ["notes.txt"])
@@ -310,6 +402,7 @@ def test_debug_shows_the_traceback(trained_run, data_root, tmp_path):
 
 
 # --------------------------------------------------------------------------- not writable, disk full
+
 
 def _mount_tmpfs(path: Path, size: str, ro: bool = False) -> bool:
     path.mkdir(parents=True, exist_ok=True)
@@ -329,7 +422,9 @@ def test_run_dir_read_only(trained_run, data_root, tmp_path):
         shutil.copytree(trained_run, mnt / "run")
         assert subprocess.run(["mount", "-o", "remount,ro", str(mnt)]).returncode == 0
         before = snapshot(mnt / "run")
-        p = run(train_cmd(*SMALL, f"--data.root={data_root}", f"--run.dir={mnt / 'run'}", "--resume", "--train.epochs=3"))
+        p = run(
+            train_cmd(*SMALL, f"--data.root={data_root}", f"--run.dir={mnt / 'run'}", "--resume", "--train.epochs=3")
+        )
         assert_one_line_error(p, r"cannot write to run\.dir", r"Read-only file system", r"writable --run\.dir")
         assert snapshot(mnt / "run") == before
     finally:
@@ -337,8 +432,9 @@ def test_run_dir_read_only(trained_run, data_root, tmp_path):
 
 
 def _disk_full_check(p, run_dir: Path, before: dict) -> None:
-    assert_one_line_error(p, r"could not write the training state", r"MiB free there", r"free space",
-                          r"--resume: .*last .*untouched")
+    assert_one_line_error(
+        p, r"could not write the training state", r"MiB free there", r"free space", r"--resume: .*last .*untouched"
+    )
     assert snapshot(run_dir) == before  # the half-written last.tmp-N is gone, last/ and best.pt as they were
     assert state_step(resumable(run_dir)) == 2 * STEPS_PER_EPOCH
 
@@ -351,8 +447,18 @@ def test_disk_full_during_save_tmpfs(trained_run, data_root, tmp_path):
     try:
         shutil.copytree(trained_run, mnt / "run")
         before = snapshot(mnt / "run")
-        p = run(train_cmd(*SMALL, f"--data.root={data_root}", f"--run.dir={mnt / 'run'}", "--resume",
-                          "--train.epochs=3", "--train.checkpoint_every_steps=2", "--run.progress=false", "--tracking.backend=none"))
+        p = run(
+            train_cmd(
+                *SMALL,
+                f"--data.root={data_root}",
+                f"--run.dir={mnt / 'run'}",
+                "--resume",
+                "--train.epochs=3",
+                "--train.checkpoint_every_steps=2",
+                "--run.progress=false",
+                "--tracking.backend=none",
+            )
+        )
         _disk_full_check(p, mnt / "run", before)
     finally:
         _umount(mnt)
@@ -363,21 +469,38 @@ def test_disk_full_during_save_file_size_limit(trained_run, data_root, tmp_path)
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir)
     before = snapshot(run_dir)
-    cmd = train_cmd(*SMALL, f"--data.root={data_root}", f"--run.dir={run_dir}", "--resume",
-                    "--train.epochs=3", "--train.checkpoint_every_steps=2", "--run.progress=false", "--tracking.backend=none")
-    p = subprocess.run(cmd, cwd=REPO, env=base_env(), capture_output=True, text=True, timeout=240,
-                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20)))
+    cmd = train_cmd(
+        *SMALL,
+        f"--data.root={data_root}",
+        f"--run.dir={run_dir}",
+        "--resume",
+        "--train.epochs=3",
+        "--train.checkpoint_every_steps=2",
+        "--run.progress=false",
+        "--tracking.backend=none",
+    )
+    p = subprocess.run(
+        cmd,
+        cwd=REPO,
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20)),
+    )
     _disk_full_check(p, run_dir, before)
 
 
 # --------------------------------------------------------------------------- SIGKILL trials
 
+
 class Trial:
     """One training process, its stdout read line by line (the 'step N' lines say where it is)."""
 
     def __init__(self, cmd):
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=base_env(), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=base_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         self.steps: list[int] = []
         self.resumed_at: int | None = None
         self.lines: list[str] = []
@@ -405,9 +528,17 @@ def test_sigkill_at_random_points_loses_at_most_one_interval(tmp_path, data_root
     reported. Then the run finishes, with each epoch in metrics.jsonl once."""
     every, epochs = 3, 3
     run_dir = tmp_path / "run"
-    cmd = train_cmd(*SMALL, f"--data.root={data_root}", f"--run.dir={run_dir}", "--train.resume=auto", "--tracking.backend=none",
-                    f"--train.epochs={epochs}", f"--train.checkpoint_every_steps={every}",
-                    "--train.log_every_steps=1", "--run.progress=false")
+    cmd = train_cmd(
+        *SMALL,
+        f"--data.root={data_root}",
+        f"--run.dir={run_dir}",
+        "--train.resume=auto",
+        "--tracking.backend=none",
+        f"--train.epochs={epochs}",
+        f"--train.checkpoint_every_steps={every}",
+        "--train.log_every_steps=1",
+        "--run.progress=false",
+    )
     rng = random.Random(5)
     kills = {"during a checkpoint write": 0, "at a random step": 0}
     saved_step = 0
@@ -436,17 +567,26 @@ def test_sigkill_at_random_points_loses_at_most_one_interval(tmp_path, data_root
             elif t.steps and t.steps[-1] >= target:
                 break
             time.sleep(0.001)
-        assert t.proc.poll() is None, f"trial {trial}: the run ended before it was killed\n{''.join(t.lines)[-2000:]}\n{t.proc.stderr.read()[-2000:]}"
+        assert t.proc.poll() is None, (
+            f"trial {trial}: the run ended before it was killed\n{''.join(t.lines)[-2000:]}\n"
+            f"{t.proc.stderr.read()[-2000:]}"
+        )
         t.kill()
         kills["during a checkpoint write" if during_write else "at a random step"] += 1
         interrupted_writes += any(run_dir.glob("last.tmp-*"))  # the kill landed before the swap
-        assert t.resumed_at == (saved_step or None), f"trial {trial}: resumed at {t.resumed_at}, the state said {saved_step}"
+        assert t.resumed_at == (saved_step or None), (
+            f"trial {trial}: resumed at {t.resumed_at}, the state said {saved_step}"
+        )
         reached = max(t.steps)  # the last step the process reported before it was killed
         state = resumable(run_dir)
-        assert state is not None or reached <= every, f"trial {trial}: no state after step {reached}: {os.listdir(run_dir)}"
+        assert state is not None or reached <= every, (
+            f"trial {trial}: no state after step {reached}: {os.listdir(run_dir)}"
+        )
         new_saved = state_step(state) if state is not None else 0
-        assert saved_step <= new_saved <= reached and reached - new_saved <= every, \
-            f"trial {trial}: reached step {reached}, the state is at step {new_saved} (was {saved_step}), interval {every}"
+        assert saved_step <= new_saved <= reached and reached - new_saved <= every, (
+            f"trial {trial}: reached step {reached}, the state is at step {new_saved} (was {saved_step}), "
+            f"interval {every}"
+        )
         saved_step = new_saved
         if (run_dir / "best.pt").exists():
             from cifar_dist.checkpoint import load_checkpoint
@@ -457,7 +597,7 @@ def test_sigkill_at_random_points_loses_at_most_one_interval(tmp_path, data_root
     print(f"{interrupted_writes} of 10 kills left a half-written last.tmp-N behind")
     final = run(cmd, check=True)
     assert f"step {saved_step} " in final.stdout
-    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
     assert json.loads((run_dir / "test_metrics.json").read_text())["steps"] == epochs * STEPS_PER_EPOCH
     assert not [p for p in run_dir.iterdir() if ".tmp" in p.name], sorted(os.listdir(run_dir))
@@ -471,14 +611,25 @@ def test_crash_between_the_two_renames_resumes_from_last_old(trained_run, data_r
     shutil.copytree(trained_run, run_dir)
     os.replace(run_dir / "last", run_dir / "last.old")
     shutil.copytree(run_dir / "last.old", run_dir / "last.tmp-53")  # a complete but unpublished write
-    p = run(train_cmd(*SMALL, f"--data.root={data_root}", f"--run.dir={run_dir}", "--resume", "--train.epochs=3",
-                      "--run.progress=false", "--tracking.backend=none"), check=True)
+    p = run(
+        train_cmd(
+            *SMALL,
+            f"--data.root={data_root}",
+            f"--run.dir={run_dir}",
+            "--resume",
+            "--train.epochs=3",
+            "--run.progress=false",
+            "--tracking.backend=none",
+        ),
+        check=True,
+    )
     assert re.search(r"resumed .* at epoch 3, step 50 ", p.stdout), p.stdout[-2000:]
     assert state_step(run_dir / "last") == 3 * STEPS_PER_EPOCH
     assert not [n for n in os.listdir(run_dir) if n.startswith("last.")], os.listdir(run_dir)
 
 
 # --------------------------------------------------------------------------- a rank dies
+
 
 def _workers(launcher_pid: int) -> dict[int, int]:
     """rank -> pid of the launcher's worker processes, from their environment."""
@@ -528,11 +679,20 @@ def test_a_dead_rank_stops_the_job(tmp_path, data_root, how):
     timeouts here are hang guards, not speed claims."""
     timeout_s = 10
     run_dir = tmp_path / "run"
-    cmd = train_cmd(*SMALL, f"--data.root={data_root}", f"--run.dir={run_dir}", "--train.epochs=20",
-                    "--train.checkpoint_every_steps=4", f"--train.dist_timeout_s={timeout_s}", "--run.progress=false",
-                    "--tracking.backend=none", launch=accelerate_cmd())
-    proc = subprocess.Popen(cmd, cwd=REPO, env=finalize_probe_env(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = train_cmd(
+        *SMALL,
+        f"--data.root={data_root}",
+        f"--run.dir={run_dir}",
+        "--train.epochs=20",
+        "--train.checkpoint_every_steps=4",
+        f"--train.dist_timeout_s={timeout_s}",
+        "--run.progress=false",
+        "--tracking.backend=none",
+        launch=accelerate_cmd(),
+    )
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=finalize_probe_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 240
         while not (run_dir / "last" / "custom_checkpoint_0.pkl").exists():
@@ -554,8 +714,10 @@ def test_a_dead_rank_stops_the_job(tmp_path, data_root, how):
             proc.kill()
     assert proc.returncode != 0
     assert "interpreter finalization" not in err and "terminate called" not in err, err[-4000:]
-    rank_lines = [l for l in err.splitlines() if l.startswith("error: ")]
-    assert rank_lines and re.search(r"^error: rank 0 of 2: rank 1 died, hung or became unreachable", rank_lines[0]), err[-4000:]
+    rank_lines = [s for s in err.splitlines() if s.startswith("error: ")]
+    assert rank_lines and re.search(r"^error: rank 0 of 2: rank 1 died, hung or became unreachable", rank_lines[0]), (
+        err[-4000:]
+    )
     assert "--resume" in rank_lines[0]
     # no worker traceback; the one traceback left is the launcher's own ChildFailedError report
     assert not re.search(r"\[rank\d+\]:\s*Traceback", err) and err.count("Traceback") <= 1, err[-4000:]
@@ -584,6 +746,7 @@ def _alive(pid: int) -> bool:
 
 # --------------------------------------------------------------------------- every way out of a 2-process job
 
+
 def _launcher_exitcodes(err: str) -> list[int]:
     """Each failed worker's exit code, by rank, from the launcher's failure report (empty when every
     worker exited 0; the report lists the root cause twice)."""
@@ -591,8 +754,9 @@ def _launcher_exitcodes(err: str) -> list[int]:
     return [code for _, code in sorted({int(r): int(c) for r, c in found}.items())]
 
 
-@pytest.mark.parametrize("how", ["user_error_in_config", "user_error_at_start", "user_error_after_training", "sigterm",
-                                 "sigusr1", "ctrl_c"])
+@pytest.mark.parametrize(
+    "how", ["user_error_in_config", "user_error_at_start", "user_error_after_training", "sigterm", "sigusr1", "ctrl_c"]
+)
 def test_exit_paths_of_a_two_process_job(tmp_path, data_root, how):
     """Each way a 2-process gloo job can end on purpose: a one-line error once the process group
     exists (before any training, and after DDP has trained), a stop request (SIGTERM from scancel,
@@ -601,14 +765,29 @@ def test_exit_paths_of_a_two_process_job(tmp_path, data_root, how):
     teardown abort ("terminate called without an active exception", SIGABRT) showed up in the
     launcher's report as exit code -6 and named the wrong rank (issue 19)."""
     run_dir = tmp_path / "run"
-    args = [*SMALL, f"--data.root={data_root}", f"--run.dir={run_dir}", "--run.progress=false",
-            "--tracking.backend=none", "--train.checkpoint_every_steps=4"]
-    extra = {"user_error_in_config": ["--optim.lr=-1"],  # before any process group: each rank on its own
-             "user_error_at_start": ["--resume"],  # nothing to resume: a collective check after the group forms
-             "user_error_after_training": ["--train.epochs=3", "--optim.lr=1e6", "--train.log_every_steps=1"]}
+    args = [
+        *SMALL,
+        f"--data.root={data_root}",
+        f"--run.dir={run_dir}",
+        "--run.progress=false",
+        "--tracking.backend=none",
+        "--train.checkpoint_every_steps=4",
+    ]
+    extra = {
+        "user_error_in_config": ["--optim.lr=-1"],  # before any process group: each rank on its own
+        "user_error_at_start": ["--resume"],  # nothing to resume: a collective check after the group forms
+        "user_error_after_training": ["--train.epochs=3", "--optim.lr=1e6", "--train.log_every_steps=1"],
+    }
     cmd = train_cmd(*args, *extra.get(how, ["--train.epochs=20"]), launch=accelerate_cmd())
-    proc = subprocess.Popen(cmd, cwd=REPO, env=finalize_probe_env(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=finalize_probe_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         if how in ("sigterm", "sigusr1", "ctrl_c"):
             deadline = time.monotonic() + 240
@@ -634,10 +813,13 @@ def test_exit_paths_of_a_two_process_job(tmp_path, data_root, how):
     if how == "user_error_in_config" and codes[1:] == [-signal.SIGTERM]:
         codes[1] = 2  # rank 1 got the launcher's SIGTERM (rank 0 had failed) before it reached the same error
     assert all(c >= 0 for c in codes), detail  # a negative code: the worker died by that signal
-    ours = [l for l in err.splitlines() if l.startswith("error: ")]
+    ours = [s for s in err.splitlines() if s.startswith("error: ")]
     if how.startswith("user_error"):
-        pattern = {"user_error_in_config": r"optim\.lr=-1\.0 must be > 0", "user_error_at_start": r"nothing to resume",
-                   "user_error_after_training": r"training loss became"}[how]
+        pattern = {
+            "user_error_in_config": r"optim\.lr=-1\.0 must be > 0",
+            "user_error_at_start": r"nothing to resume",
+            "user_error_after_training": r"training loss became",
+        }[how]
         assert len(ours) == 1 and re.search(pattern, ours[0]), detail
         assert proc.returncode != 0 and codes == [2, 2], detail
         assert not run_dir.exists(), "a run that failed before its first saved state left its folder"

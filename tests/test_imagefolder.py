@@ -4,6 +4,7 @@ data.root, greyscale and resizing, each bad input as one line with exit code 2, 
 
     OMP_NUM_THREADS=1 python -m pytest tests/test_imagefolder.py
 """
+
 import io
 import json
 import os
@@ -11,7 +12,6 @@ import tarfile
 
 import numpy as np
 import torch
-
 from conftest import accelerate_cmd, cifar10_jpeg_archive, eval_cmd, run, train_cmd
 from imagetree import CLASSES, write_image, write_tar, write_tree
 
@@ -84,7 +84,9 @@ def test_tar_xz_root_is_unpacked_once_into_the_cache(tmp_path):
     archive = write_tar(src, tmp_path / "fruit.tar.xz", top="fruit")  # one top folder, as many archives have
     from_folder = load(src, tmp_path / "cache_a")
     from_archive = load(archive, tmp_path / "cache_b")
-    assert all(torch.equal(a, b) for a, b in zip(from_folder[:4], from_archive[:4])) and from_archive[4] == list(CLASSES)
+    assert all(torch.equal(a, b) for a, b in zip(from_folder[:4], from_archive[:4])) and from_archive[4] == list(
+        CLASSES
+    )
     [unpacked] = [p for p in (tmp_path / "cache_b" / "unpacked").iterdir() if not p.name.startswith(".")]
     assert sorted(p.name for p in (unpacked / "fruit").iterdir()) == ["test", "train"]
     [decoded] = caches(tmp_path / "cache_b")
@@ -109,6 +111,7 @@ def test_greyscale_files_give_one_channel_and_image_size_resizes(tmp_path):
 
 def _bad_inputs(tmp_path):
     """name -> (data.root, extra args, words the one-line error must contain)."""
+
     def tree(name, **kw):
         return write_tree(tmp_path / name, n_train=2, n_test=1, **kw)
 
@@ -127,7 +130,11 @@ def _bad_inputs(tmp_path):
     cases["a class with no images"] = (root, [], ["durian holds no images"])
     root = tree("different")
     (root / "test" / "cherry").rename(root / "test" / "cherries")
-    cases["different classes"] = (root, [], ["name different classes", "only in train/: cherry", "only in test/: cherries"])
+    cases["different classes"] = (
+        root,
+        [],
+        ["name different classes", "only in train/: cherry", "only in test/: cherries"],
+    )
     root = tree("not_image")
     (root / "train" / "banana" / "notes.txt").write_text("not an image")
     cases["not an image"] = (root, [], [f"{root / 'train' / 'banana' / 'notes.txt'} is not an image"])
@@ -136,7 +143,11 @@ def _bad_inputs(tmp_path):
     cases["different sizes"] = (root, [], ["differ in size", "is 8×8", "big.png is 10×10", "--data.image_size="])
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the cache folder should be")
-    cases["cache not writable"] = (tree("fine"), [f"--data.cache_dir={blocker / 'cache'}"], ["cannot write", "data.cache_dir"])
+    cases["cache not writable"] = (
+        tree("fine"),
+        [f"--data.cache_dir={blocker / 'cache'}"],
+        ["cannot write", "data.cache_dir"],
+    )
     return cases
 
 
@@ -145,8 +156,17 @@ def test_each_bad_input_is_one_line_exit_2_and_leaves_no_cache(tmp_path):
     traceback, no cache folder (finished or temporary) and no run files left behind."""
     for name, (root, extra, words) in _bad_inputs(tmp_path).items():
         cache, run_dir = tmp_path / f"cache-{name.replace(' ', '_').replace('/', '')}", tmp_path / "run"
-        p = run(train_cmd("--data.name=imagefolder", f"--data.root={root}", f"--data.cache_dir={cache}",
-                          f"--run.dir={run_dir}", "--tracking.backend=none", *extra), timeout=120)
+        p = run(
+            train_cmd(
+                "--data.name=imagefolder",
+                f"--data.root={root}",
+                f"--data.cache_dir={cache}",
+                f"--run.dir={run_dir}",
+                "--tracking.backend=none",
+                *extra,
+            ),
+            timeout=120,
+        )
         lines = p.stderr.strip().splitlines()
         assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in p.stderr, (name, p.stderr)
         assert lines[0].startswith("error: ") and all(w in lines[0] for w in words), (name, lines[0])
@@ -160,9 +180,22 @@ def test_ddp_two_processes_train_and_evaluate_on_an_image_folder(tmp_path):
     with figures: classes, channels and image size all come from the folders."""
     src = write_tree(tmp_path / "src", n_train=40, n_test=10, size=12)
     run_dir, cache = tmp_path / "run", tmp_path / "cache"
-    p = run(train_cmd("--preset=seed_fast", "--data.name=imagefolder", f"--data.root={src}", f"--data.cache_dir={cache}",
-                      "--train.epochs=2", "--train.per_device_batch_size=16", f"--run.dir={run_dir}",
-                      "--run.progress=false", "--tracking.backend=none", launch=accelerate_cmd()), check=True, timeout=400)
+    p = run(
+        train_cmd(
+            "--preset=seed_fast",
+            "--data.name=imagefolder",
+            f"--data.root={src}",
+            f"--data.cache_dir={cache}",
+            "--train.epochs=2",
+            "--train.per_device_batch_size=16",
+            f"--run.dir={run_dir}",
+            "--run.progress=false",
+            "--tracking.backend=none",
+            launch=accelerate_cmd(),
+        ),
+        check=True,
+        timeout=400,
+    )
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["world_size"] == 2 and rows[-1]["epoch"] == 2
     assert "imagefolder: 96 train / 24 val / 30 test" in p.stdout
@@ -181,14 +214,27 @@ def test_one_epoch_on_the_real_cifar10_jpeg_archive_clears_a_floor(tmp_path):
     images (data.val_fraction=0: no validation pass; no warm-up: the one-cycle decay spans this epoch)
     reached test accuracy 0.584 and 0.586 (seeds 0, 1; 2 shared cores, torch 2.14.1; 54 s under load).
     The same run fed un-normalised pixels (0-255) stopped with a NaN loss by step 50; labels that do
-    not follow the images carry no information (chance: 0.10). The floor 0.45 sits between. Channel order is checked pixel for pixel above:
+    not follow the images carry no information (chance: 0.10). The floor 0.45 sits between.
+    Channel order is checked pixel for pixel above:
     a consistent swap would train as well and cannot be caught by accuracy."""
     archive = cifar10_jpeg_archive()
     run_dir = tmp_path / "run"
-    run(train_cmd("--preset=seed_fast", "--data.name=imagefolder", f"--data.root={archive}",
-                  f"--data.cache_dir={tmp_path / 'cache'}", "--train.epochs=1", "--optim.warmup_epochs=0",
-                  "--data.val_fraction=0", f"--run.dir={run_dir}", "--run.progress=false", "--tracking.backend=none"),
-        check=True, timeout=900)
+    run(
+        train_cmd(
+            "--preset=seed_fast",
+            "--data.name=imagefolder",
+            f"--data.root={archive}",
+            f"--data.cache_dir={tmp_path / 'cache'}",
+            "--train.epochs=1",
+            "--optim.warmup_epochs=0",
+            "--data.val_fraction=0",
+            f"--run.dir={run_dir}",
+            "--run.progress=false",
+            "--tracking.backend=none",
+        ),
+        check=True,
+        timeout=900,
+    )
     test = json.loads((run_dir / "test_metrics.json").read_text())
     assert test["num_samples"] == 10_000 and list(test["per_class"]) == CIFAR10
     assert test["accuracy"] > 0.45, test["accuracy"]

@@ -1,23 +1,33 @@
 """The seed CNN is the tutorial's network; the synthetic data is CIFAR-10's on-disk format, read
 by torchvision's own reader; the split is seeded; evaluation shards cover each split once."""
+
 import pickle
 
 import numpy as np
 import pytest
 import torch
 
-from cifar_dist.data import split_indices, write_synthetic_cifar10, _synthetic_class
+from cifar_dist.data import _synthetic_class, split_indices, write_synthetic_cifar10
 from cifar_dist.distributed import eval_batches
-from cifar_dist.models import SeedCNN, build_model, count_parameters
+from cifar_dist.models import build_model, count_parameters
 
 
 def test_seed_cnn_is_the_tutorial():
     m = build_model("seed_cnn", 3, 32, 10)
     assert count_parameters(m) == 541_094
     shapes = [(n, tuple(p.shape)) for n, p in m.named_parameters()]
-    assert shapes == [("conv1.weight", (16, 3, 3, 3)), ("conv1.bias", (16,)), ("conv2.weight", (32, 16, 3, 3)),
-                      ("conv2.bias", (32,)), ("conv3.weight", (64, 32, 3, 3)), ("conv3.bias", (64,)),
-                      ("fc1.weight", (500, 1024)), ("fc1.bias", (500,)), ("fc2.weight", (10, 500)), ("fc2.bias", (10,))]
+    assert shapes == [
+        ("conv1.weight", (16, 3, 3, 3)),
+        ("conv1.bias", (16,)),
+        ("conv2.weight", (32, 16, 3, 3)),
+        ("conv2.bias", (32,)),
+        ("conv3.weight", (64, 32, 3, 3)),
+        ("conv3.bias", (64,)),
+        ("fc1.weight", (500, 1024)),
+        ("fc1.bias", (500,)),
+        ("fc2.weight", (10, 500)),
+        ("fc2.bias", (10,)),
+    ]
     assert m.dropout.p == 0.3
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
@@ -34,8 +44,18 @@ def test_seed_cnn_adapts_to_fashion_mnist_and_channels_last():
 def test_synthetic_is_cifar10_format_and_read_by_torchvision(tmp_path):
     folder = write_synthetic_cifar10(tmp_path, 50, 20)
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
-         "batches.meta", "manifest.json", ".complete"])
+        [
+            "data_batch_1",
+            "data_batch_2",
+            "data_batch_3",
+            "data_batch_4",
+            "data_batch_5",
+            "test_batch",
+            "batches.meta",
+            "manifest.json",
+            ".complete",
+        ]
+    )
     with open(folder / "data_batch_1", "rb") as f:
         entry = pickle.load(f, encoding="latin1")
     assert entry["data"].dtype == np.uint8 and entry["data"].shape == (10, 3072)

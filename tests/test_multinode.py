@@ -10,6 +10,7 @@ what host 1 wrote, and "host 1 wrote no best.pt" is something a test can see.
 The reference is a single-host 2-process run (cpu_ddp.yaml) with the same seed: same world size,
 same shards, same all-reduce, so the weights must agree to float tolerance.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import CPU_DDP, REPO, SMALL, accelerate_cmd, base_env, require, train_cmd
 from netns import NamespaceError, two_hosts
 
@@ -49,8 +49,9 @@ def require_scontrol() -> None:
 
 def host_env(host, **extra) -> dict:
     # `accelerate` (what launch.sh execs) from this interpreter's environment; gloo on the veth.
-    return base_env(PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-                    GLOO_SOCKET_IFNAME=host.ifname, **extra)
+    return base_env(
+        PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", GLOO_SOCKET_IFNAME=host.ifname, **extra
+    )
 
 
 def run_hosts(jobs, tmp_path: Path, tag: str) -> list[tuple[int | None, str]]:
@@ -59,9 +60,20 @@ def run_hosts(jobs, tmp_path: Path, tag: str) -> list[tuple[int | None, str]]:
     procs = []
     try:
         for i, (host, argv, env, disk) in enumerate(jobs):
-            log = open(tmp_path / f"{tag}-{i}.log", "w+")
-            procs.append((subprocess.Popen(host.cmd(argv, disk=disk), cwd=REPO, env=env, stdout=log,
-                                           stderr=subprocess.STDOUT, start_new_session=True), log))
+            log = open(tmp_path / f"{tag}-{i}.log", "w+")  # noqa: SIM115 (outlives the block: the child writes it)
+            procs.append(
+                (
+                    subprocess.Popen(
+                        host.cmd(argv, disk=disk),
+                        cwd=REPO,
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    ),
+                    log,
+                )
+            )
         deadline = time.monotonic() + GUARD_S
         codes = []
         for p, _ in procs:  # every host's outcome, so a hang on one is reported with the other's cause
@@ -85,8 +97,9 @@ def run_hosts(jobs, tmp_path: Path, tag: str) -> list[tuple[int | None, str]]:
 def check(results) -> None:
     failed = [(i, code, text) for i, (code, text) in enumerate(results) if code != 0]
     assert not failed, "\n".join(
-        f"host {i} {'still running after %d s (killed)' % GUARD_S if code is None else 'exited %d' % code}:\n{text[-4000:]}"
-        for i, code, text in failed)
+        f"host {i} {f'still running after {GUARD_S} s (killed)' if code is None else f'exited {code}'}:\n{text[-4000:]}"
+        for i, code, text in failed
+    )
 
 
 def disks(tmp_path: Path) -> tuple[Path, list[Path]]:
@@ -104,8 +117,9 @@ def reference(tmp_path_factory, data_root) -> Path:
     run_dir = tmp_path_factory.mktemp("reference") / "run"
     try:
         with two_hosts() as (h0, _):
-            argv = train_cmd(*SMALL, f"--data.root={data_root}", *TRAIN, f"--run.dir={run_dir}",
-                             launch=accelerate_cmd(CPU_DDP))
+            argv = train_cmd(
+                *SMALL, f"--data.root={data_root}", *TRAIN, f"--run.dir={run_dir}", launch=accelerate_cmd(CPU_DDP)
+            )
             check(run_hosts([(h0, argv, host_env(h0), None)], run_dir.parent, "reference"))
     except NamespaceError as e:
         require(False, f"cannot make network namespaces for the two test hosts: {e}")
@@ -113,18 +127,22 @@ def reference(tmp_path_factory, data_root) -> Path:
 
 
 def rows(run_dir: Path) -> list[dict]:
-    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def assert_same_weights(run_dir: Path, reference: Path) -> None:
     from safetensors.torch import load_file
 
-    for name, load in (("best.pt", lambda p: torch.load(p, weights_only=True)["model_state"]),
-                       ("last/model.safetensors", load_file)):
+    for name, load in (
+        ("best.pt", lambda p: torch.load(p, weights_only=True)["model_state"]),
+        ("last/model.safetensors", load_file),
+    ):
         got, want = load(run_dir / name), load(reference / name)
         assert got.keys() == want.keys()
         for k in want:
-            torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=f"{name} {k} differs from the 1-host run")
+            torch.testing.assert_close(
+                got[k], want[k], rtol=1e-5, atol=1e-6, msg=f"{name} {k} differs from the 1-host run"
+            )
 
 
 def assert_one_job_written_by_host0(run_name: str, own: list[Path], reference: Path, outputs: list[str]) -> None:
@@ -138,7 +156,9 @@ def assert_one_job_written_by_host0(run_name: str, own: list[Path], reference: P
     # Host 1 wrote no result files: they exist only on host 0's disk (host 1 may hold its own
     # rank's RNG file from save_state, which is per rank by design).
     written_by_1 = {p.name for p in other.rglob("*")} if other.exists() else set()
-    assert not written_by_1 & {"best.pt", "metrics.jsonl", "test_metrics.json", "config.json", "model.safetensors"}, written_by_1
+    assert not written_by_1 & {"best.pt", "metrics.jsonl", "test_metrics.json", "config.json", "model.safetensors"}, (
+        written_by_1
+    )
     # Both hosts' processes were in the one job: each printed the world size of 2.
     for text in outputs:
         assert "world size 2 on cpu" in text, text[-3000:]
@@ -151,9 +171,18 @@ def test_two_hosts_train_one_job_with_multi_node_yaml(hosts, reference, data_roo
     h0, h1 = hosts
     jobs = []
     for rank, h in enumerate(hosts):
-        argv = [*accelerate_cmd(MULTI_NODE), "--machine_rank", str(rank), "--num_processes", "2",
-                "--main_process_ip", h0.address, "--main_process_port", "29511",
-                *train_cmd(*SMALL, f"--data.root={data_root}", *TRAIN, f"--run.dir={runs / 'job'}")[1:]]
+        argv = [
+            *accelerate_cmd(MULTI_NODE),
+            "--machine_rank",
+            str(rank),
+            "--num_processes",
+            "2",
+            "--main_process_ip",
+            h0.address,
+            "--main_process_port",
+            "29511",
+            *train_cmd(*SMALL, f"--data.root={data_root}", *TRAIN, f"--run.dir={runs / 'job'}")[1:],
+        ]
         jobs.append((h, argv, host_env(h, ACCELERATE_USE_CPU=1), (own[rank], runs)))
     results = run_hosts(jobs, tmp_path, "yaml")
     check(results)
@@ -163,9 +192,20 @@ def test_two_hosts_train_one_job_with_multi_node_yaml(hosts, reference, data_roo
 
 def slurm_env(host, rank: int, nodelist: str, slurm_conf: Path, **extra) -> dict:
     """What SLURM sets in each node's task for `srun --nodes=2 --ntasks-per-node=1`."""
-    return host_env(host, SLURM_NNODES=2, SLURM_NTASKS=2, SLURM_NODEID=rank, SLURM_PROCID=rank, SLURM_LOCALID=0,
-                    SLURM_JOB_ID=4242, SLURM_JOB_NODELIST=nodelist, SLURMD_NODENAME=host.hostname,
-                    SLURM_CONF=slurm_conf, USE_CPU=1, **extra)
+    return host_env(
+        host,
+        SLURM_NNODES=2,
+        SLURM_NTASKS=2,
+        SLURM_NODEID=rank,
+        SLURM_PROCID=rank,
+        SLURM_LOCALID=0,
+        SLURM_JOB_ID=4242,
+        SLURM_JOB_NODELIST=nodelist,
+        SLURMD_NODENAME=host.hostname,
+        SLURM_CONF=slurm_conf,
+        USE_CPU=1,
+        **extra,
+    )
 
 
 def slurm_conf(tmp_path: Path) -> Path:
@@ -191,14 +231,18 @@ def test_two_hosts_through_slurm_launch_script(hosts, reference, data_root, tmp_
     runs, own = disks(tmp_path)
     conf, nodes = slurm_conf(tmp_path), nodelist(hosts)
     train = train_cmd(*SMALL, f"--data.root={data_root}", *TRAIN, f"--run.dir={runs / 'job'}")[1:]
-    jobs = [(h, ["bash", LAUNCH_SH, *train], slurm_env(h, rank, nodes, conf, RDZV_TIMEOUT=60), (own[rank], runs))
-            for rank, h in enumerate(hosts)]
+    jobs = [
+        (h, ["bash", LAUNCH_SH, *train], slurm_env(h, rank, nodes, conf, RDZV_TIMEOUT=60), (own[rank], runs))
+        for rank, h in enumerate(hosts)
+    ]
     results = run_hosts(jobs, tmp_path, "slurm")
     check(results)
     h0 = hosts[0]
     for rank, (h, (_, text)) in enumerate(zip(hosts, results)):
         # launch.sh's own line: each node found its rank, and both found host 0 by name and the port
-        assert f"launch.sh: host {h.hostname} machine_rank={rank}/2 processes=2 head={h0.hostname}:24242" in text, text[-3000:]
+        assert f"launch.sh: host {h.hostname} machine_rank={rank}/2 processes=2 head={h0.hostname}:24242" in text, text[
+            -3000:
+        ]
     assert_one_job_written_by_host0("job", own, reference, [t for _, t in results])
 
 
@@ -210,13 +254,17 @@ def test_unreachable_head_fails_within_the_rendezvous_timeout(hosts, data_root, 
     conf = slurm_conf(tmp_path)
     run_dir = tmp_path / "run"
     argv = ["bash", LAUNCH_SH, *train_cmd(*SMALL, f"--data.root={data_root}", *TRAIN, f"--run.dir={run_dir}")[1:]]
-    [(code, text)] = run_hosts([(h1, argv, slurm_env(h1, 1, nodelist(hosts), conf, RDZV_TIMEOUT=10), None)],
-                               tmp_path, "unreachable")
+    [(code, text)] = run_hosts(
+        [(h1, argv, slurm_env(h1, 1, nodelist(hosts), conf, RDZV_TIMEOUT=10), None)], tmp_path, "unreachable"
+    )
     assert code not in (0, None), text[-3000:]  # None: still running at the guard, i.e. a hang
     # torch's words: "TCP client failed to connect/validate to host <head>:24242 - timed out (try=1,
     # timeout=10000ms)", then "DistNetworkError: ... failed to connect to any network address of (<head>, 24242)"
     assert f"{h0.hostname}:24242 - timed out" in text, text[-3000:]
-    assert f"DistNetworkError: The client socket has failed to connect to any network address of ({h0.hostname}, 24242)" in text
+    assert (
+        f"DistNetworkError: The client socket has failed to connect to any network address of ({h0.hostname}, 24242)"
+        in text
+    )
     assert not run_dir.exists()
 
 
@@ -227,16 +275,28 @@ def test_hosts_disagreeing_on_world_size_stop_with_one_line(hosts, data_root, tm
     run_dir = tmp_path / "run"
     jobs = []
     for rank, (h, total) in enumerate(zip(hosts, (2, 4))):
-        argv = [*accelerate_cmd(MULTI_NODE), "--machine_rank", str(rank), "--num_processes", str(total),
-                "--main_process_ip", h0.address, "--main_process_port", "29512", "--mixed_precision", "no",
-                "--rdzv_conf", "timeout=60",
-                *train_cmd(*SMALL, f"--data.root={data_root}", *TRAIN, f"--run.dir={run_dir}")[1:]]
+        argv = [
+            *accelerate_cmd(MULTI_NODE),
+            "--machine_rank",
+            str(rank),
+            "--num_processes",
+            str(total),
+            "--main_process_ip",
+            h0.address,
+            "--main_process_port",
+            "29512",
+            "--mixed_precision",
+            "no",
+            "--rdzv_conf",
+            "timeout=60",
+            *train_cmd(*SMALL, f"--data.root={data_root}", *TRAIN, f"--run.dir={run_dir}")[1:],
+        ]
         jobs.append((h, argv, host_env(h, ACCELERATE_USE_CPU=1), None))
     results = run_hosts(jobs, tmp_path, "disagree")
     assert all(code not in (0, None) for code, _ in results), [(c, t[-2000:]) for c, t in results]
     # one line in each machine's log (printed by its first process), so both logs say why
     for _, text in results:
-        errors = [l for l in text.splitlines() if l.startswith("error: ")]
+        errors = [s for s in text.splitlines() if s.startswith("error: ")]
         assert len(errors) == 1 and "the machines disagree on the world size" in errors[0], errors
         assert "but 3 processes joined the job" in errors[0]
     assert not run_dir.exists(), "a failed start must not create the run folder"

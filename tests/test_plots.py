@@ -1,29 +1,39 @@
 """evaluate.py --plots: the six figures, written by the real CLI (one process and two DDP
 processes), decoded back with PIL; and the figure objects themselves, whose images and text
 objects must carry the values they claim to show."""
+
 from __future__ import annotations
 
 import json
 import shutil
 
 import numpy as np
-import pytest
 import torch
+from conftest import accelerate_cmd, eval_cmd, run
 from PIL import Image
 
-from conftest import accelerate_cmd, eval_cmd, run
 from cifar_dist.data import CIFAR10_CLASSES, normalize_batch
-from cifar_dist.plots import (FIGURES, batch_figure, channels_figure, curves_figure, predictions_figure, text_colour,
-                              unnormalize)
+from cifar_dist.plots import (
+    FIGURES,
+    batch_figure,
+    channels_figure,
+    curves_figure,
+    predictions_figure,
+    text_colour,
+    unnormalize,
+)
 
 # Pixel sizes (figsize × dpi, no cropping) for 10 classes and --plots-images 8 (a 2×4 grid):
 EXPECTED_SIZE = {
-    "batch.png": (640, 410),         # 4 cols × 1.6 in, 2 rows × 1.8 in + 0.5 in title; 100 dpi
-    "predictions.png": (760, 450),   # 4 × 1.9 in, 2 × 2.0 + 0.5 in
-    "channels.png": (4212, 1524),    # 3 panels × 32 px × 0.28 in + 4 × 0.3 in margins; 32 × 0.28 + 1.05 + 0.15 in; 150 dpi
-    "confusion.png": (865, 780),     # 1.4 + 10 × 0.6 + 1.25 in; 1.3 + 6 + 0.5 in
-    "per_class.png": (900, 520),     # 9 in; 10 × 0.4 + 1.2 in
-    "curves.png": (1200, 460),       # 12 × 4.6 in
+    "batch.png": (640, 410),  # 4 cols × 1.6 in, 2 rows × 1.8 in + 0.5 in title; 100 dpi
+    "predictions.png": (760, 450),  # 4 × 1.9 in, 2 × 2.0 + 0.5 in
+    "channels.png": (
+        4212,
+        1524,
+    ),  # 3 panels × 32 px × 0.28 in + 4 × 0.3 in margins; 32 × 0.28 + 1.05 + 0.15 in; 150 dpi
+    "confusion.png": (865, 780),  # 1.4 + 10 × 0.6 + 1.25 in; 1.3 + 6 + 0.5 in
+    "per_class.png": (900, 520),  # 9 in; 10 × 0.4 + 1.2 in
+    "curves.png": (1200, 460),  # 12 × 4.6 in
 }
 
 
@@ -50,8 +60,10 @@ def test_cli_writes_all_six_figures(tmp_path, trained_run):
 def test_two_ddp_processes_write_once(tmp_path, trained_run):
     """Only the main process draws; the other rank waits for it and both exit 0."""
     out = tmp_path / "figs"
-    p = run(eval_cmd("--checkpoint", str(trained_run), "--plots", str(out), "--plots-images", "8",
-                     launch=accelerate_cmd()), check=True)
+    p = run(
+        eval_cmd("--checkpoint", str(trained_run), "--plots", str(out), "--plots-images", "8", launch=accelerate_cmd()),
+        check=True,
+    )
     assert p.stdout.count("wrote batch.png") == 1, p.stdout[-2000:]
     for name, size in EXPECTED_SIZE.items():
         assert_png_ok(out / name, size)
@@ -77,6 +89,7 @@ def test_checkpoint_outside_its_run_folder_skips_curves(tmp_path, trained_run):
 
 
 # --------------------------------------------------------------------------- the figures' contents
+
 
 def test_unnormalize_inverts_per_channel_normalize():
     x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
@@ -143,13 +156,17 @@ def test_prediction_titles_are_green_when_right_and_red_when_wrong():
     labels, preds = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 5, 2, 9])
     fig = predictions_figure(imgs, labels, preds, CIFAR10_CLASSES, "test")
     titles = [(ax.get_title(), ax.title.get_color()) for ax in fig.axes]
-    assert titles == [("airplane (airplane)", "#1a7f37"), ("dog (automobile)", "#cf222e"),
-                      ("bird (bird)", "#1a7f37"), ("truck (cat)", "#cf222e")]
+    assert titles == [
+        ("airplane (airplane)", "#1a7f37"),
+        ("dog (automobile)", "#cf222e"),
+        ("bird (bird)", "#1a7f37"),
+        ("truck (cat)", "#cf222e"),
+    ]
     assert "2/4 right" in fig.get_suptitle()
 
 
 def test_curves_mark_the_best_epoch(trained_run):
-    rows = [json.loads(l) for l in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(s) for s in (trained_run / "metrics.jsonl").read_text().splitlines()]
     best = torch.load(trained_run / "best.pt", weights_only=True)["epoch"]
     fig = curves_figure(rows, best)
     for ax in fig.axes:
@@ -159,4 +176,5 @@ def test_curves_mark_the_best_epoch(trained_run):
         assert list(labels["validation"].get_xdata()) == [r["epoch"] for r in rows]
     val_loss = [r["val_loss"] for r in rows]
     np.testing.assert_allclose(
-        [l for l in fig.axes[0].get_lines() if l.get_label() == "validation"][0].get_ydata(), val_loss)
+        [s for s in fig.axes[0].get_lines() if s.get_label() == "validation"][0].get_ydata(), val_loss
+    )

@@ -1,5 +1,6 @@
 """evaluate.py --images: real PNG/JPEG files of other sizes, read with PIL, predicted by a trained
 checkpoint; a non-image gets its own one-line error while the rest are still predicted."""
+
 from __future__ import annotations
 
 import json
@@ -7,18 +8,24 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import eval_cmd, run
 from PIL import Image
 
-from conftest import eval_cmd, run
+from cifar_dist.checkpoint import build_model_from_checkpoint, load_checkpoint
 from cifar_dist.data import normalize_batch
 from cifar_dist.errors import UserError
-from cifar_dist.checkpoint import build_model_from_checkpoint, load_checkpoint
 from cifar_dist.models import build_model
 from cifar_dist.predict import load_image, predict_files
 
 # name, (width, height), PIL mode: none of them 32×32 RGB
-FILES = [("a_wide.png", (70, 50), "RGB"), ("b_tall.jpg", (40, 100), "RGB"), ("c_grey.png", (20, 20), "L"),
-         ("d_alpha.png", (64, 64), "RGBA"), ("e_big.jpeg", (300, 200), "RGB"), ("f_palette.png", (33, 17), "P")]
+FILES = [
+    ("a_wide.png", (70, 50), "RGB"),
+    ("b_tall.jpg", (40, 100), "RGB"),
+    ("c_grey.png", (20, 20), "L"),
+    ("d_alpha.png", (64, 64), "RGBA"),
+    ("e_big.jpeg", (300, 200), "RGB"),
+    ("f_palette.png", (33, 17), "P"),
+]
 
 
 def write_images(folder, rng):
@@ -68,12 +75,23 @@ def test_lossless_32px_files_predict_exactly_like_the_evaluation_path(tmp_path, 
     for i in range(6):
         Image.fromarray(data.test_images[i].permute(1, 2, 0).numpy()).save(folder / f"{i:02d}.png")
     out = tmp_path / "pred.json"
-    run(eval_cmd("--checkpoint", str(trained_run), "--images", str(folder), f"--eval.tta={str(tta).lower()}",
-                 "--json", str(out)), check=True)
+    run(
+        eval_cmd(
+            "--checkpoint",
+            str(trained_run),
+            "--images",
+            str(folder),
+            f"--eval.tta={str(tta).lower()}",
+            "--json",
+            str(out),
+        ),
+        check=True,
+    )
     doc = json.loads(out.read_text())
     model = build_model_from_checkpoint(ckpt, trained_run)
-    result = evaluate(model, data.test_images[:6], data.test_labels[:6], data.mean, data.std, accelerator,
-                      data.classes, tta=tta)
+    result = evaluate(
+        model, data.test_images[:6], data.test_labels[:6], data.mean, data.std, accelerator, data.classes, tta=tta
+    )
     assert doc["tta"] is tta
     assert [r["class"] for r in doc["predictions"]] == [ckpt["classes"][i] for i in result.predictions.tolist()]
     assert [r["confidence"] for r in doc["predictions"]] == result.confidences.tolist()
@@ -90,8 +108,19 @@ def test_non_image_gets_one_line_and_the_others_are_still_predicted(tmp_path, tr
     broken = tmp_path / "broken.jpg"
     broken.write_bytes((folder / "b_tall.jpg").read_bytes()[:200])  # a JPEG cut off mid-header
     out = tmp_path / "pred.json"
-    p = run(eval_cmd("--checkpoint", str(trained_run), "--images", str(notes), str(folder), str(broken),
-                     str(tmp_path / "missing.png"), "--json", str(out)))
+    p = run(
+        eval_cmd(
+            "--checkpoint",
+            str(trained_run),
+            "--images",
+            str(notes),
+            str(folder),
+            str(broken),
+            str(tmp_path / "missing.png"),
+            "--json",
+            str(out),
+        )
+    )
     assert p.returncode == 2
     assert "Traceback" not in p.stderr
     err = p.stderr.strip().splitlines()
@@ -123,8 +152,11 @@ def test_grey_model_predicts_colour_files(tmp_path):
     torch.manual_seed(0)
     classes = [f"c{i}" for i in range(10)]
     model = build_model("seed_cnn", 1, 28, 10).eval()
-    ckpt = {"model": {"name": "seed_cnn", "in_channels": 1, "image_size": 28, "num_classes": 10},
-            "classes": classes, "normalize": {"mean": [0.286], "std": [0.353]}}
+    ckpt = {
+        "model": {"name": "seed_cnn", "in_channels": 1, "image_size": 28, "num_classes": 10},
+        "classes": classes,
+        "normalize": {"mean": [0.286], "std": [0.353]},
+    }
     folder = write_images(tmp_path / "imgs", np.random.default_rng(2))
     out = tmp_path / "p.json"
     doc = predict_files(model, ckpt, [str(folder)], str(out))

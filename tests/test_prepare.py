@@ -4,6 +4,7 @@ SIGKILLed halfway leaves nothing a later job takes for finished data.
 
     OMP_NUM_THREADS=1 python -m pytest tests/test_prepare.py
 """
+
 import hashlib
 import json
 import multiprocessing as mp
@@ -14,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import require
 from imagetree import write_tar, write_tree
 
@@ -67,7 +67,9 @@ def prepare(kind: str, root: str, extra: dict) -> tuple[Path, str]:
         from cifar_dist.imagefolder import load_imagefolder
 
         source = root / ("src.tar.xz" if kind == "tar" else "src")
-        cfg = resolve("seed", None, ["--data.name=imagefolder", f"--data.root={source}", f"--data.cache_dir={root / 'cache'}"])
+        cfg = resolve(
+            "seed", None, ["--data.name=imagefolder", f"--data.root={source}", f"--data.cache_dir={root / 'cache'}"]
+        )
         arrays = load_imagefolder(cfg)
         [folder] = [p for p in (root / "cache" / "imagefolder").iterdir() if not p.name.startswith(".")]
         return folder, hashlib.md5(b"".join(np.ascontiguousarray(a.numpy()).tobytes() for a in arrays[:4])).hexdigest()

@@ -1,5 +1,6 @@
 """Progress that reads well anywhere (cifar_dist/progress.py): plain in-epoch lines when stdout is
 a file (a SLURM log), rich bars for training, evaluation (with TTA) and figures on a terminal."""
+
 import os
 import pty
 import re
@@ -14,9 +15,22 @@ def test_training_into_a_file_prints_plain_lines_through_each_epoch(tmp_path, da
     """400 training images at batch 16: 25 steps per epoch, a line every round(2.5) = 2 steps and at the end."""
     log = tmp_path / "train.log"
     with open(log, "w") as f:
-        p = subprocess.run(train_cmd(*SMALL, f"--data.root={data_root}", "--train.epochs=2",
-                                     f"--run.dir={tmp_path / 'r'}", "--tracking.backend=none"),
-                           cwd=REPO, env=base_env(), stdout=f, stderr=subprocess.PIPE, text=True, timeout=300, check=False)
+        p = subprocess.run(
+            train_cmd(
+                *SMALL,
+                f"--data.root={data_root}",
+                "--train.epochs=2",
+                f"--run.dir={tmp_path / 'r'}",
+                "--tracking.backend=none",
+            ),
+            cwd=REPO,
+            env=base_env(),
+            stdout=f,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+            check=False,
+        )
     assert p.returncode == 0, p.stderr[-3000:]
     text = log.read_text()
     found = [LINE.match(line) for line in text.splitlines() if line.startswith("epoch ")]
@@ -51,8 +65,16 @@ def _on_a_terminal(cmd, timeout=300) -> str:
 
 def test_on_a_terminal_training_evaluation_and_figures_show_bars(tmp_path, data_root):
     run_dir = tmp_path / "r"
-    shown = _on_a_terminal(train_cmd(*SMALL, f"--data.root={data_root}", "--train.epochs=1", "--eval.tta=true",
-                                     f"--run.dir={run_dir}", "--tracking.backend=none"))
+    shown = _on_a_terminal(
+        train_cmd(
+            *SMALL,
+            f"--data.root={data_root}",
+            "--train.epochs=1",
+            "--eval.tta=true",
+            f"--run.dir={run_dir}",
+            "--tracking.backend=none",
+        )
+    )
     assert "epoch 1/1 loss" in shown and "25/25" in shown  # the training bar
     assert "evaluating with flip TTA" in shown  # validation and test passes
     assert not re.search(r"step \d+/25 \(", shown)  # no plain lines on a terminal

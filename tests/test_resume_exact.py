@@ -10,6 +10,7 @@ lands somewhere after it; the test reads from the saved state where it landed an
 really was mid-epoch. The seed CNN has dropout, so the RNG has to be restored exactly, not just the
 weights and the data order.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, base_env, run, train_cmd
 
 STEPS_PER_EPOCH = 100  # 2,000 synthetic images -> 1,600 train; 1,600 / 16 per batch
@@ -39,9 +39,19 @@ def data_2000(tmp_path_factory) -> Path:
 
 
 def args(data_root: Path, run_dir: Path, *extra: str) -> list[str]:
-    return ["--data.name=synthetic", "--data.synthetic_train_size=2000", "--data.synthetic_test_size=101",
-            f"--data.root={data_root}", "--train.epochs=2", "--train.checkpoint_every_steps=10", "--seed=7",
-            "--run.progress=false", "--tracking.backend=none", f"--run.dir={run_dir}", *extra]
+    return [
+        "--data.name=synthetic",
+        "--data.synthetic_train_size=2000",
+        "--data.synthetic_test_size=101",
+        f"--data.root={data_root}",
+        "--train.epochs=2",
+        "--train.checkpoint_every_steps=10",
+        "--seed=7",
+        "--run.progress=false",
+        "--tracking.backend=none",
+        f"--run.dir={run_dir}",
+        *extra,
+    ]
 
 
 def saved_state(run_dir: Path) -> dict:
@@ -56,8 +66,13 @@ def metric_rows(run_dir: Path) -> list[dict]:
 def stop_when(run_dir: Path, ready, sig: int, log: Path) -> tuple[int, str]:
     """Start a resumable run, wait until ready(run_dir) is true, send `sig`, wait for the exit."""
     with open(log, "w+") as out:
-        p = subprocess.Popen(train_cmd(*args(run_dir.parent / "data", run_dir, "--train.resume=auto")),
-                             cwd=REPO, env=base_env(), stdout=out, stderr=subprocess.STDOUT)
+        p = subprocess.Popen(
+            train_cmd(*args(run_dir.parent / "data", run_dir, "--train.resume=auto")),
+            cwd=REPO,
+            env=base_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         try:
             t0 = time.monotonic()
             while not ready(run_dir) and p.poll() is None and time.monotonic() - t0 < GUARD_S:
@@ -79,8 +94,9 @@ def test_stopped_twice_mid_epoch_resumes_bit_exact(tmp_path, data_2000):
     run(train_cmd(*args(tmp_path / "data", full)), timeout=GUARD_S, check=True)
 
     # 1. SIGUSR1 (SLURM's warning) once the step-10 state exists: save at the next step, exit 0.
-    code, out = stop_when(interrupted, lambda d: (d / "last" / "custom_checkpoint_0.pkl").exists(),
-                          signal.SIGUSR1, tmp_path / "leg1.log")
+    code, out = stop_when(
+        interrupted, lambda d: (d / "last" / "custom_checkpoint_0.pkl").exists(), signal.SIGUSR1, tmp_path / "leg1.log"
+    )
     assert code == 0, out[-3000:]
     assert "stop requested: full state saved" in out, out[-3000:]
     assert not (interrupted / "test_metrics.json").exists()
@@ -114,4 +130,6 @@ def test_stopped_twice_mid_epoch_resumes_bit_exact(tmp_path, data_2000):
     assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
     assert metric_rows(full) == metric_rows(interrupted)
     assert len(metric_rows(full)) == 2
-    assert json.loads((full / "test_metrics.json").read_text()) == json.loads((interrupted / "test_metrics.json").read_text())
+    assert json.loads((full / "test_metrics.json").read_text()) == json.loads(
+        (interrupted / "test_metrics.json").read_text()
+    )

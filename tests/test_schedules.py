@@ -1,5 +1,6 @@
 """Learning-rate schedules: the formulas of cifar_dist/schedules.py's docstring, and the deprecated
 `onecycle` name (it runs as linear_to_1pct and says so in one warning line)."""
+
 import pytest
 from conftest import SMALL, run, train_cmd
 
@@ -25,8 +26,9 @@ def test_decay_formulas():
 
 
 def test_onecycle_is_a_deprecated_alias_of_linear_to_1pct():
-    assert [lr_at(s, T, LR, "onecycle", W) for s in range(T + 1)] == [lr_at(s, T, LR, "linear_to_1pct", W)
-                                                                       for s in range(T + 1)]
+    assert [lr_at(s, T, LR, "onecycle", W) for s in range(T + 1)] == [
+        lr_at(s, T, LR, "linear_to_1pct", W) for s in range(T + 1)
+    ]
     assert resolve("seed_fast").optim.schedule == "linear_to_1pct"
     assert resolve(overrides=["--optim.schedule=onecycle"]).optim.schedule == "onecycle"  # accepted as given
     with pytest.raises(UserError, match="choose one of: constant, linear, linear_to_1pct$"):
@@ -35,11 +37,25 @@ def test_onecycle_is_a_deprecated_alias_of_linear_to_1pct():
 
 def test_onecycle_warns_once_per_job(tmp_path, data_root):
     """A real 2-step run asked for `onecycle`: it trains, and stderr holds the one warning line once."""
-    p = run(train_cmd(*SMALL, f"--data.root={data_root}", "--optim.schedule=onecycle", "--train.epochs=1",
-                      "--train.max_steps=2", f"--run.dir={tmp_path / 'r'}", "--run.progress=false",
-                      "--tracking.backend=none"), check=True)
+    p = run(
+        train_cmd(
+            *SMALL,
+            f"--data.root={data_root}",
+            "--optim.schedule=onecycle",
+            "--train.epochs=1",
+            "--train.max_steps=2",
+            f"--run.dir={tmp_path / 'r'}",
+            "--run.progress=false",
+            "--tracking.backend=none",
+        ),
+        check=True,
+    )
     warned = [line for line in p.stderr.splitlines() if "onecycle" in line]
-    assert warned == [("warning: optim.schedule=onecycle is deprecated (it is a linear warm-up and a linear decay "
-                      "to lr/100, not PyTorch's OneCycleLR); it runs as linear_to_1pct: use "
-                      "--optim.schedule=linear_to_1pct")], p.stderr
+    assert warned == [
+        (
+            "warning: optim.schedule=onecycle is deprecated (it is a linear warm-up and a linear decay "
+            "to lr/100, not PyTorch's OneCycleLR); it runs as linear_to_1pct: use "
+            "--optim.schedule=linear_to_1pct"
+        )
+    ], p.stderr
     assert (tmp_path / "r" / "best.pt").exists()

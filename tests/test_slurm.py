@@ -9,6 +9,7 @@ steps), so they must agree exactly: an uninterrupted cpu.sbatch job, one that ge
 signal mid-run and requeues itself, and multinode.sbatch on one node. Without SLURM (not installed,
 not root) the tests skip and say why; under CI=true that is a failure.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, base_env, require, synthetic_root
 
 SLURM_DIR = REPO / "slurm"
@@ -31,19 +31,39 @@ TEMPLATES = sorted(SLURM_DIR.glob("*.sbatch"))
 DEV_CLUSTER = SLURM_DIR / "dev_cluster.sh"
 # Hang guards only (a job takes 25-90 s here); reaching one fails the test.
 JOB_GUARD_S = 600
-FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+FINISHED = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+}
 TIMING_KEYS = {"images_per_sec", "epoch_seconds"}
 
 
 def train_args(data_root: Path, *extra: str) -> list[str]:
-    return ["--data.name=synthetic", "--data.synthetic_train_size=2000", "--data.synthetic_test_size=101",
-            f"--data.root={data_root}", "--train.epochs=2", "--train.checkpoint_every_steps=10",
-            "--tracking.backend=none", *extra]
+    return [
+        "--data.name=synthetic",
+        "--data.synthetic_train_size=2000",
+        "--data.synthetic_test_size=101",
+        f"--data.root={data_root}",
+        "--train.epochs=2",
+        "--train.checkpoint_every_steps=10",
+        "--tracking.backend=none",
+        *extra,
+    ]
 
 
 # ----------------------------------------------------------------------------------------- no cluster
 
-@pytest.mark.parametrize("path", [*TEMPLATES, SLURM_DIR / "job.sh", SLURM_DIR / "launch.sh", DEV_CLUSTER], ids=lambda p: p.name)
+
+@pytest.mark.parametrize(
+    "path", [*TEMPLATES, SLURM_DIR / "job.sh", SLURM_DIR / "launch.sh", DEV_CLUSTER], ids=lambda p: p.name
+)
 def test_bash_accepts_every_script(path):
     p = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
@@ -61,17 +81,24 @@ def test_template_header_and_directives(path):
 
 # --------------------------------------------------------------------------------------- the cluster
 
+
 class Cluster:
     def __init__(self, conf: Path):
         self.conf = conf
 
     def env(self, **extra) -> dict:
         # `accelerate`/`python` inside the job come from this interpreter's environment (sbatch exports ours)
-        return base_env(PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-                        SLURM_CONF=str(self.conf), CIFAR_DIST_DIR=str(REPO), **extra)
+        return base_env(
+            PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+            SLURM_CONF=str(self.conf),
+            CIFAR_DIST_DIR=str(REPO),
+            **extra,
+        )
 
     def cmd(self, argv: list[str], cwd: Path | None = None, timeout: float = 60, **env) -> subprocess.CompletedProcess:
-        return subprocess.run(argv, cwd=cwd or REPO, env=self.env(**env), capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            argv, cwd=cwd or REPO, env=self.env(**env), capture_output=True, text=True, timeout=timeout
+        )
 
     def submit(self, submit_dir: Path, template: str, sbatch_opts: list[str], args: list[str], **env) -> int:
         (submit_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -118,9 +145,14 @@ def free_port_pair() -> int:
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
-    missing = [b for b in ("munged", "slurmctld", "slurmd", "sbatch", "scontrol")
-               if not shutil.which(b) and not Path("/usr/sbin", b).exists()]
-    require(not missing, f"SLURM cannot be started: {', '.join(missing)} not installed (apt-get install slurm-wlm munge)")
+    missing = [
+        b
+        for b in ("munged", "slurmctld", "slurmd", "sbatch", "scontrol")
+        if not shutil.which(b) and not Path("/usr/sbin", b).exists()
+    ]
+    require(
+        not missing, f"SLURM cannot be started: {', '.join(missing)} not installed (apt-get install slurm-wlm munge)"
+    )
     require(os.geteuid() == 0, "SLURM cannot be started: the dev cluster runs slurmd as root (run the tests as root)")
     state = tmp_path_factory.mktemp("slurm")
     env = dict(os.environ, SLURM_DEV_DIR=str(state), SLURM_DEV_PORT=str(free_port_pair()))
@@ -144,8 +176,11 @@ def baseline(cluster, data_root, tmp_path_factory) -> Path:
     """`sbatch --wait slurm/cpu.sbatch`: 2 processes, 2 epochs, uninterrupted. Returns its run.dir."""
     submit_dir = tmp_path_factory.mktemp("baseline")
     (submit_dir / "logs").mkdir()
-    p = cluster.cmd(["sbatch", "--wait", "--parsable", str(SLURM_DIR / "cpu.sbatch"), *train_args(data_root)],
-                    cwd=submit_dir, timeout=JOB_GUARD_S)
+    p = cluster.cmd(
+        ["sbatch", "--wait", "--parsable", str(SLURM_DIR / "cpu.sbatch"), *train_args(data_root)],
+        cwd=submit_dir,
+        timeout=JOB_GUARD_S,
+    )
     job_id = int(p.stdout.strip().split()[0].split(";")[0]) if p.stdout.strip() else None
     log = submit_dir / "logs" / f"cifar-cpu-{job_id}.out"
     assert p.returncode == 0, f"sbatch --wait exited {p.returncode}: {p.stderr}\n{tail(log)}"
@@ -171,8 +206,11 @@ def assert_same_run(a: Path, b: Path) -> None:
 def test_sbatch_test_only_accepts_every_template(cluster, tmp_path):
     # The node has 2 CPUs and 8 counted GPUs: the GPU templates ask for 32/64 CPUs per task and
     # multinode for 2 nodes, so those two numbers are brought down to this node; the rest as written.
-    fits = {"cpu.sbatch": [], "train.sbatch": ["--cpus-per-task=2"],
-            "multinode.sbatch": ["--nodes=1", "--cpus-per-task=2"]}
+    fits = {
+        "cpu.sbatch": [],
+        "train.sbatch": ["--cpus-per-task=2"],
+        "multinode.sbatch": ["--nodes=1", "--cpus-per-task=2"],
+    }
     assert sorted(fits) == sorted(t.name for t in TEMPLATES)
     (tmp_path / "logs").mkdir()
     for name, opts in fits.items():
@@ -196,8 +234,9 @@ def test_warning_signal_requeues_and_resumes_exactly(cluster, baseline, data_roo
     """SLURM's warning (USR1 to the batch shell, as --signal=B:USR1@N sends it) in the middle of the
     run: all ranks save, the job requeues itself, its restart resumes in the same run.dir and the
     same W&B run, and ends exactly where the uninterrupted job ended."""
-    job_id = cluster.submit(tmp_path, "cpu.sbatch", [], train_args(data_root, "--tracking.backend=wandb"),
-                            WANDB_MODE="offline")
+    job_id = cluster.submit(
+        tmp_path, "cpu.sbatch", [], train_args(data_root, "--tracking.backend=wandb"), WANDB_MODE="offline"
+    )
     log = tmp_path / "logs" / f"cifar-cpu-{job_id}.out"
     run_dir = tmp_path / "runs" / f"cifar-cpu-{job_id}"
     t0 = time.monotonic()
@@ -209,14 +248,16 @@ def test_warning_signal_requeues_and_resumes_exactly(cluster, baseline, data_roo
     assert p.returncode == 0, p.stderr
     info = cluster.wait(job_id, log)
     text = log.read_text()
-    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", f"{info['JobState']} {info['ExitCode']}\n{text[-4000:]}"
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", (
+        f"{info['JobState']} {info['ExitCode']}\n{text[-4000:]}"
+    )
     assert info["Restarts"] == "1", text[-4000:]
 
     saved = re.findall(r"stop requested: full state saved at step (\d+)", text)
     assert len(saved) == 1, text[-4000:]
     step = int(saved[0])
     assert 10 <= step < 200, text[-4000:]  # mid-run (2 epochs × 100 steps)
-    assert f"requeueing" in text and "restart 1" in text and "resume=auto" in text
+    assert "requeueing" in text and "restart 1" in text and "resume=auto" in text
     assert f"resumed {run_dir} at epoch {step // 100 + 1}, step {step}" in text, text[-4000:]
     runs = re.findall(r"W&B: run (\S+) is offline", text)
     assert len(runs) == 2 and runs[0] == runs[1], runs  # the restart continued the same W&B run
@@ -224,8 +265,14 @@ def test_warning_signal_requeues_and_resumes_exactly(cluster, baseline, data_roo
 
 
 def test_multinode_template_on_one_node(cluster, baseline, data_root, tmp_path):
-    job_id = cluster.submit(tmp_path, "multinode.sbatch", ["--nodes=1", "--cpus-per-task=2"], train_args(data_root),
-                            USE_CPU="1", PROCESSES_PER_NODE="2")
+    job_id = cluster.submit(
+        tmp_path,
+        "multinode.sbatch",
+        ["--nodes=1", "--cpus-per-task=2"],
+        train_args(data_root),
+        USE_CPU="1",
+        PROCESSES_PER_NODE="2",
+    )
     log = tmp_path / "logs" / f"cifar-mn-{job_id}.out"
     info = cluster.wait(job_id, log)
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", tail(log)

@@ -1,20 +1,33 @@
 """benchmarks/time_to_accuracy.py as a smoke test on a tiny synthetic set: its last line's format and
 that its numbers agree with its per-epoch lines (not its speed, which only the benchmark measures)."""
+
 import re
 import sys
 
 import pytest
-
 from conftest import REPO, SMALL, run
 
-LINE = re.compile(r"^target=(?P<target>[0-9.]+) tutorial_seconds=(?P<t>>?[0-9.]+) ours_seconds=(?P<o>>?[0-9.]+) "
-                  r"speedup=(?P<x>[<>]?[0-9.]+|nan)$")
+LINE = re.compile(
+    r"^target=(?P<target>[0-9.]+) tutorial_seconds=(?P<t>>?[0-9.]+) ours_seconds=(?P<o>>?[0-9.]+) "
+    r"speedup=(?P<x>[<>]?[0-9.]+|nan)$"
+)
 EPOCH = re.compile(r"^(tutorial|ours) epoch (\d+): test accuracy ([0-9.]+), training ([0-9.]+) s so far$")
 
 
 def _bench(data_root, *args):
-    p = run([sys.executable, str(REPO / "benchmarks" / "time_to_accuracy.py"), *SMALL, f"--data.root={data_root}",
-             "--train.epochs=2", "--tutorial-max-epochs=2", *args], timeout=300, check=True)
+    p = run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "time_to_accuracy.py"),
+            *SMALL,
+            f"--data.root={data_root}",
+            "--train.epochs=2",
+            "--tutorial-max-epochs=2",
+            *args,
+        ],
+        timeout=300,
+        check=True,
+    )
     lines = p.stdout.strip().splitlines()
     epochs = {"tutorial": [], "ours": []}
     for line in lines:
@@ -32,7 +45,9 @@ def test_each_side_stops_at_the_first_epoch_that_reaches_the_target(data_root):
     # trainer's after_epoch hook).
     assert [e[0] for e in epochs["tutorial"]] == [1] and [e[0] for e in epochs["ours"]] == [1]
     t, o = float(m["t"]), float(m["o"])
-    assert t == pytest.approx(epochs["tutorial"][0][2], abs=0.051) and o == pytest.approx(epochs["ours"][0][2], abs=0.051)
+    assert t == pytest.approx(epochs["tutorial"][0][2], abs=0.051) and o == pytest.approx(
+        epochs["ours"][0][2], abs=0.051
+    )
     assert t > 0 and o > 0
     # The ratio is of the unrounded seconds; the printed ones are rounded to 0.1 s.
     assert (t - 0.05) / (o + 0.05) - 0.005 <= float(m["x"]) <= (t + 0.05) / max(o - 0.05, 1e-9) + 0.005
@@ -57,5 +72,7 @@ def test_bounds_when_only_one_side_reaches_the_target():
     missed = {"reached": False, "seconds": 100.0}
     assert format_line(0.74, missed, reached) == "target=0.74 tutorial_seconds=>100.0 ours_seconds=10.0 speedup=>10.00"
     assert format_line(0.74, reached, missed) == "target=0.74 tutorial_seconds=10.0 ours_seconds=>100.0 speedup=<0.10"
-    assert format_line(0.74, {"reached": True, "seconds": 560.0}, {"reached": True, "seconds": 20.0}) == \
-        "target=0.74 tutorial_seconds=560.0 ours_seconds=20.0 speedup=28.00"
+    assert (
+        format_line(0.74, {"reached": True, "seconds": 560.0}, {"reached": True, "seconds": 20.0})
+        == "target=0.74 tutorial_seconds=560.0 ours_seconds=20.0 speedup=28.00"
+    )

@@ -6,6 +6,7 @@ One 2-process CPU DDP job (no API key: `auto` must go offline by itself), its re
 single-process job whose wandb-core service is killed mid-run, and fast checks of the mode decision
 and of the record reader. Every run gets its own HOME, so no developer's key or settings leak in.
 """
+
 from __future__ import annotations
 
 import base64
@@ -19,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, SMALL, accelerate_cmd, base_env, run, train_cmd
 
 from cifar_dist.wandb_records import RecordFileError, find_run_files, read_run
@@ -52,13 +52,29 @@ def ddp_run(tmp_path_factory, data_root):
     """2 epochs, 2 processes, tracking.backend=wandb, mode auto, no key."""
     tmp = tmp_path_factory.mktemp("wandb")
     run_dir = tmp / "run"
-    p = run(train_cmd(*SMALL, f"--data.root={data_root}", "--train.epochs=2", f"--run.dir={run_dir}",
-                      "--run.progress=false", f"--train.log_every_steps={LOG_EVERY}", "--tracking.backend=wandb",
-                      "--tracking.tags=ci,ddp", launch=accelerate_cmd()),
-            env=wandb_env(tmp / "home"), check=True)
+    p = run(
+        train_cmd(
+            *SMALL,
+            f"--data.root={data_root}",
+            "--train.epochs=2",
+            f"--run.dir={run_dir}",
+            "--run.progress=false",
+            f"--train.log_every_steps={LOG_EVERY}",
+            "--tracking.backend=wandb",
+            "--tracking.tags=ci,ddp",
+            launch=accelerate_cmd(),
+        ),
+        env=wandb_env(tmp / "home"),
+        check=True,
+    )
     files = find_run_files(run_dir / "wandb")
-    return {"run_dir": run_dir, "stdout": p.stdout, "files": files, "tmp": tmp,
-            "best_md5": md5_b64(run_dir / "best.pt") if (run_dir / "best.pt").exists() else None}
+    return {
+        "run_dir": run_dir,
+        "stdout": p.stdout,
+        "files": files,
+        "tmp": tmp,
+        "best_md5": md5_b64(run_dir / "best.pt") if (run_dir / "best.pt").exists() else None,
+    }
 
 
 def test_ddp_job_writes_one_complete_offline_run(ddp_run):
@@ -70,7 +86,7 @@ def test_ddp_job_writes_one_complete_offline_run(ddp_run):
     rec = read_run(files[0])
     assert rec.exit_code == 0
     # It said so, in one line, with the command that uploads exactly this folder.
-    lines = [l for l in ddp_run["stdout"].splitlines() if "wandb sync" in l]
+    lines = [s for s in ddp_run["stdout"].splitlines() if "wandb sync" in s]
     assert len(lines) == 1, ddp_run["stdout"][-3000:]
     assert "offline" in lines[0] and "no W&B API key" in lines[0]
     assert Path(lines[0].split("wandb sync ", 1)[1]).resolve() == rec.folder.resolve()
@@ -97,7 +113,9 @@ def test_ddp_job_writes_one_complete_offline_run(ddp_run):
     assert job["versions"]["torchvision"] == torchvision.__version__
     assert job["versions"]["accelerate"] == accelerate.__version__
     if (REPO / ".git").exists():
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
         assert job["git"]["commit"] == head
 
     # Per-step train loss, lr and images/s every LOG_EVERY steps.
@@ -109,7 +127,7 @@ def test_ddp_job_writes_one_complete_offline_run(ddp_run):
         assert hist[s]["train/lr"] == 0.01 and hist[s]["train/images_per_sec"] > 0 and hist[s]["train/loss"] > 0
 
     # Per-epoch metrics: the very values of metrics.jsonl.
-    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rec.epoch_rows() == rows
     assert [hist[r["step"]]["epoch/epoch"] for r in rows] == [1, 2]
     assert {"name": "", "glob_name": "epoch/*", "step_metric": "epoch/epoch"} in rec.metrics
@@ -159,10 +177,21 @@ def test_resume_continues_the_same_run(ddp_run, data_root):
     run_dir = ddp_run["run_dir"]
     first = read_run(ddp_run["files"][0])
     # WANDB_MODE is honoured in mode auto (here: offline, stated as the reason).
-    p = run(train_cmd(*SMALL, f"--data.root={data_root}", "--train.epochs=3", f"--run.dir={run_dir}", "--resume",
-                      "--run.progress=false", f"--train.log_every_steps={LOG_EVERY}", "--tracking.backend=wandb",
-                      launch=accelerate_cmd()),
-            env=wandb_env(ddp_run["tmp"] / "home", WANDB_MODE="offline"), check=True)
+    p = run(
+        train_cmd(
+            *SMALL,
+            f"--data.root={data_root}",
+            "--train.epochs=3",
+            f"--run.dir={run_dir}",
+            "--resume",
+            "--run.progress=false",
+            f"--train.log_every_steps={LOG_EVERY}",
+            "--tracking.backend=wandb",
+            launch=accelerate_cmd(),
+        ),
+        env=wandb_env(ddp_run["tmp"] / "home", WANDB_MODE="offline"),
+        check=True,
+    )
     assert "(WANDB_MODE=offline)" in p.stdout
     files = find_run_files(run_dir / "wandb")
     assert len(files) == 2 and files[0] == ddp_run["files"][0]
@@ -170,7 +199,7 @@ def test_resume_continues_the_same_run(ddp_run, data_root):
     assert second.run_id == first.run_id
     assert second.exit_code == 0
     # It continues: only epoch 3, at steps after the first job's, equal to metrics.jsonl.
-    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert second.epoch_rows() == rows[2:]
     assert min(r["_step"] for r in second.history) > max(r["_step"] for r in first.history)
@@ -186,10 +215,19 @@ def test_failed_online_start_falls_back_to_offline(tmp_path, data_root):
     """tracking.mode=online without a key: wandb.init refuses; the job goes on offline, and the
     WANDB_* variables the config leaves open (project, tags) are honoured."""
     run_dir = tmp_path / "run"
-    p = run(train_cmd(*SMALL, f"--data.root={data_root}", "--train.epochs=1", f"--run.dir={run_dir}",
-                      "--run.progress=false", "--tracking.mode=online"),
-            env=wandb_env(tmp_path / "home", WANDB_PROJECT="from-env", WANDB_TAGS="e1,e2"), check=True)
-    line = [l for l in p.stdout.splitlines() if "wandb sync" in l]
+    p = run(
+        train_cmd(
+            *SMALL,
+            f"--data.root={data_root}",
+            "--train.epochs=1",
+            f"--run.dir={run_dir}",
+            "--run.progress=false",
+            "--tracking.mode=online",
+        ),
+        env=wandb_env(tmp_path / "home", WANDB_PROJECT="from-env", WANDB_TAGS="e1,e2"),
+        check=True,
+    )
+    line = [s for s in p.stdout.splitlines() if "wandb sync" in s]
     assert len(line) == 1 and "online start failed" in line[0], p.stdout[-3000:]
     files = find_run_files(run_dir / "wandb")
     assert len(files) == 1 and files[0].parent.name.startswith("offline-run-")
@@ -213,11 +251,19 @@ def _children(pid: int) -> dict[int, str]:
 def test_wandb_dying_mid_run_does_not_stop_training(tmp_path, data_root):
     """The real failure: the wandb-core service process is SIGKILLed after the first epoch."""
     run_dir = tmp_path / "run"
-    cmd = train_cmd(*SMALL, f"--data.root={data_root}", "--train.epochs=12", f"--run.dir={run_dir}",
-                    "--run.progress=false", "--train.log_every_steps=5", "--tracking.backend=wandb",
-                    "--tracking.mode=offline")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=wandb_env(tmp_path / "home"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = train_cmd(
+        *SMALL,
+        f"--data.root={data_root}",
+        "--train.epochs=12",
+        f"--run.dir={run_dir}",
+        "--run.progress=false",
+        "--train.log_every_steps=5",
+        "--tracking.backend=wandb",
+        "--tracking.mode=offline",
+    )
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=wandb_env(tmp_path / "home"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         killed = None
         deadline = time.monotonic() + 240
@@ -238,10 +284,10 @@ def test_wandb_dying_mid_run_does_not_stop_training(tmp_path, data_root):
     assert killed, f"the run ended before wandb-core was killed\n{out[-2000:]}\n{err[-2000:]}"
     assert proc.returncode == 0, f"{out[-2000:]}\n{err[-3000:]}"
     assert "Traceback" not in err, err[-3000:]
-    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(1, 13))
     assert json.loads((run_dir / "test_metrics.json").read_text())["epochs"] == 12
-    warned = [l for l in out.splitlines() if l.startswith("W&B:") and "training continues without W&B" in l]
+    warned = [s for s in out.splitlines() if s.startswith("W&B:") and "training continues without W&B" in s]
     assert len(warned) == 1, out[-3000:]
     # What reached the record file before the service died is still readable, and right.
     rec = read_run(run_dir)
@@ -309,8 +355,14 @@ def test_reader_refuses_corrupt_and_foreign_files(ddp_run, tmp_path):
 
 
 def test_reader_cli(ddp_run):
-    p = subprocess.run([sys.executable, "-m", "cifar_dist.wandb_records", str(ddp_run["run_dir"]), "--json"],
-                       cwd=REPO, env=base_env(), capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "cifar_dist.wandb_records", str(ddp_run["run_dir"]), "--json"],
+        cwd=REPO,
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     runs = json.loads(p.stdout)
     assert len({r["run_id"] for r in runs}) == 1

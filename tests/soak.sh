@@ -29,8 +29,9 @@ for _ in $(seq "$(nproc)"); do
 done
 stop_load() {
   for pid in "${load[@]}"; do
-    kill "$pid" 2>/dev/null   # the restarting shell first, then its busy loop
-    pkill -P "$pid" 2>/dev/null
+    busy=$(pgrep -P "$pid")   # before its shell goes: then it would belong to init
+    kill "$pid" 2>/dev/null   # the restarting shell first, so nothing restarts the busy loop
+    [ -n "$busy" ] && kill $busy 2>/dev/null
   done
   wait 2>/dev/null
 }

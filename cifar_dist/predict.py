@@ -100,7 +100,6 @@ def predict_files(
     """Predict every image, print a table, write JSON; raise UserError at the end if any file failed
     (after the others were predicted and written). Returns the JSON document."""
     from rich.console import Console
-    from rich.table import Table
 
     m, classes = ckpt["model"], ckpt["classes"]
     mean, std = ckpt["normalize"]["mean"], ckpt["normalize"]["std"]
@@ -138,6 +137,27 @@ def predict_files(
         "failed": failed,
     }
 
+    (console or Console()).print(_table(rows, files, m, tta))
+
+    if json_path:
+        try:
+            atomic_write_bytes(Path(json_path), (json.dumps(doc, indent=2) + "\n").encode())
+        except OSError as e:
+            raise UserError(f"cannot write {json_path} ({e.strerror}); choose a writable path for --json") from None
+    if failed and len(files) == 1:
+        raise UserError(f"{failed[0]['file']}: {failed[0]['error']}")
+    if failed:
+        names = ", ".join(x["file"] for x in failed[:3]) + (" ..." if len(failed) > 3 else "")
+        raise UserError(
+            f"{len(failed)} of {len(files)} files could not be predicted ({names}); the other {len(rows)} were"
+        )
+    return doc
+
+
+def _table(rows: list[dict], files: list[Path], m: dict, tta: bool):
+    """The predictions as a rich table: file, class, confidence, top-3."""
+    from rich.table import Table
+
     # Names relative to the files' common folder, said once in the title: long absolute paths would
     # otherwise be folded over several lines in an 80-column terminal.
     common = os.path.commonpath([str(f.parent.absolute()) for f in files])
@@ -156,18 +176,4 @@ def predict_files(
             f"{100 * r['confidence']:.1f}%",
             ", ".join(f"{t['class']} {100 * t['confidence']:.1f}%" for t in r["top3"]),
         )
-    (console or Console()).print(table)
-
-    if json_path:
-        try:
-            atomic_write_bytes(Path(json_path), (json.dumps(doc, indent=2) + "\n").encode())
-        except OSError as e:
-            raise UserError(f"cannot write {json_path} ({e.strerror}); choose a writable path for --json") from None
-    if failed and len(files) == 1:
-        raise UserError(f"{failed[0]['file']}: {failed[0]['error']}")
-    if failed:
-        names = ", ".join(x["file"] for x in failed[:3]) + (" ..." if len(failed) > 3 else "")
-        raise UserError(
-            f"{len(failed)} of {len(files)} files could not be predicted ({names}); the other {len(rows)} were"
-        )
-    return doc
+    return table

@@ -27,6 +27,13 @@ from .run_dir import RunDir
 FORMAT = "cifar-dist-model"
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
+# Where a model came from, copied between best.pt's dict and config.json's "training" section in
+# both directions; the value is what a checkpoint without the key reads as.
+_PROVENANCE = {"epoch": None, "step": None, "val_metrics": {}, "world_size": None, "versions": {}, "command": ""}
+
+
+def _provenance(source: dict) -> dict:
+    return {k: source.get(k, dict(d) if isinstance(d, dict) else d) for k, d in _PROVENANCE.items()}
 
 
 def model_config(ckpt: dict) -> dict:
@@ -42,15 +49,7 @@ def model_config(ckpt: dict) -> dict:
         "normalize": dict(ckpt["normalize"]),
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "training": {
-            "config": ckpt["config"],
-            "epoch": ckpt.get("epoch"),
-            "step": ckpt.get("step"),
-            "val_metrics": ckpt.get("val_metrics", {}),
-            "world_size": ckpt.get("world_size"),
-            "versions": ckpt.get("versions", {}),
-            "command": ckpt.get("command", ""),
-        },
+        "training": {"config": ckpt["config"], **_provenance(ckpt)},
     }
 
 
@@ -87,12 +86,7 @@ def read_model_folder(folder) -> dict:
         "normalize": conf["normalize"],
         "model_state": weights,
         "config": training.get("config", {}),
-        "epoch": training.get("epoch"),
-        "step": training.get("step"),
-        "val_metrics": training.get("val_metrics", {}),
-        "world_size": training.get("world_size"),
-        "versions": training.get("versions", {}),
-        "command": training.get("command", ""),
+        **_provenance(training),
     }
 
 

@@ -25,7 +25,8 @@ CHECK_EVERY_STEPS = 10  # multi-process runs only; one process checks its own fl
 
 
 class _Flag:
-    """The installed handler. The signal module keeps it until the process exits, so it holds
+    """The installed handler. The signal module keeps it until StopRequest.close() (or the process
+    exits; train() raises SystemExit on a stop request without closing), so it holds
     nothing but the flag (a bound method of StopRequest would keep the accelerator, and with it the
     model, optimizer and loaders, alive into interpreter shutdown)."""
 
@@ -39,9 +40,19 @@ class StopRequest:
     def __init__(self, accelerator):
         self.accelerator = accelerator
         self._flag = _Flag()
+        self._previous = {}
         for sig in (signal.SIGUSR1, signal.SIGTERM):
             with contextlib.suppress(ValueError):  # not the main thread
-                signal.signal(sig, self._flag)
+                self._previous[sig] = signal.signal(sig, self._flag)
+
+    def close(self) -> None:
+        """Training is over: put the previous handlers back, so a process that goes on after train()
+        (a benchmark, a notebook) can be stopped again; measured: without this, SIGTERM was swallowed
+        for the rest of benchmarks/time_to_accuracy.py. A request that came after the last step (during
+        the test) stays ignored, as before: the run has finished and written everything."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
 
     @property
     def signum(self) -> int | None:

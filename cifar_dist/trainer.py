@@ -102,6 +102,7 @@ def train(cfg: Config, after_epoch=None) -> dict:
     tracker.log_test(test, job.data, run.path, run.best)
     tracker.finish()
     accelerator.end_training()
+    stop.close()
     return summary
 
 

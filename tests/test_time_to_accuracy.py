@@ -76,3 +76,55 @@ def test_bounds_when_only_one_side_reaches_the_target():
         format_line(0.74, {"reached": True, "seconds": 560.0}, {"reached": True, "seconds": 20.0})
         == "target=0.74 tutorial_seconds=560.0 ours_seconds=20.0 speedup=28.00"
     )
+
+
+def test_the_baseline_is_the_tutorials_net_and_the_same_function_as_seed_cnn():
+    """The baseline runs the tutorial's forward as written (ReLU then pool, nn.Conv2d's bias); SeedCNN
+    computes the same function in a cheaper order, from the same initial weights for a seed."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from time_to_accuracy import TutorialNet
+
+    from cifar_dist.models import SeedCNN
+
+    for c, s in ((3, 32), (1, 28)):
+        torch.manual_seed(0)
+        tutorial = TutorialNet(c, s, 10, dropout=0.3).eval()
+        torch.manual_seed(0)
+        ours = SeedCNN(c, s, 10, dropout=0.3).eval()
+        assert all(torch.equal(a, b) for a, b in zip(tutorial.state_dict().values(), ours.state_dict().values()))
+        x = torch.randn(4, c, s, s)
+        assert torch.allclose(tutorial(x), ours(x), rtol=1e-5, atol=1e-6)
+        assert type(tutorial).forward is not SeedCNN.forward
+
+
+def test_sigterm_stops_the_benchmark_after_our_run(data_root):
+    """train() puts the previous signal handlers back when it returns: the tutorial phase that follows
+    in the same process dies on SIGTERM (before, the trainer's stop handler swallowed it for good)."""
+    import signal
+    import subprocess
+
+    from conftest import base_env
+
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "time_to_accuracy.py"),
+        *SMALL,
+        f"--data.root={data_root}",
+        "--train.epochs=1",
+        "--target=1.01",  # never reached: the tutorial would run all its epochs
+        "--tutorial-max-epochs=500",
+    ]
+    p = subprocess.Popen(cmd, cwd=REPO, env=base_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in p.stdout:
+            if line.startswith("tutorial epoch 1:"):
+                break
+        else:
+            raise AssertionError(f"no tutorial epoch line; exit {p.wait()}")
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=60) == -signal.SIGTERM
+    finally:
+        p.kill()
+        p.wait()

@@ -59,9 +59,11 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = option("seed_cnn", "network: seed_cnn (the tutorial's CNN) or resnet_fast (ResNet-9 family)")
-    dropout: float = option(0.3, "dropout probability around seed_cnn's first linear layer")
-    width: int = option(64, "resnet_fast's base width in channels (64 = ResNet-9); seed_cnn ignores it")
+    name: str = option(
+        "seed_cnn", "network: seed_cnn (the tutorial's CNN), seed_cnn_bn (it with batch norm) or resnet_fast (ResNet-9)"
+    )
+    dropout: float = option(0.3, "dropout probability around the seed CNNs' first linear layer")
+    width: int = option(64, "resnet_fast's base width in channels (64 = ResNet-9); the seed CNNs ignore it")
 
 
 @dataclass

@@ -147,28 +147,58 @@ def test_loader_batches_resume_and_normalise(tmp_path):
         TensorTrainLoader(cfg, data, accelerator)
 
 
-def test_seed_cnn_pool_before_relu_is_bit_identical():
-    """SeedCNN pools before its ReLU (faster); the tutorial's relu-then-pool gives the same bits."""
+def test_seed_cnn_is_the_tutorials_function():
+    """SeedCNN computes relu(pool(conv_without_bias(x)) + bias) (faster); the tutorial writes
+    pool(relu(conv(x))). With the bias added after the convolution in both, the outputs are equal bit
+    for bit (max and ReLU commute with adding a per-channel constant, and rounding is monotone); against
+    nn.Conv2d's fused bias, and for the gradients (summed in another order), equal to float rounding."""
     from cifar_dist.models import SeedCNN
 
     torch.manual_seed(0)
     net = SeedCNN(dropout=0.0)
     x = torch.randn(8, 3, 32, 32)
 
-    def tutorial_forward(m, x):
-        x = m.pool(F.relu(m.conv1(x)))
-        x = m.pool(F.relu(m.conv2(x)))
-        x = m.pool(F.relu(m.conv3(x)))
+    def tutorial_forward(m, x, conv):
+        x = m.pool(F.relu(conv(m.conv1, x)))
+        x = m.pool(F.relu(conv(m.conv2, x)))
+        x = m.pool(F.relu(conv(m.conv3, x)))
         x = x.view(-1, 64 * 4 * 4)
         return m.fc2(F.relu(m.fc1(x)))
+
+    def bias_after(c, x):
+        return F.conv2d(x, c.weight, None, c.stride, c.padding) + c.bias.view(1, -1, 1, 1)
 
     ours = net(x)
     ours.square().sum().backward()
     g1 = [p.grad.clone() for p in net.parameters()]
     net.zero_grad()
-    ref = tutorial_forward(net, x)
+    with torch.no_grad():
+        assert torch.equal(ours, tutorial_forward(net, x, bias_after))
+    ref = tutorial_forward(net, x, lambda c, x: c(x))  # nn.Conv2d as the tutorial calls it
     ref.square().sum().backward()
-    assert torch.equal(ours, ref) and all(torch.equal(a, p.grad) for a, p in zip(g1, net.parameters()))
+    assert torch.allclose(ours, ref, rtol=1e-5, atol=1e-6)
+    for a, p in zip(g1, net.parameters(), strict=True):
+        assert torch.allclose(a, p.grad, rtol=1e-4, atol=1e-5)
+    # The bias matters: a model whose bias was dropped would fail the comparison above.
+    assert net.conv1.bias.abs().max() > 1e-3
+
+
+def test_seed_cnn_bn_layers():
+    from cifar_dist.models import build_model, count_parameters
+
+    m = build_model("seed_cnn_bn", 3, 32, 10, dropout=0.0)
+    assert count_parameters(m) == 541_094 - 112 + 224  # conv biases out, batch norm weights and shifts in
+    convs = [mod for mod in m.modules() if isinstance(mod, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [
+        (3, 16, (3, 3), (1, 1)),
+        (16, 32, (3, 3), (1, 1)),
+        (32, 64, (3, 3), (1, 1)),
+    ]
+    assert all(c.bias is None for c in convs)
+    assert [mod.out_features for mod in m.modules() if isinstance(mod, torch.nn.Linear)] == [500, 10]
+    for c, s in ((3, 32), (1, 28)):
+        net = build_model("seed_cnn_bn", c, s, 10).to(memory_format=torch.channels_last)
+        assert net(torch.randn(4, c, s, s).contiguous(memory_format=torch.channels_last)).shape == (4, 10)
 
 
 def test_resnet_fast_shapes_and_channels():

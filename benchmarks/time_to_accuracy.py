@@ -5,13 +5,14 @@
 
 (a) the tutorial's loop as written: per-sample PIL image -> ToTensor -> Normalize(0.5, 0.5) through a torch
     DataLoader, batch 16, shuffled, SGD lr 0.01, the tutorial's CNN, cross-entropy;
-(b) cifar-dist: a preset (default seed_fast on a 4-epoch schedule, flip only: DEFAULT_OURS), built from the
-    config and trained by cifar_dist.trainer.train itself (tensor loader, its step), through its after_epoch hook.
+(b) cifar-dist: a preset (default seed_fast's recipe on a 3-epoch schedule with model seed_cnn_bn, flip
+    only: DEFAULT_OURS), built from the config and trained by cifar_dist.trainer.train itself (tensor loader,
+    its step), through its after_epoch hook.
 Both train on the same split (data.val_fraction of the training images held out, seeded by --seed) and are
 evaluated on the TEST split after every epoch; each stops at the first epoch whose test accuracy reaches
 --target. Seconds count the training loops only, not the evaluations (as DAWNBench counts) nor start-up
-(data decoding, model building). (b) evaluates with its preset's eval settings (seed_fast: flip TTA);
-the tutorial evaluates as it does, one view.
+(data decoding, model building). (b) evaluates with its preset's eval settings (seed_fast: flip TTA, on
+CIFAR-10 with the translate views); the tutorial evaluates as it does, one view.
 
 If a side never reaches the target its seconds are its whole run, printed as a lower bound ('>'), and the
 speedup is a bound too. Last line:
@@ -28,18 +29,43 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cifar_dist.config import resolve  # noqa: E402 (after the path insert)
+from cifar_dist.models import SeedCNN  # noqa: E402
 
-# seed_fast on a 4-epoch schedule, flip only: on CIFAR-10's validation split (docs/results.md) 4 epochs
-# reach 0.759 with flips only and 0.757 with crop pad 2 (a short run underfits: translation does not pay
-# yet); 3 epochs 0.742 (flip TTA) / 0.752 (6 views), too close to 0.74 on test (0.741) to be the default.
-# Any of these can be overridden on the command line (--train.epochs=3).
-DEFAULT_OURS = ["--train.epochs=4", "--data.crop_pad=0"]
+# seed_fast's recipe on a 3-epoch schedule with the tutorial's layers plus batch norm (model seed_cnn_bn),
+# flip only, lr 0.2 after 0.3 epochs of warm-up. Chosen on CIFAR-10's validation split (docs/results.md,
+# "Time to the tutorial's accuracy"): 3 epochs validate 0.7744 / 0.7622 / 0.7700 (seeds 0-2) where the
+# tutorial's own layers reach 0.7492 (seed 0) and 2 epochs of seed_cnn_bn 0.733-0.750, too close to 0.74.
+# Any of these can be overridden on the command line (--model.name=seed_cnn --train.epochs=4).
+DEFAULT_OURS = [
+    "--model.name=seed_cnn_bn",
+    "--train.epochs=3",
+    "--data.crop_pad=0",
+    "--optim.lr=0.2",
+    "--optim.warmup_epochs=0.3",
+]
+
+
+class TutorialNet(SeedCNN):
+    """The tutorial's Net: SeedCNN's layers (built in the same order, so the same initial weights for
+    a seed) with the tutorial's forward as written, nn.Conv2d's fused bias and ReLU before the pool.
+    (SeedCNN computes the same function in a cheaper order; the baseline is the tutorial's code.)"""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        x = self.pool(F.relu(self.conv3(x)))
+        x = x.view(-1, self.fc1.in_features)
+        x = self.dropout(x)
+        x = F.relu(self.fc1(x))
+        x = self.dropout(x)
+        return self.fc2(x)
 
 
 class TutorialImages(Dataset):
@@ -78,15 +104,13 @@ def run_tutorial(data, target: float, max_epochs: int, seed: int) -> dict:
     """The tutorial's training loop, unchanged but for the per-epoch test evaluation (not timed)."""
     from torchvision import transforms
 
-    from cifar_dist.models import build_model
-
     torch.manual_seed(seed)
     c = data.in_channels
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,) * c, (0.5,) * c)])
     train_loader = DataLoader(
         TutorialImages(data.train_images, data.train_labels, transform), batch_size=16, shuffle=True, num_workers=0
     )
-    model = build_model("seed_cnn", c, data.image_size, data.num_classes, dropout=0.3)  # the tutorial's layers
+    model = TutorialNet(c, data.image_size, data.num_classes, dropout=0.3)
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     seconds, history = 0.0, []

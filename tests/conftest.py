@@ -15,6 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 CPU_DDP = REPO / "accelerate_configs" / "cpu_ddp.yaml"
 # Small on purpose: 400 train / 100 val / 101 test. 101 does not divide by 2 processes × any batch.
 SMALL = ["--data.name=synthetic", "--data.synthetic_train_size=500", "--data.synthetic_test_size=101"]
+# 2,000 images (1,600 train at the default split): enough steps per epoch to stop a run in the middle of one.
+MEDIUM = ["--data.name=synthetic", "--data.synthetic_train_size=2000", "--data.synthetic_test_size=101"]
 
 
 def base_env(**extra) -> dict:
@@ -84,6 +86,12 @@ def synthetic_root(tmp_path_factory, train_size: int, test_size: int) -> Path:
     root = tmp_path_factory.mktemp(f"data{train_size}")
     write_synthetic_cifar10(root / f"synthetic_{train_size}_{test_size}", train_size, test_size)
     return root
+
+
+@pytest.fixture(scope="session")
+def data_root_medium(tmp_path_factory) -> Path:
+    """The synthetic CIFAR-10 that MEDIUM names (2,000 training, 101 test images)."""
+    return synthetic_root(tmp_path_factory, 2000, 101)
 
 
 @pytest.fixture(scope="session")

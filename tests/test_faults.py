@@ -345,22 +345,24 @@ def test_a_failed_start_leaves_no_run_folder(tmp_path):
         assert sorted(x.name for x in tmp_path.iterdir()) == ["nodata"], sorted(tmp_path.rglob("*"))
 
 
+def diverging_run(data_root, run_dir, tracking: str) -> list[str]:
+    """A run whose loss blows up in epoch 1 (lr 1e6), checked every step: it fails before any save."""
+    return train_cmd(
+        *SMALL,
+        f"--data.root={data_root}",
+        f"--run.dir={run_dir}",
+        "--optim.lr=1e6",
+        "--train.log_every_steps=1",
+        "--run.progress=false",
+        f"--tracking.backend={tracking}",
+    )
+
+
 def test_a_run_that_fails_before_its_first_save_leaves_nothing(tmp_path, data_root):
     """The loss blows up in epoch 1, before any state is saved, with W&B offline writing into the run
     folder: the folder the run made goes, W&B's files included."""
     run_dir = tmp_path / "run"
-    p = run(
-        train_cmd(
-            *SMALL,
-            f"--data.root={data_root}",
-            f"--run.dir={run_dir}",
-            "--optim.lr=1e6",
-            "--train.log_every_steps=1",
-            "--run.progress=false",
-            "--tracking.backend=wandb",
-        ),
-        env=base_env(WANDB_MODE="offline"),
-    )
+    p = run(diverging_run(data_root, run_dir, "wandb"), env=base_env(WANDB_MODE="offline"))
     assert_one_line_error(p, r"training loss became")
     assert not run_dir.exists(), sorted(run_dir.rglob("*"))
 
@@ -374,17 +376,7 @@ def test_a_failed_start_keeps_a_folder_it_did_not_create(tmp_path, data_root, co
     if content != "empty":
         (run_dir / "notes.txt").write_text("mine")
     before = snapshot(run_dir)
-    p = run(
-        train_cmd(
-            *SMALL,
-            f"--data.root={data_root}",
-            f"--run.dir={run_dir}",
-            "--optim.lr=1e6",
-            "--train.log_every_steps=1",
-            "--run.progress=false",
-            "--tracking.backend=none",
-        )
-    )
+    p = run(diverging_run(data_root, run_dir, "none"))
     assert_one_line_error(p, r"training loss became")
     assert run_dir.is_dir() and snapshot(run_dir) == before
     assert sorted(x.name for x in run_dir.iterdir()) == ([] if content == "empty" else ["notes.txt"])

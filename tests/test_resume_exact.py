@@ -19,9 +19,8 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import torch
-from conftest import REPO, base_env, run, train_cmd
+from conftest import MEDIUM, REPO, base_env, run, train_cmd
 
 STEPS_PER_EPOCH = 100  # 2,000 synthetic images -> 1,600 train; 1,600 / 16 per batch
 # A hang guard only: each run here takes 10-40 s; reaching it fails the test.
@@ -29,20 +28,9 @@ GUARD_S = 300
 TIMING_KEYS = {"images_per_sec", "epoch_seconds"}
 
 
-@pytest.fixture(scope="module")
-def data_2000(tmp_path_factory) -> Path:
-    from cifar_dist.data import write_synthetic_cifar10
-
-    root = tmp_path_factory.mktemp("data2000")
-    write_synthetic_cifar10(root / "synthetic_2000_101", 2000, 101)
-    return root
-
-
 def args(data_root: Path, run_dir: Path, *extra: str) -> list[str]:
     return [
-        "--data.name=synthetic",
-        "--data.synthetic_train_size=2000",
-        "--data.synthetic_test_size=101",
+        *MEDIUM,
         f"--data.root={data_root}",
         "--train.epochs=2",
         "--train.checkpoint_every_steps=10",
@@ -88,8 +76,8 @@ def stop_when(run_dir: Path, ready, sig: int, log: Path) -> tuple[int, str]:
         return code, out.read()
 
 
-def test_stopped_twice_mid_epoch_resumes_bit_exact(tmp_path, data_2000):
-    (tmp_path / "data").symlink_to(data_2000)
+def test_stopped_twice_mid_epoch_resumes_bit_exact(tmp_path, data_root_medium):
+    (tmp_path / "data").symlink_to(data_root_medium)
     full, interrupted = tmp_path / "full", tmp_path / "interrupted"
     run(train_cmd(*args(tmp_path / "data", full)), timeout=GUARD_S, check=True)
 

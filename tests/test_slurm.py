@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, base_env, require, synthetic_root
+from conftest import MEDIUM, REPO, base_env, require
 
 SLURM_DIR = REPO / "slurm"
 TEMPLATES = sorted(SLURM_DIR.glob("*.sbatch"))
@@ -47,9 +47,7 @@ TIMING_KEYS = {"images_per_sec", "epoch_seconds"}
 
 def train_args(data_root: Path, *extra: str) -> list[str]:
     return [
-        "--data.name=synthetic",
-        "--data.synthetic_train_size=2000",
-        "--data.synthetic_test_size=101",
+        *MEDIUM,
         f"--data.root={data_root}",
         "--train.epochs=2",
         "--train.checkpoint_every_steps=10",
@@ -167,17 +165,12 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return synthetic_root(tmp_path_factory, 2000, 101)
-
-
-@pytest.fixture(scope="module")
-def baseline(cluster, data_root, tmp_path_factory) -> Path:
+def baseline(cluster, data_root_medium, tmp_path_factory) -> Path:
     """`sbatch --wait slurm/cpu.sbatch`: 2 processes, 2 epochs, uninterrupted. Returns its run.dir."""
     submit_dir = tmp_path_factory.mktemp("baseline")
     (submit_dir / "logs").mkdir()
     p = cluster.cmd(
-        ["sbatch", "--wait", "--parsable", str(SLURM_DIR / "cpu.sbatch"), *train_args(data_root)],
+        ["sbatch", "--wait", "--parsable", str(SLURM_DIR / "cpu.sbatch"), *train_args(data_root_medium)],
         cwd=submit_dir,
         timeout=JOB_GUARD_S,
     )
@@ -230,12 +223,12 @@ def test_cpu_sbatch_two_processes_leaves_one_best_checkpoint(baseline):
     assert json.loads((baseline / "test_metrics.json").read_text())["num_samples"] == 101
 
 
-def test_warning_signal_requeues_and_resumes_exactly(cluster, baseline, data_root, tmp_path):
+def test_warning_signal_requeues_and_resumes_exactly(cluster, baseline, data_root_medium, tmp_path):
     """SLURM's warning (USR1 to the batch shell, as --signal=B:USR1@N sends it) in the middle of the
     run: all ranks save, the job requeues itself, its restart resumes in the same run.dir and the
     same W&B run, and ends exactly where the uninterrupted job ended."""
     job_id = cluster.submit(
-        tmp_path, "cpu.sbatch", [], train_args(data_root, "--tracking.backend=wandb"), WANDB_MODE="offline"
+        tmp_path, "cpu.sbatch", [], train_args(data_root_medium, "--tracking.backend=wandb"), WANDB_MODE="offline"
     )
     log = tmp_path / "logs" / f"cifar-cpu-{job_id}.out"
     run_dir = tmp_path / "runs" / f"cifar-cpu-{job_id}"
@@ -264,12 +257,12 @@ def test_warning_signal_requeues_and_resumes_exactly(cluster, baseline, data_roo
     assert_same_run(baseline, run_dir)
 
 
-def test_multinode_template_on_one_node(cluster, baseline, data_root, tmp_path):
+def test_multinode_template_on_one_node(cluster, baseline, data_root_medium, tmp_path):
     job_id = cluster.submit(
         tmp_path,
         "multinode.sbatch",
         ["--nodes=1", "--cpus-per-task=2"],
-        train_args(data_root),
+        train_args(data_root_medium),
         USE_CPU="1",
         PROCESSES_PER_NODE="2",
     )

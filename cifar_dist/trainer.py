@@ -102,6 +102,8 @@ def train(cfg: Config, after_epoch=None) -> dict:
     tracker.log_test(test, job.data, run.path, run.best)
     tracker.finish()
     accelerator.end_training()
+    # On success only: after an error the flag stays installed, since cli's exit path asks it whether
+    # the launcher's SIGTERM already came (distributed.wait_for_launcher_stop).
     stop.close()
     return summary
 

@@ -69,9 +69,16 @@ def test_fresh_process_reproduces_evaluate_logits_exactly(tmp_path, trained_run)
     fresh = load_file(tmp_path / "logits.safetensors")["logits"]
 
     # The network evaluate.py builds from best.pt, on the same images, normalised as evaluation does.
+    # Bit-exact needs the same kernels: the fresh process ran with OMP_NUM_THREADS=1 (base_env), and
+    # the thread count changes how the convolutions split their sums, so this side runs on one too.
     model = build_model_from_checkpoint(load_checkpoint(trained_run))
-    with torch.no_grad():
-        ours = model(normalize_batch(images, data.mean, data.std))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            ours = model(normalize_batch(images, data.mean, data.std))
+    finally:
+        torch.set_num_threads(threads)
     assert torch.equal(fresh, ours)
 
     # And evaluate.py itself (--images: PNG is lossless, 32x32 needs no resize) gives the softmax of them.

@@ -5,6 +5,7 @@ reason on a developer's machine but fails it under CI=true."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -38,8 +39,19 @@ def base_env(**extra) -> dict:
     return env
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now: each 2-process launch gets its own, so two suites (or two
+    worktrees) on one machine do not both rendezvous on Accelerate's default 29500."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def accelerate_cmd(config: Path = CPU_DDP) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    return [
+        *[sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)],
+        *["--main_process_port", str(free_port())],
+    ]
 
 
 def run(

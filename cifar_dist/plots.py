@@ -267,8 +267,12 @@ def curves_figure(rows: list[dict], best_epoch: int | None):
         scale = 100 if what == "accuracy" else 1
         for split, style in (("train", "-o"), ("val", "-s")):
             pts = [(r["epoch"], scale * r[f"{split}_{what}"]) for r in rows if f"{split}_{what}" in r]
-            if pts:
-                ax.plot(*zip(*pts), style, markersize=4, label="train" if split == "train" else "validation")
+            if not pts:
+                continue
+            label, size = "train" if split == "train" else "validation", 4
+            if split == "val" and len(pts) < len(rows):  # train.eval_every_epochs > 1: say where it was measured
+                label, size = f"validation ({_epochs_label([e for e, _ in pts])})", 8
+            ax.plot(*zip(*pts), style, markersize=size, label=label)
         if best_epoch is not None:
             ax.axvline(best_epoch, color="#cf222e", linestyle="--", linewidth=1, label=f"best epoch ({best_epoch})")
             best = [r for r in rows if r.get("epoch") == best_epoch and f"val_{what}" in r]
@@ -292,6 +296,14 @@ def curves_figure(rows: list[dict], best_epoch: int | None):
         ax.legend(fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def _epochs_label(epochs: list[int]) -> str:
+    """Where a sparse validation curve has points: "epoch 30", "epochs 10, 20, 30"."""
+    if len(epochs) == 1:
+        return f"epoch {epochs[0]}"
+    shown = ", ".join(map(str, epochs[:4])) + (", ..." if len(epochs) > 4 else "")
+    return f"epochs {shown}"
 
 
 # --------------------------------------------------------------------------- all of them

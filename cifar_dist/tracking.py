@@ -290,6 +290,7 @@ class WandbTracker:
     def log(self, metrics: dict, step: int) -> None:
         if self.run is None:
             return
+        metrics = {k: v for k, v in metrics.items() if v is not None}  # only what was measured
         try:
             self.accelerator.log(metrics, step=step)
             self.last_step = step
@@ -329,14 +330,13 @@ class WandbTracker:
         }
         self.accelerator.log(values, step=self.last_step)
         best_val_loss = self.state.best_val_loss_or_none
-        self.run.summary.update(
-            {
-                "test/per_class": per_class,
-                "best/epoch": self.state.best_epoch,
-                "best/val_loss": best_val_loss,
-                "run_dir": str(run_dir.resolve()),
-            }
-        )
+        summary = {
+            "test/per_class": per_class,
+            "best/epoch": self.state.best_epoch,
+            "best/val_loss": best_val_loss,
+            "run_dir": str(run_dir.resolve()),
+        }
+        self.run.summary.update({k: v for k, v in summary.items() if v is not None})  # no validation: no best/val_loss
         if best_path.exists():
             art = wandb.Artifact(
                 f"model-{self.run_id}",

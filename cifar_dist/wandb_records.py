@@ -174,15 +174,9 @@ def describe(run: RunRecords) -> str:
         f"  config: {len(run.config)} sections; job: {json.dumps(run.config.get('job', {}).get('versions', {}))}",
         f"  history: {len(run.history)} steps, {len(rows)} with epoch metrics",
     ]
-    for r in rows:
-        lines.append(
-            "    epoch {epoch}: train_loss {tl} val_loss {vl} val_accuracy {va}".format(
-                epoch=r.get("epoch"),
-                tl=_fmt(r.get("train_loss")),
-                vl=_fmt(r.get("val_loss")),
-                va=_fmt(r.get("val_accuracy")),
-            )
-        )
+    for r in rows:  # only what the epoch measured: validation may run every few epochs
+        shown = [f"{k} {_fmt(r[k])}" for k in ("train_loss", "val_loss", "val_accuracy") if r.get(k) is not None]
+        lines.append(f"    epoch {r.get('epoch')}: " + " ".join(shown))
     for k in ("test/loss", "test/accuracy", "best/epoch"):
         if k in run.summary:
             lines.append(f"  summary {k}: {_fmt(run.summary[k])}")

@@ -41,3 +41,19 @@ def test_readme_is_a_short_guide_that_links_the_docs():
     linked = {Path(t.split("#")[0]).name for t in _relative_targets(ROOT / "README.md")}
     orphans = [p.name for p in MARKDOWN[1:] if p.name not in linked]
     assert not orphans, f"docs not linked from README.md: {orphans}"
+
+
+def test_folders_the_readme_writes_into_are_git_ignored():
+    """What the README's commands write (data caches, runs, figures from --plots) stays out of
+    `git status`; docs/figures/ is the exception, committed on purpose."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    text = (ROOT / "README.md").read_text()
+    plots = {m.group(1).rstrip("/") for m in re.finditer(r"--plots[ =]([^\s`)]+)", text)} - {"docs/figures"}
+    assert "figs" in plots, plots
+    for folder in sorted(plots | {"data", "runs", "wandb"}):
+        p = subprocess.run(["git", "check-ignore", "-q", f"{folder}/x.png"], cwd=ROOT)
+        assert p.returncode == 0, f"{folder}/ is not in .gitignore"

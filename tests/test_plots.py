@@ -178,3 +178,20 @@ def test_curves_mark_the_best_epoch(trained_run):
     np.testing.assert_allclose(
         [s for s in fig.axes[0].get_lines() if s.get_label() == "validation"][0].get_ydata(), val_loss
     )
+
+
+def test_sparse_validation_is_drawn_where_it_was_measured(trained_run):
+    """train.eval_every_epochs > 1 (seed_fast validates once, at the end): the validation points are
+    drawn as large markers and the legend names their epochs, instead of one point that looks like a
+    stray mark under the best-epoch star."""
+    rows = [json.loads(s) for s in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    last = rows[-1]["epoch"]
+    for r in rows[:-1]:  # as a run validating only at its last epoch writes them
+        for k in ("val_loss", "val_accuracy", "val_samples", "best"):
+            r.pop(k, None)
+    fig = curves_figure(rows, last)
+    for ax in fig.axes:
+        [val] = [line for line in ax.get_lines() if line.get_label().startswith("validation")]
+        assert val.get_label() == f"validation (epoch {last})"
+        assert list(val.get_xdata()) == [last] and val.get_markersize() >= 8
+        assert f"validation (epoch {last})" in [t.get_text() for t in ax.get_legend().get_texts()]

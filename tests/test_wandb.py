@@ -367,3 +367,35 @@ def test_reader_cli(ddp_run):
     runs = json.loads(p.stdout)
     assert len({r["run_id"] for r in runs}) == 1
     assert runs[0]["config"]["job"]["world_size"] == 2
+
+
+def test_sparse_validation_logs_only_what_was_measured(tmp_path, data_root):
+    """A run that validates every 3rd epoch (seed_fast validates once, at the end): the W&B epochs
+    without validation carry no val_* entry at all, and the reader prints none (no `val_loss None`)."""
+    run_dir = tmp_path / "run"
+    run(
+        train_cmd(
+            *SMALL,
+            f"--data.root={data_root}",
+            "--train.epochs=3",
+            "--train.eval_every_epochs=3",
+            f"--run.dir={run_dir}",
+            "--run.progress=false",
+            "--tracking.backend=wandb",
+        ),
+        env=wandb_env(tmp_path / "home", WANDB_MODE="offline"),
+        check=True,
+    )
+    [rec] = [read_run(f) for f in find_run_files(run_dir / "wandb")]
+    rows = rec.epoch_rows()
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [sorted(k for k in r if k.startswith("val_")) for r in rows] == [
+        [],
+        [],
+        ["val_accuracy", "val_loss", "val_samples"],
+    ]
+    assert all(v is not None for row in rec.history for v in row.values())
+    p = run([sys.executable, "-m", "cifar_dist.wandb_records", str(run_dir)], check=True)
+    epoch_lines = [line for line in p.stdout.splitlines() if line.strip().startswith("epoch ")]
+    assert len(epoch_lines) == 3 and "None" not in p.stdout, p.stdout
+    assert ["val_loss" in line for line in epoch_lines] == [False, False, True], p.stdout

@@ -359,19 +359,35 @@ def test_mixed_precision_no_survives_yaml_parsing(tmp_path):
     assert resolve("fast", None, ["--train.mixed_precision=bf16"]).train.mixed_precision == "bf16"
 
 
-def test_gpu_check_script_runs_tiny_on_cpu(tmp_path):
-    """benchmarks/gpu_check.sh is written for a lent GPU; its CPU smoke mode runs the same driver
-    code on tiny data and must produce its table and JSON."""
+def test_gpu_check_smoke_runs_every_configuration_in_its_own_process(tmp_path):
+    """benchmarks/gpu_check.sh --smoke runs the GPU check's sequence of configurations (3 models × fp32/bf16
+    × eager/compile, then `fast` on a JPEG archive at widths 16 and 64), tiny, on the CPU: every row has
+    its number. On main before issue 27 all configurations shared one process, and every one after the
+    first precision failed with "AcceleratorState has already been initialized"."""
+    from imagetree import write_tar, write_tree
+
+    archive = write_tar(write_tree(tmp_path / "tree", n_train=12, n_test=4, size=32), tmp_path / "tiny.tar.xz")
     out = tmp_path / "out"
     p = run(
-        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(out)],
-        timeout=400,
-        env=base_env(GPU_CHECK_TINY=1, GPU_CHECK_DATA=tmp_path / "data"),
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(out), "--smoke"],
+        timeout=900,
+        env=base_env(CIFAR10_JPEG_ARCHIVE=archive),
     )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    result = json.loads((out / "gpu_check.json").read_text())
-    assert [r["model"] for r in result["runs"]] == ["seed_cnn", "resnet_fast"]
-    assert all(r["error"] is None and r["images_per_sec"] > 0 for r in result["runs"])
-    assert [f["width"] for f in result["fast_full"]] == [16] and all(f["error"] is None for f in result["fast_full"])
-    assert "| seed_cnn |" in (out / "gpu_check.md").read_text()
-    assert "speedup_vs_tutorial=" in p.stdout.strip().splitlines()[-2]
+    parts = json.loads((out / "gpu_check.json").read_text())["parts"]
+    rows = [(r["model"], r["width"], r["mixed_precision"], r["compile"]) for r in parts if r["part"] == "throughput"]
+    models = [("seed_cnn", None), ("resnet_fast", 16), ("resnet_fast", 64)]
+    expected = [(*m, prec, comp) for comp in (False, True) for prec in ("no", "bf16") for m in models]
+    assert sorted(rows, key=str) == sorted(expected, key=str)
+    for r in parts:
+        assert "error" not in r, r
+        throughput = r["part"] == "throughput"
+        numbers = ("images_per_sec", "tflops_per_sec") if throughput else ("test_accuracy", "eval_seconds")
+        assert all(r[k] is not None and r[k] >= 0 for k in (*numbers, "peak_mem_gib")), r
+    fast = [r for r in parts if r["part"] == "fast"]
+    assert [r["width"] for r in fast] == [16, 64] and all(r["train_pflop"] > 0 and r["train_seconds"] > 0 for r in fast)
+    table = (out / "gpu_check.md").read_text()
+    assert table.count("| resnet_fast |") == 8 and table.count("| fast |") == 2
+    assert "| - |" not in table.replace("| seed_cnn | - |", ""), "a row without its number"
+    last = p.stdout.strip().splitlines()[-1]
+    assert "94.01%" in last and "3.83 s" in last and "0.36 PFLOP" in last

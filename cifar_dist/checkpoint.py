@@ -33,7 +33,10 @@ from .run_dir import RunDir
 
 FORMAT = "cifar-dist-checkpoint"
 FORMAT_VERSION = 1
-MODEL_ARGS = ("dropout", "width")  # the model.* config keys a network is built with, besides its data shape
+# The model.* config keys a network is built with, besides its data shape: dropout and width for the
+# built-in ones, kwargs for torchvision:, timm: and a user's package.module:factory.
+BUILTIN_MODEL_ARGS = ("dropout", "width")
+MODEL_ARGS = (*BUILTIN_MODEL_ARGS, "kwargs")
 
 
 @dataclass
@@ -112,27 +115,36 @@ def versions() -> dict:
 # -- the checkpoint format: what a model is, written once, read once ------------------------------
 def model_metadata(cfg, data) -> dict:
     """What rebuilding the network needs, stored in best.pt (and, reshaped, in model/config.json)."""
+    from .models import model_source
+
+    keys = BUILTIN_MODEL_ARGS if model_source(cfg.model.name) == "builtin" else ("kwargs",)
     return {
         "model": {
             "name": cfg.model.name,
             "in_channels": data.in_channels,
             "image_size": data.image_size,
             "num_classes": data.num_classes,
-            **{k: getattr(cfg.model, k) for k in MODEL_ARGS},
+            **{k: getattr(cfg.model, k) for k in keys},
         },
         "classes": list(data.classes),
         "normalize": {"mean": list(data.mean), "std": list(data.std)},
     }
 
 
-def build_model_from_checkpoint(ckpt: dict, source="the checkpoint") -> torch.nn.Module:
-    """The network a checkpoint (load_checkpoint's dict) describes, with its weights, in eval mode."""
+def build_model_from_checkpoint(ckpt: dict, source="the checkpoint", trust_code: bool = False) -> torch.nn.Module:
+    """The network a checkpoint (load_checkpoint's dict) describes, with its weights, in eval mode.
+    A model from a user's package.module:factory is imported only with trust_code=True."""
     from .models import build_model
 
     m = ckpt["model"]
     try:
         model = build_model(
-            m["name"], m["in_channels"], m["image_size"], m["num_classes"], **{k: m[k] for k in MODEL_ARGS if k in m}
+            m["name"],
+            m["in_channels"],
+            m["image_size"],
+            m["num_classes"],
+            trust_code=trust_code,
+            **{k: m[k] for k in MODEL_ARGS if k in m},
         )
         model.load_state_dict(ckpt["model_state"])
     except (RuntimeError, KeyError) as e:

@@ -31,8 +31,8 @@ WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 def option(default, help: str):
     """A config key: its default and one line saying what it does (listed by --help)."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help})
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
 
 
@@ -60,10 +60,13 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = option(
-        "seed_cnn", "network: seed_cnn (the tutorial's CNN), seed_cnn_bn (it with batch norm) or resnet_fast (ResNet-9)"
+        "seed_cnn",
+        "network: seed_cnn (the tutorial's CNN), seed_cnn_bn (it with batch norm), resnet_fast (ResNet-9), "
+        "torchvision:NAME, timm:NAME or package.module:factory (your own code)",
     )
     dropout: float = option(0.3, "dropout probability around the seed CNNs' first linear layer")
     width: int = option(64, "resnet_fast's base width in channels (64 = ResNet-9); the seed CNNs ignore it")
+    kwargs: dict = option({}, "torchvision:, timm: and your own models: keyword arguments (a YAML mapping)")
 
 
 @dataclass
@@ -165,6 +168,17 @@ def _coerce(path: str, value: Any, current: Any) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise UserError(f"{path} must be a number, got {value!r}") from None
+    if kind is dict:
+        if isinstance(value, str):
+            import yaml
+
+            try:
+                value = yaml.safe_load(value) if value.strip() else {}
+            except yaml.YAMLError:
+                raise UserError(f"{path} must be a YAML mapping such as '{{depth: 2}}', got {value!r}") from None
+        if not isinstance(value, dict):
+            raise UserError(f"{path} must be a YAML mapping such as '{{depth: 2}}', got {value!r}")
+        return value
     if kind is list:
         if isinstance(value, str):
             return [v for v in value.split(",") if v]
@@ -216,12 +230,16 @@ def _cuda_available() -> bool:
 
 
 def validate(cfg: Config) -> Config:
-    from .models import MODELS  # the registry is the single source of model names
+    from .models import model_source  # the registry is the single source of model names
 
     _check_choice("data.name", cfg.data.name, DATASETS)
     _check_choice("data.loader", cfg.data.loader, LOADERS)
     _check_choice("data.normalize", cfg.data.normalize, NORMALIZE)
-    _check_choice("model.name", cfg.model.name, tuple(MODELS))
+    if model_source(cfg.model.name) == "builtin" and cfg.model.kwargs:
+        raise UserError(
+            f"model.kwargs is for torchvision:, timm: and your own models; {cfg.model.name} takes "
+            f"model.dropout and model.width: drop --model.kwargs"
+        )
     if cfg.optim.schedule not in DEPRECATED_SCHEDULES:  # accepted, with a warning (config_warnings)
         _check_choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
     _check_choice("train.mixed_precision", cfg.train.mixed_precision, PRECISIONS)
@@ -420,7 +438,7 @@ def config_help(sections: tuple[str, ...] | None = None) -> str:
         for g in fields(section) if section else [f]:
             path = f"{f.name}.{g.name}" if section else g.name
             default = g.default_factory() if g.default is dataclasses.MISSING else g.default
-            kind = {"str": "text"}.get(g.type, g.type)
+            kind = {"str": "text", "dict": "yaml-mapping"}.get(g.type, g.type)
             lines += [f"  --{path}={kind.upper()}  (default: {default!r})", f"        {g.metadata['help']}"]
     return "\n".join(lines)
 

@@ -37,7 +37,7 @@ def main(argv: list[str]) -> None:
     reject_unknown_options(parser, rest)
     ckpt = load_checkpoint(args.checkpoint)
     cfg = _config(ckpt, args, rest)
-    model = build_model_from_checkpoint(ckpt, source=args.checkpoint)
+    model = build_model_from_checkpoint(ckpt, source=args.checkpoint, trust_code=args.trust_code)
     if args.images:
         _predict_images(model, ckpt, cfg, args)
     else:
@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True, help="a run folder, its best.pt, or its exported model/ folder")
     p.add_argument("--split", choices=["test", "val"], default="test")
+    p.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="allow importing the model's own package.module:factory (a model trained from your own code)",
+    )
     p.add_argument("--json", default=None, help="write loss, accuracy, per-class counts and the confusion matrix here")
     p.add_argument("--batch-size", type=int, default=None, help="short for --eval.per_device_batch_size")
     p.add_argument("--plots", default=None, help="write the figures (PNG) into this folder")

@@ -39,10 +39,16 @@ def _provenance(source: dict) -> dict:
 def model_config(ckpt: dict) -> dict:
     """config.json: the model's own arguments at the top level (what `from_pretrained` passes to the
     class), then what a user needs to feed it and read its output, then where it came from."""
+    from .models import model_source
+
     m = ckpt["model"]
     args = {k: v for k, v in m.items() if k != "name"}
+    source = model_source(m["name"])
     return {
         "architecture": m["name"],
+        # How to rebuild it: the registry name, torchvision.models.get_model / timm.create_model (NAME after
+        # the prefix, with num_classes and kwargs), or the user's factory, imported only with trust_code.
+        "source": source,
         **args,
         "input_size": [m["in_channels"], m["image_size"], m["image_size"]],
         "class_names": list(ckpt["classes"]),
@@ -90,11 +96,15 @@ def read_model_folder(folder) -> dict:
     }
 
 
-def load_model(path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The network in an exported folder (or a best.pt / run folder), with its weights, in eval mode."""
+def load_model(path, device: str | torch.device = "cpu", trust_code: bool = False) -> torch.nn.Module:
+    """The network in an exported folder (or a best.pt / run folder), with its weights, in eval mode.
+
+    A model built by a user's own `package.module:factory` is rebuilt by importing and running that
+    code, so (like Hugging Face's trust_remote_code) it loads only with trust_code=True; built-in,
+    torchvision: and timm: models load without it."""
     from .checkpoint import build_model_from_checkpoint, load_checkpoint
 
-    return build_model_from_checkpoint(load_checkpoint(path), source=path).to(device)
+    return build_model_from_checkpoint(load_checkpoint(path), source=path, trust_code=trust_code).to(device)
 
 
 def _pct(correct: int, total: int) -> str:
@@ -112,7 +122,7 @@ def model_card(conf: dict, test: dict | None = None) -> str:
     t = conf["training"]
     cfg = t.get("config", {})
     data = cfg.get("data", {}).get("name", "unknown")
-    args = ", ".join(f"{k}={conf[k]}" for k in ("dropout", "width") if k in conf)
+    args = ", ".join(f"{k}={conf[k]}" for k in ("dropout", "width", "kwargs") if k in conf)
     c, s = conf["input_size"][0], conf["input_size"][-1]
     lines = [
         "---",
@@ -157,7 +167,12 @@ def model_card(conf: dict, test: dict | None = None) -> str:
         "",
         "```python",
         "from cifar_dist import load_model",
-        'model = load_model("path/to/this/folder")  # eval mode; or SeedCNN/ResNetFast.from_pretrained(...)',
+        (
+            'model = load_model("path/to/this/folder", trust_code=True)  # imports and runs '
+            f"{conf['architecture']} (must be on PYTHONPATH)"
+            if conf.get("source") == "code"
+            else 'model = load_model("path/to/this/folder")  # eval mode; or SeedCNN/ResNetFast.from_pretrained(...)'
+        ),
         "logits = model(x)  # x: float (N, C, H, W), normalised with config.json's mean and std",
         "```",
         "",

@@ -10,16 +10,25 @@ exported model folder (export.py) and returns the network in eval mode, its weig
     seed_cnn      the tutorial's CNN, layer for layer (541,094 parameters for CIFAR)
     seed_cnn_bn   the same layers with batch norm after each pool (541,206)
     resnet_fast   the ResNet-9 family, `model.width` wide (6.57 M at width 64)
+
+model.name also takes any torchvision classification model (`torchvision:resnet18`), a timm model
+(`timm:NAME`, with the optional extra cifar-dist[timm]) and a user's own factory
+(`package.module:factory`, importable from PYTHONPATH), with `model.kwargs` passed to it.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import re
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
+
+from .errors import UserError, first_line
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -183,12 +192,140 @@ def resnet_fast(in_channels: int, image_size: int, num_classes: int, width: int 
     return ResNetFast(in_channels, num_classes, width)
 
 
-def build_model(name: str, in_channels: int, image_size: int, num_classes: int, **kwargs) -> nn.Module:
-    if name not in MODELS:
-        from .errors import UserError
+BUILTIN_KINDS = ("torchvision", "timm")  # model.name prefixes besides a user's package.module:factory
+_CODE_NAME = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*")
 
-        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
-    return MODELS[name](in_channels=in_channels, image_size=image_size, num_classes=num_classes, **kwargs)
+
+def model_source(name: str) -> str:
+    """Where model.name's network comes from: builtin, torchvision, timm or code (a user's
+    package.module:factory); a one-line UserError for anything else."""
+    if name in MODELS:
+        return "builtin"
+    prefix, _, rest = name.partition(":")
+    if prefix in BUILTIN_KINDS and rest:
+        return prefix
+    if _CODE_NAME.fullmatch(name):
+        return "code"
+    raise UserError(
+        f"model.name={name!r} is not valid; choose one of: {', '.join(MODELS)}, torchvision:NAME, timm:NAME "
+        f"or package.module:factory (your own code)"
+    )
+
+
+def build_model(
+    name: str,
+    in_channels: int,
+    image_size: int,
+    num_classes: int,
+    kwargs: dict | None = None,
+    trust_code: bool = True,
+    **builtin_args,
+) -> nn.Module:
+    """The network model.name names. Built-ins take model.dropout / model.width (`builtin_args`); the
+    others take model.kwargs and are checked once on a [2, C, S, S] batch of zeros: the output must be
+    [batch, num_classes]. `trust_code=False` refuses to import a user's package.module:factory (what
+    loading a downloaded model does unless the caller says it trusts the code)."""
+    source = model_source(name)
+    if source == "builtin":
+        return MODELS[name](in_channels=in_channels, image_size=image_size, num_classes=num_classes, **builtin_args)
+    kwargs = dict(kwargs or {})
+    if source == "torchvision":
+        model = _torchvision_model(name.partition(":")[2], num_classes, kwargs)
+    elif source == "timm":
+        model = _timm_model(name.partition(":")[2], in_channels, num_classes, kwargs)
+    else:
+        if not trust_code:
+            raise UserError(
+                f"refusing to import {name!r}: it is your own Python code, and running it is your call; "
+                f"pass trust_code=True (evaluate.py: --trust-code) if you trust it"
+            )
+        model = _code_model(name, in_channels, image_size, num_classes, kwargs)
+    check_output(model, name, in_channels, image_size, num_classes)
+    return model
+
+
+def _torchvision_model(arch: str, num_classes: int, kwargs: dict) -> nn.Module:
+    import torchvision
+    from torchvision import models as tvm
+
+    if arch not in tvm.list_models(module=tvm):  # classification models only (not detection, video, ...)
+        raise UserError(
+            f"torchvision {torchvision.__version__} has no classification model {arch!r}; "
+            f"see torchvision.models.list_models(module=torchvision.models)"
+        )
+    try:
+        return tvm.get_model(arch, num_classes=num_classes, **kwargs)  # weights=None: randomly initialised
+    except (TypeError, ValueError) as e:
+        raise UserError(f"torchvision:{arch} with model.kwargs={kwargs} failed: {first_line(e, 160)}") from None
+
+
+def _timm_model(arch: str, in_channels: int, num_classes: int, kwargs: dict) -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise UserError(
+            f"model.name=timm:{arch} needs timm, which is not installed: pip install 'cifar-dist[timm]'"
+        ) from None
+    try:
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
+    except (RuntimeError, TypeError, ValueError, KeyError) as e:
+        raise UserError(f"timm:{arch} with model.kwargs={kwargs} failed: {first_line(e, 160)}") from None
+
+
+def _code_model(name: str, in_channels: int, image_size: int, num_classes: int, kwargs: dict) -> nn.Module:
+    """package.module:factory, called with num_classes (and in_channels, image_size when its
+    signature takes them) and model.kwargs."""
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # ModuleNotFoundError, or the module's own code failing
+        raise UserError(
+            f"model.name={name}: cannot import {module_name!r} ({type(e).__name__}: {first_line(e, 120)}); "
+            f"put its folder on PYTHONPATH (or pip install it) and check the name"
+        ) from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise UserError(f"model.name={name}: {module_name} has no function or class {attr!r}")
+    shape = {"in_channels": in_channels, "image_size": image_size, "num_classes": num_classes}
+    try:
+        params = inspect.signature(factory).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        args = {k: v for k, v in shape.items() if k == "num_classes" or takes_any or k in params}
+    except (TypeError, ValueError):  # no signature to read (a C callable): pass num_classes only
+        args = {"num_classes": num_classes}
+    try:
+        model = factory(**args, **kwargs)
+    except TypeError as e:
+        raise UserError(
+            f"model.name={name}: calling {attr}({', '.join([*args, *kwargs])}) failed: {first_line(e, 120)}; "
+            f"it must take num_classes (and optionally in_channels, image_size) plus model.kwargs"
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model.name={name}: {attr}(...) returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def check_output(model: nn.Module, name: str, in_channels: int, image_size: int, num_classes: int) -> None:
+    """One forward pass on a [2, C, S, S] batch of zeros in eval mode (no dropout draws, no BatchNorm
+    update): the logits must be [batch, num_classes]."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, in_channels, image_size, image_size))
+    except Exception as e:
+        raise UserError(
+            f"model {name} failed on a [2, {in_channels}, {image_size}, {image_size}] batch "
+            f"({type(e).__name__}: {first_line(e, 120)}); it must take the dataset's images"
+        ) from None
+    finally:
+        model.train(was_training)
+    shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if shape != [2, num_classes]:
+        raise UserError(
+            f"model {name} returned {shape} for a batch of 2 images; it must return logits of shape "
+            f"[batch, num_classes] = [2, {num_classes}]"
+        )
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -46,6 +46,7 @@ RESUME_FIXED = [
     ("data", "synthetic_test_size"),
     ("model", "name"),
     ("model", "width"),
+    ("model", "kwargs"),
     ("train", "per_device_batch_size"),
 ]
 
@@ -177,9 +178,14 @@ def _start_error(cfg, run: RunDir) -> tuple[str | None, bool]:
 def prepare_run_dir(cfg, accelerator) -> tuple[RunDir, bool]:
     """Collective. Pick run.dir, decide whether this is a resume, and fail early (on every rank) when
     the folder holds another run, cannot be written, or was made with a different model/data config."""
-    name = cfg.run.dir or f"runs/{cfg.data.name}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = cfg.run.dir or f"runs/{cfg.data.name}-{_slug(cfg.model.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = RunDir(broadcast_object(accelerator, name))
     cfg.run.dir = str(run.path)
     error, resume = _start_error(cfg, run) if accelerator.is_main_process else (None, False)
     raise_if_any(accelerator, error)
     return run, broadcast_object(accelerator, resume)
+
+
+def _slug(name: str) -> str:
+    """A model name as part of a folder name: torchvision:resnet18 -> torchvision-resnet18."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)

@@ -158,7 +158,9 @@ def build(cfg: Config, accelerator) -> Job:
         data.in_channels,
         data.image_size,
         data.num_classes,
-        dropout=cfg.model.dropout,
+        kwargs=cfg.model.kwargs,
+        trust_code=True,  # the user named this code on their own command line
+        dropout=cfg.model.dropout,  # built-in models only; the others take model.kwargs
         width=cfg.model.width,
     )
     seed_each_rank(accelerator, cfg.seed)

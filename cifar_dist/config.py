@@ -19,7 +19,9 @@ from .schedules import DEPRECATED as DEPRECATED_SCHEDULES
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "synthetic", "imagefolder")
 LOADERS = ("torch", "tensor")
 NORMALIZE = ("half", "dataset")  # half = the tutorial's Normalize(0.5, 0.5)
-SCHEDULES = ("constant", "linear", "linear_to_1pct")  # formulas: cifar_dist/schedules.py; onecycle: deprecated alias
+# formulas: cifar_dist/schedules.py; onecycle: a deprecated alias
+SCHEDULES = ("constant", "linear", "linear_to_1pct", "cosine")
+OPTIMIZERS = ("sgd", "adamw")  # cifar_dist/optim.py
 # launcher: what `accelerate launch` was given (--mixed_precision, its config file, `accelerate config`);
 # auto: bf16 on a CUDA GPU that supports it, else no. Details: distributed.choose_mixed_precision.
 PRECISIONS = ("launcher", "no", "bf16", "fp16", "auto")
@@ -71,13 +73,16 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = option(0.01, "SGD learning rate (for optim.reference_batch_size images when that is > 0)")
+    lr: float = option(0.01, "learning rate (for optim.reference_batch_size images when that is > 0)")
+    name: str = option("sgd", "optimizer: sgd or adamw (cifar_dist/optim.py)")
     momentum: float = option(0.0, "SGD momentum; 0 = plain SGD")
     nesterov: bool = option(False, "Nesterov momentum (needs optim.momentum > 0)")
-    weight_decay: float = option(0.0, "SGD's L2 weight decay")
+    betas: list = option([0.9, 0.999], "AdamW's (beta1, beta2): decay rates of its gradient averages")
+    weight_decay: float = option(0.0, "weight decay: sgd as L2 in the gradient, adamw decoupled from it")
+    no_decay_norm_bias: bool = option(False, "no weight decay on biases and norm scales/shifts (parameters < 2-D)")
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss; 0 = none")
-    schedule: str = option("constant", "lr over the steps: constant, linear or linear_to_1pct (docs/config.md)")
-    warmup_epochs: float = option(0.0, "epochs of linear lr warm-up at the start (linear schedules)")
+    schedule: str = option("constant", "lr over the steps: constant, linear, linear_to_1pct or cosine (docs/config.md)")
+    warmup_epochs: float = option(0.0, "epochs of linear lr warm-up at the start (all but constant)")
     reference_batch_size: int = option(0, "images; > 0: lr is for this global batch, scaled to the real one; 0: as is")
 
 
@@ -181,9 +186,15 @@ def _coerce(path: str, value: Any, current: Any) -> Any:
         return value
     if kind is list:
         if isinstance(value, str):
-            return [v for v in value.split(",") if v]
-        if isinstance(value, (list, tuple)):
-            return [str(v) for v in value]
+            value = [v.strip() for v in value.strip("[]()").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{path} must be a list (a,b,c), got {value!r}")
+        if current and all(isinstance(v, float) for v in current):  # a list of numbers (optim.betas)
+            try:
+                return [float(v) for v in value]
+            except (TypeError, ValueError):
+                raise UserError(f"{path} must be a list of numbers (0.9,0.999), got {value!r}") from None
+        return [str(v) for v in value]
         raise UserError(f"{path} must be a list (a,b,c), got {value!r}")
     if kind is str:
         if isinstance(value, bool):  # resume=true parses as bool in YAML
@@ -242,6 +253,7 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.optim.schedule not in DEPRECATED_SCHEDULES:  # accepted, with a warning (config_warnings)
         _check_choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
+    _check_choice("optim.name", cfg.optim.name, OPTIMIZERS)
     _check_choice("train.mixed_precision", cfg.train.mixed_precision, PRECISIONS)
     _check_choice("train.device", cfg.train.device, DEVICES)
     _check_choice("train.resume", cfg.train.resume, RESUME)
@@ -259,6 +271,11 @@ def validate(cfg: Config) -> Config:
         ("optim.lr", cfg.optim.lr > 0, "must be > 0"),
         ("optim.momentum", 0.0 <= cfg.optim.momentum < 1.0, "must be in [0, 1)"),
         ("optim.weight_decay", cfg.optim.weight_decay >= 0, "must be >= 0"),
+        (
+            "optim.betas",
+            len(cfg.optim.betas) == 2 and all(0.0 <= b < 1.0 for b in cfg.optim.betas),
+            "must be two numbers in [0, 1), e.g. 0.9,0.999",
+        ),
         ("optim.label_smoothing", 0.0 <= cfg.optim.label_smoothing < 1.0, "must be in [0, 1)"),
         ("optim.warmup_epochs", cfg.optim.warmup_epochs >= 0, "must be >= 0"),
         ("optim.reference_batch_size", cfg.optim.reference_batch_size >= 0, "must be >= 0 (0: lr as given)"),
@@ -277,6 +294,10 @@ def validate(cfg: Config) -> Config:
         if not ok:
             section, key = path.split(".")
             raise UserError(f"{path}={getattr(getattr(cfg, section), key)!r} {why}")
+    if cfg.optim.name != "sgd" and (cfg.optim.momentum or cfg.optim.nesterov):
+        raise UserError(
+            f"optim.momentum and optim.nesterov are SGD's; optim.name={cfg.optim.name} uses optim.betas: drop them"
+        )
     if cfg.optim.nesterov and cfg.optim.momentum == 0:
         raise UserError("optim.nesterov=true needs optim.momentum > 0")
     if cfg.train.mixed_precision == "fp16" and (cfg.train.device == "cpu" or not _cuda_available()):

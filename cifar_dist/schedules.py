@@ -8,15 +8,18 @@ With s the optimizer step (0-based), T the run's total steps, W = optim.warmup_e
 epoch and p = clamp((s − W) / (T − W), 0, 1) the fraction of the decay done:
 
     constant         lr(s) = lr                                  (no warm-up either)
-    warm-up, s < W   lr(s) = lr · (s + 1) / W                    (linear and linear_to_1pct)
+    warm-up, s < W   lr(s) = lr · (s + 1) / W                    (every schedule but constant)
     linear           lr(s) = lr · (1 − p)                        ends at 0
     linear_to_1pct   lr(s) = lr · (1 − 0.99 p)                   ends at lr / 100 (airbench's schedule)
+    cosine           lr(s) = lr · (1 + cos(π p)) / 2             ends at 0 (SGDR without restarts)
 
 `onecycle` is the old name of `linear_to_1pct`, kept as a deprecated alias: it was never PyTorch's
 OneCycleLR (cosine annealing with momentum cycling), only a linear warm-up and a linear decay.
 """
 
 from __future__ import annotations
+
+import math
 
 DEPRECATED = {"onecycle": "linear_to_1pct"}  # old name -> the schedule it means
 
@@ -38,6 +41,8 @@ def lr_at(step: int, total_steps: int, base_lr: float, schedule: str = "constant
         return base_lr * (1.0 - progress)
     if schedule == "linear_to_1pct":  # linear decay to base_lr/100
         return base_lr * (1.0 - progress * 0.99)
+    if schedule == "cosine":  # half a cosine from base_lr to 0 at the last step
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
     raise ValueError(f"unknown schedule {schedule!r}")
 
 

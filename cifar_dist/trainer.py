@@ -40,6 +40,7 @@ from .evaluation import evaluate
 from .export import add_test_results
 from .loaders import build_train_loader
 from .models import build_model, count_parameters
+from .optim import build_optimizer
 from .preemption import StopRequest
 from .progress import TrainProgress
 from .run_dir import RunDir, prepare_run_dir
@@ -173,19 +174,7 @@ def build(cfg: Config, accelerator) -> Job:
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     base_lr = scaled_lr(cfg, accelerator.num_processes)  # optim.reference_batch_size: lr given per that batch
-    # fused: one kernel updates every parameter (PyTorch's default on the CPU is a Python loop over
-    # them). Same maths; the rounding may differ in the last bit: 20 steps of resnet_fast (and a whole
-    # 13-epoch `fast` run) end bit-identical to the loop, 20 steps of the seed CNN do not.
-    # Measured (2 cores, torch 2.14.1, medians of 5) on the training step alone: seed CNN batch 64
-    # 4,154 -> 4,426 images/s, batch 128 5,023 -> 5,133; resnet_fast +1 %.
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=base_lr,
-        momentum=cfg.optim.momentum,
-        nesterov=cfg.optim.nesterov,
-        weight_decay=cfg.optim.weight_decay,
-        fused=accelerator.device.type in ("cpu", "cuda"),
-    )
+    optimizer = build_optimizer(model, cfg.optim, base_lr, fused=accelerator.device.type in ("cpu", "cuda"))
     model, optimizer = accelerator.prepare(model, optimizer)
     if cfg.train.compile:
         model = torch.compile(model)

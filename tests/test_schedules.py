@@ -1,6 +1,8 @@
 """Learning-rate schedules: the formulas of cifar_dist/schedules.py's docstring, and the deprecated
 `onecycle` name (it runs as linear_to_1pct and says so in one warning line)."""
 
+import math
+
 import pytest
 from conftest import SMALL, run, train_cmd
 
@@ -25,14 +27,23 @@ def test_decay_formulas():
     assert {lr_at(s, T, LR, "constant", W) for s in range(T)} == {LR}  # no warm-up either
 
 
+def test_cosine_warms_up_then_follows_half_a_cosine_to_zero():
+    assert [lr_at(s, T, LR, "cosine", W) for s in (0, 4, 9)] == pytest.approx([LR / W, LR * 5 / W, LR])
+    for s, p in [(10, 0.0), (35, 0.25), (60, 0.5), (85, 0.75), (110, 1.0), (500, 1.0)]:
+        assert lr_at(s, T, LR, "cosine", W) == pytest.approx(LR * (1 + math.cos(math.pi * p)) / 2)
+    assert lr_at(60, T, LR, "cosine", W) == pytest.approx(LR / 2)
+    assert lr_at(T, T, LR, "cosine", W) == pytest.approx(0.0, abs=1e-12)
+    assert resolve(overrides=["--optim.schedule=cosine"]).optim.schedule == "cosine"
+
+
 def test_onecycle_is_a_deprecated_alias_of_linear_to_1pct():
     assert [lr_at(s, T, LR, "onecycle", W) for s in range(T + 1)] == [
         lr_at(s, T, LR, "linear_to_1pct", W) for s in range(T + 1)
     ]
     assert resolve("seed_fast").optim.schedule == "linear_to_1pct"
     assert resolve(overrides=["--optim.schedule=onecycle"]).optim.schedule == "onecycle"  # accepted as given
-    with pytest.raises(UserError, match="choose one of: constant, linear, linear_to_1pct$"):
-        resolve(overrides=["--optim.schedule=cosine"])
+    with pytest.raises(UserError, match="choose one of: constant, linear, linear_to_1pct, cosine$"):
+        resolve(overrides=["--optim.schedule=cosin"])
 
 
 def test_onecycle_warns_once_per_job(tmp_path, data_root):

@@ -236,6 +236,9 @@ def _prepare_cifar(cls, root: Path, download: bool, label: str) -> None:
 
     if complete(folder) or not (download or (root / cls.filename).is_file()):
         return  # ready, or nothing to prepare it from: the reader says what is missing
+    if not (root / cls.filename).is_file():
+        # Offline: say so before the lock, so a failed start leaves no data folder or lock file behind.
+        _check_download(cls, root, label)
 
     def build(tmp: Path) -> None:
         try:
@@ -243,10 +246,7 @@ def _prepare_cifar(cls, root: Path, download: bool, label: str) -> None:
                 cls.url, download_root=str(root), extract_root=str(tmp), filename=cls.filename, md5=cls.tgz_md5
             )
         except OSError as e:  # URLError is an OSError: no network
-            raise UserError(
-                f"{label} is not in {root} and the download failed ({getattr(e, 'reason', e)}); this "
-                f"machine seems offline: place {cls.filename} in {root}/ by hand and run again"
-            ) from None
+            raise UserError(_offline_message(cls, root, label, e)) from None
         except RuntimeError as e:  # the archive's md5 differs from torchvision's
             raise UserError(f"{root / cls.filename} is not {label}'s archive ({e}); delete it and run again") from None
         for p in (tmp / cls.base_folder).iterdir():  # the archive holds <base_folder>/...: its files are the folder's
@@ -254,6 +254,25 @@ def _prepare_cifar(cls, root: Path, download: bool, label: str) -> None:
         (tmp / cls.base_folder).rmdir()
 
     build_once(folder, build, f"{label}'s files", "set --data.root to a writable folder", is_complete=complete)
+
+
+def _offline_message(cls, root: Path, label: str, e: OSError) -> str:
+    return (
+        f"{label} is not in {root} and the download failed ({getattr(e, 'reason', e)}; this machine seems "
+        f"offline); place {cls.filename} (from {cls.url}) in {root}/ and run again, or train on images in "
+        "folders: --data.name=imagefolder --data.root=DIR_OR_ARCHIVE (e.g. the CIFAR-10 JPEG copy, "
+        "../shared/data/cifar10-jpeg.tar.xz; README, docs/data.md)"
+    )
+
+
+def _check_download(cls, root: Path, label: str, timeout_s: float = 20) -> None:
+    """One HEAD request to the archive's URL (through the proxies urllib honours, as the download)."""
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(cls.url, method="HEAD"), timeout=timeout_s).close()
+    except OSError as e:
+        raise UserError(_offline_message(cls, root, label, e)) from None
 
 
 def _read_raw(cfg, main_process_first, transform):

@@ -3,8 +3,8 @@
     accelerate launch train.py                                   # the tutorial run (preset seed)
     accelerate launch --config_file accelerate_configs/cpu_ddp.yaml train.py --data.name=synthetic --train.epochs=2
 
-`train()` reads top to bottom in the order a run happens: accelerator, run folder, build (data,
-model, optimizer, loader), resume, then per epoch train, validate, checkpoint, log; finally the
+`train()` reads top to bottom in the order a run happens: accelerator, data, run folder, build
+(model, optimizer, loader), resume, then per epoch train, validate, checkpoint, log; finally the
 test with the best weights. The phases are the functions below it, in the same order.
 """
 
@@ -61,13 +61,16 @@ def train(cfg: Config, after_epoch=None) -> dict:
     # Handlers first: a stop request during start-up (data, model, resume) is kept and honoured at
     # the first step; under slurm/launch.sh USR1 is ignored until this line.
     stop = StopRequest(accelerator)
+    # Data before anything is printed or created: a wrong data.root (or CIFAR-10 missing offline)
+    # ends in its one line, without the config above it or a run folder it names.
+    data = load_data(cfg, accelerator)
     run, resume = prepare_run_dir(cfg, accelerator)
     accelerator.print(format_config(cfg))
     for line in config_warnings(cfg):
         accelerator.print(line, file=sys.stderr)
 
-    # Build: data, model, optimizer, loader (in this order: each draws from the seeded RNG).
-    job = build(cfg, accelerator)
+    # Build: model, optimizer, loader (in this order: each draws from the seeded RNG).
+    job = build(cfg, accelerator, data)
     state = TrainState(config=cfg.to_dict())
     accelerator.register_for_checkpointing(state)
     checkpointer = Checkpointer(accelerator, run, cfg, model_metadata(cfg, job.data), state)
@@ -151,9 +154,8 @@ class Job:
         )
 
 
-def build(cfg: Config, accelerator) -> Job:
+def build(cfg: Config, accelerator, data: DataBundle) -> Job:
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
-    data = load_data(cfg, accelerator)
     model = build_model(
         cfg.model.name,
         data.in_channels,

@@ -334,7 +334,8 @@ def test_bad_input_one_line_and_nothing_changed(catalogue, name, patterns):
 
 def test_a_failed_start_leaves_no_run_folder(tmp_path):
     """CIFAR-10 missing and the download failing (offline), with the default run.dir: no runs/ folder
-    appears in the working directory; with a run.dir two levels below nothing, neither level stays."""
+    appears in the working directory; with a run.dir two levels below nothing, neither level stays;
+    nor does the data.root folder (or its lock file) that the failed download would have filled."""
     for extra in ([], [f"--run.dir={tmp_path / 'new' / 'deeper' / 'run'}"]):
         p = run(
             train_cmd("--data.name=cifar10", f"--data.root={tmp_path / 'nodata'}", *extra),
@@ -342,7 +343,7 @@ def test_a_failed_start_leaves_no_run_folder(tmp_path):
             env=offline_env(),
         )
         assert_one_line_error(p, r"CIFAR-10 is not in .*nodata", r"download failed")
-        assert sorted(x.name for x in tmp_path.iterdir()) == ["nodata"], sorted(tmp_path.rglob("*"))
+        assert sorted(tmp_path.iterdir()) == [], sorted(tmp_path.rglob("*"))
 
 
 def diverging_run(data_root, run_dir, tracking: str) -> list[str]:

@@ -11,7 +11,9 @@ Recipes are tuned on the validation split (printed as val_accuracy), never on th
 last epoch's weights are tested.
 train_seconds is the wall time of the whole training call: data loading, every epoch's training
 and validation, checkpoints and the final test evaluation; the loop alone is printed too.
-Last line: `test_accuracy=<a> train_seconds=<s>`.
+pflops is the training compute: FLOPs per training image (forward + backward, counted once at the
+start by torch.utils.flop_counter on the real model; cifar_dist/flops.py) times the images trained.
+Last line: `test_accuracy=<a> train_seconds=<s> pflops=<p>`.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
         results.append(run_one(args, seed, overrides, run_dir, None))
     acc = [r["test_accuracy"] for r in results]
     secs = [r["train_seconds"] for r in results]
+    compute = [r["train_pflops"] for r in results]
     summary = {
         "preset": args.preset,
         "runs": results,
@@ -67,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         "test_accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
         "train_seconds_median": statistics.median(secs),
         "train_seconds_max": max(secs),
+        "train_pflops_median": statistics.median(compute),
     }
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
@@ -76,7 +80,10 @@ def main(argv: list[str] | None = None) -> dict:
         + f"; mean {summary['test_accuracy_mean']:.4f} ± {summary['test_accuracy_std']:.4f} (sample std), "
         f"range {min(acc):.4f}–{max(acc):.4f}; train seconds " + " ".join(f"{t:.0f}" for t in secs)
     )
-    print(f"test_accuracy={summary['test_accuracy_median']:.4f} train_seconds={summary['train_seconds_median']:.1f}")
+    print(
+        f"test_accuracy={summary['test_accuracy_median']:.4f} train_seconds={summary['train_seconds_median']:.1f} "
+        f"pflops={summary['train_pflops_median']:.4g}"
+    )
     return summary
 
 
@@ -111,6 +118,8 @@ def run_one(args, seed: int, overrides: list[str], run_dir: str | None, json_pat
         "val_accuracy_best_epoch": rows[summary["best_epoch"] - 1].get("val_accuracy"),
         "train_seconds": wall,
         "train_loop_seconds": loop,
+        "train_flops_per_image": summary["train_flops_per_image"],
+        "train_pflops": summary["train_pflops"],
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "per_class": summary["per_class"],
@@ -129,13 +138,14 @@ def run_one(args, seed: int, overrides: list[str], run_dir: str | None, json_pat
     print(
         f"best epoch {summary['best_epoch']} "
         + (f"(validation accuracy {val:.4f}); " if val is not None else "(no validation split: data.val_fraction=0); ")
-        + f"training loop {loop:.1f} s of {wall:.1f} s wall"
+        + f"training loop {loop:.1f} s of {wall:.1f} s wall; "
+        + f"{summary['train_flops_per_image'] / 1e9:.4g} GFLOP per training image, {summary['train_pflops']:.4g} PFLOP"
     )
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2))
     if not keep:
         shutil.rmtree(run_dir.parent, ignore_errors=True)
-    print(f"test_accuracy={summary['accuracy']:.4f} train_seconds={wall:.1f}")
+    print(f"test_accuracy={summary['accuracy']:.4f} train_seconds={wall:.1f} pflops={summary['train_pflops']:.4g}")
     return result
 
 

@@ -53,6 +53,7 @@ class DataConfig:
     normalize: str = option("half", "half: the tutorial's mean = std = 0.5; dataset: the dataset's own mean and std")
     augment: bool = option(False, "random crop (data.crop_pad) and horizontal flip in training; needs loader=tensor")
     crop_pad: int = option(4, "pixels of reflect padding for the random crop (shifts up to ±crop_pad); 0 = flip only")
+    alternate_flip: bool = option(False, "airbench: mirror each image in every other epoch (at random in the first)")
     download: bool = option(True, "download the dataset when its files are missing")
     num_workers: int = option(0, "DataLoader worker processes per training process (data.loader=torch)")
     synthetic_train_size: int = option(5000, "images generated for data.name=synthetic's train + validation split")
@@ -64,11 +65,14 @@ class ModelConfig:
     name: str = option(
         "seed_cnn",
         "network: seed_cnn (the tutorial's CNN), seed_cnn_bn (it with batch norm), resnet_fast (ResNet-9), "
-        "torchvision:NAME, timm:NAME or package.module:factory (your own code)",
+        "airbench, torchvision:NAME, timm:NAME or package.module:factory (your own code)",
     )
     dropout: float = option(0.3, "dropout probability around the seed CNNs' first linear layer")
-    width: int = option(64, "resnet_fast's base width in channels (64 = ResNet-9); the seed CNNs ignore it")
+    width: int = option(64, "base width in channels: resnet_fast (64 = ResNet-9), airbench (64 = airbench94)")
     kwargs: dict = option({}, "torchvision:, timm: and your own models: keyword arguments (a YAML mapping)")
+    whiten: bool = option(False, "airbench: first layer = frozen 2×2 patch-whitening filters from 5,000 train images")
+    dirac_init: bool = option(False, "airbench: each 3×3 conv starts as the identity on its input channels")
+    bn_learn_scale: bool = option(True, "airbench: false = BatchNorm with a fixed scale of 1 (a learned shift only)")
 
 
 @dataclass
@@ -84,6 +88,9 @@ class OptimConfig:
     schedule: str = option("constant", "lr over the steps: constant, linear, linear_to_1pct or cosine (docs/config.md)")
     warmup_epochs: float = option(0.0, "epochs of linear lr warm-up at the start (all but constant)")
     reference_batch_size: int = option(0, "images; > 0: lr is for this global batch, scaled to the real one; 0: as is")
+    bias_lr_scale: float = option(1.0, "norm biases train at lr × this and weight decay ÷ this (airbench: 64)")
+    lookahead: bool = option(False, "Lookahead every optim.lookahead_every_steps steps; slow weights at the end")
+    lookahead_every_steps: int = option(5, "steps between Lookahead syncs (optim.lookahead=true)")
 
 
 @dataclass
@@ -279,6 +286,8 @@ def validate(cfg: Config) -> Config:
         ("optim.label_smoothing", 0.0 <= cfg.optim.label_smoothing < 1.0, "must be in [0, 1)"),
         ("optim.warmup_epochs", cfg.optim.warmup_epochs >= 0, "must be >= 0"),
         ("optim.reference_batch_size", cfg.optim.reference_batch_size >= 0, "must be >= 0 (0: lr as given)"),
+        ("optim.bias_lr_scale", cfg.optim.bias_lr_scale > 0, "must be > 0"),
+        ("optim.lookahead_every_steps", cfg.optim.lookahead_every_steps >= 1, "must be >= 1"),
         ("train.epochs", cfg.train.epochs >= 1, "must be >= 1"),
         ("train.per_device_batch_size", cfg.train.per_device_batch_size >= 1, "must be >= 1"),
         ("train.checkpoint_every_steps", cfg.train.checkpoint_every_steps >= 0, "must be >= 0"),
@@ -307,6 +316,14 @@ def validate(cfg: Config) -> Config:
             "train.mixed_precision=fp16 needs a CUDA GPU (on the CPU Accelerate would silently train "
             "in fp32); use --train.mixed_precision=bf16, auto, no or launcher"
         )
+    airbench_only = [k for k in ("whiten", "dirac_init") if getattr(cfg.model, k)]
+    if not cfg.model.bn_learn_scale:
+        airbench_only.append("bn_learn_scale")
+    if airbench_only and cfg.model.name != "airbench":
+        keys = ", ".join(f"model.{k}" for k in airbench_only)
+        raise UserError(f"{keys} apply to model.name=airbench only, not {cfg.model.name}; set --model.name=airbench")
+    if cfg.data.alternate_flip and not cfg.data.augment:
+        raise UserError("data.alternate_flip=true needs data.augment=true (it orders the training flips)")
     if cfg.data.augment and cfg.data.loader != "tensor":
         raise UserError("data.augment=true needs data.loader=tensor (the tutorial loader has no augmentation)")
     return cfg

@@ -148,6 +148,11 @@ def model_card(conf: dict, test: dict | None = None) -> str:
     if test is None:
         lines += ["- test accuracy: not measured yet (written when the run's final test has run)"]
     else:
+        if "train_pflops" in test:
+            lines.append(
+                f"- training compute: {test['train_pflops']:.4g} PFLOP "
+                f"({test['train_flops_per_image'] / 1e9:.4g} GFLOP per training image, forward + backward)"
+            )
         lines += [
             (
                 f"- test accuracy: {100 * test['accuracy']:.2f}% on {test['num_samples']:,} images "

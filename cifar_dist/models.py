@@ -10,6 +10,8 @@ exported model folder (export.py) and returns the network in eval mode, its weig
     seed_cnn      the tutorial's CNN, layer for layer (541,094 parameters for CIFAR)
     seed_cnn_bn   the same layers with batch norm after each pool (541,206)
     resnet_fast   the ResNet-9 family, `model.width` wide (6.57 M at width 64)
+    airbench      airbench94's shape: 2×2 patch stem, three conv groups of widths w, 4w, 4w
+                  (airbench94 is width 64: 1.97 M parameters)
 
 model.name also takes any torchvision classification model (`torchvision:resnet18`), a timm model
 (`timm:NAME`, with the optional extra cifar-dist[timm]) and a user's own factory
@@ -190,6 +192,65 @@ class ResNetFast(nn.Module, _HubModel):
 @register("resnet_fast")
 def resnet_fast(in_channels: int, image_size: int, num_classes: int, width: int = 64, **_) -> nn.Module:
     return ResNetFast(in_channels, num_classes, width)
+
+
+class _AirbenchGroup(nn.Sequential):
+    """conv 3×3 → 2×2 max-pool → BN → GELU → conv 3×3 → BN → GELU (airbench's ConvGroup): the pool comes
+    right after the first conv, so the second runs at a quarter of the pixels."""
+
+    def __init__(self, c_in: int, c_out: int, bn_learn_scale: bool):
+        def norm() -> nn.BatchNorm2d:
+            # airbench's norm: momentum 0.4 in PyTorch's convention (its 0.6 is the share kept), tiny eps.
+            bn = nn.BatchNorm2d(c_out, momentum=0.4, eps=1e-12)
+            bn.weight.requires_grad_(bn_learn_scale)  # fixed at 1 when not learned: a shift-only norm
+            return bn
+
+        super().__init__(
+            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+            nn.MaxPool2d(2),
+            norm(),
+            nn.GELU(),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+            norm(),
+            nn.GELU(),
+        )
+
+
+class Airbench(nn.Module, _HubModel):
+    """airbench94's network (Jordan 2024): a 2×2 conv stem without padding (32 → 31 pixels) to
+    2·C·4 channels and GELU; three `_AirbenchGroup`s of widths w, 4w, 4w (31 → 15 → 7 → 3); a 3×3
+    max-pool; a bias-free linear head scaled by 1/9. Width 64 is airbench94 (64/256/256).
+
+    The stem is an ordinary trainable conv unless the trainer overwrites it with
+    airbench.patch_whitening_filters and freezes it (model.whiten); `dirac_init` starts every 3×3
+    conv as the identity on its input channels (airbench.dirac_init_).
+    """
+
+    def __init__(self, in_channels=3, num_classes=10, width=64, bn_learn_scale=True, dirac_init=False):
+        super().__init__()
+        stem = 2 * in_channels * 4
+        self.whiten = nn.Conv2d(in_channels, stem, 2, padding=0, bias=True)
+        w = (stem, width, 4 * width, 4 * width)
+        self.groups = nn.Sequential(*(_AirbenchGroup(w[i], w[i + 1], bn_learn_scale) for i in range(3)))
+        self.head = nn.Linear(w[3], num_classes, bias=False)
+        if dirac_init:
+            from .airbench import dirac_init_
+
+            for m in self.groups.modules():
+                if isinstance(m, nn.Conv2d):
+                    dirac_init_(m.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.groups(F.gelu(self.whiten(x)))
+        x = torch.flatten(F.adaptive_max_pool2d(x, 1), 1)  # 3×3 → 1: airbench's MaxPool2d(3) at 32 pixels
+        return self.head(x) / 9
+
+
+@register("airbench")
+def airbench(
+    in_channels: int, image_size: int, num_classes: int, width: int = 64, bn_learn_scale: bool = True, **kw
+) -> nn.Module:
+    return Airbench(in_channels, num_classes, width, bn_learn_scale, bool(kw.get("dirac_init", False)))
 
 
 BUILTIN_KINDS = ("torchvision", "timm")  # model.name prefixes besides a user's package.module:factory

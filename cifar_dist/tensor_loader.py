@@ -31,7 +31,7 @@ from .data import normalize_batch
 from .errors import UserError
 
 CROP_PAD = 4  # the standard CIFAR translation: up to ±4 pixels (data.crop_pad's default)
-_ORDER, _AUGMENT = 0, 1  # separate random streams: turning augmentation on does not change the order
+_ORDER, _AUGMENT, _FLIP = 0, 1, 2  # separate random streams: turning augmentation on does not change the order
 
 
 def _generator(seed: int, epoch: int, stream: int) -> torch.Generator:
@@ -64,6 +64,12 @@ def rank_augment(n: int, batch: int, world: int, rank: int, seed: int, epoch: in
     return tuple(p.view(steps, world, batch)[:, rank] for p in params)
 
 
+def first_epoch_flips(n: int, seed: int) -> torch.Tensor:
+    """data.alternate_flip: each image's flip in epoch 0, by image index; airbench.alternating_flip
+    derives every later epoch's from it."""
+    return torch.randint(0, 2, (n,), generator=_generator(seed, 0, _FLIP)).bool()
+
+
 class TensorTrainLoader:
     def __init__(self, cfg, data, accelerator):
         self.device = accelerator.device
@@ -72,6 +78,7 @@ class TensorTrainLoader:
         self.seed = cfg.seed
         self.augment = cfg.data.augment
         self.pad = cfg.data.crop_pad
+        self.flips = first_epoch_flips(len(data.train_labels), cfg.seed) if cfg.data.alternate_flip else None
         self.channels_last = cfg.train.channels_last
         self.mean, self.std = data.mean, data.std
         self.n = len(data.train_labels)
@@ -107,6 +114,10 @@ class TensorTrainLoader:
                 p.to(self.device)
                 for p in rank_augment(self.n, self.batch, self.world, self.rank, self.seed, self.epoch, self.pad)
             )
+            if self.flips is not None:  # by image, not by position: see airbench.alternating_flip
+                from .airbench import alternating_flip
+
+                flip = alternating_flip(self.flips.to(self.device), self.epoch)[order]
         for i in range(skip, len(order)):
             index = order[i]
             if self.augment:

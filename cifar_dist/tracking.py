@@ -46,7 +46,7 @@ class NullTracker:
     def log(self, metrics: dict, step: int) -> None:
         pass
 
-    def log_test(self, result, data, run_dir, best_path) -> None:
+    def log_test(self, result, data, run_dir, best_path, compute: dict | None = None) -> None:
         pass
 
     def finish(self, preempted: bool = False) -> None:
@@ -297,13 +297,16 @@ class WandbTracker:
         except Exception as e:
             self._fail("logging", e)
 
-    def log_test(self, result, data, run_dir, best_path) -> None:
+    def log_test(self, result, data, run_dir, best_path, compute: dict | None = None) -> None:
         """Main process only: test metrics, per-class accuracy, confusion matrix, a table of sample
-        predictions, and the best checkpoint as a model artifact (aliases best, latest)."""
+        predictions, the best checkpoint as a model artifact (aliases best, latest), and in the summary
+        the run's training compute (`compute`: Job.compute's train_flops_per_image, train_pflops)."""
         if self.run is None:
             return
         try:
             self._log_test(result, data, Path(run_dir), Path(best_path))
+            if compute:
+                self.run.summary.update({f"compute/{k}": v for k, v in compute.items()})
         except Exception as e:
             self._fail("logging test results", e)
 

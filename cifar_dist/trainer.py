@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .airbench import Lookahead, whiten_from_data
 from .checkpoint import (
     Checkpointer,
     MetricsLog,
@@ -38,6 +39,7 @@ from .distributed import (
 )
 from .evaluation import evaluate
 from .export import add_test_results
+from .flops import pflops, train_flops_per_image
 from .loaders import build_train_loader
 from .models import build_model, count_parameters
 from .optim import build_optimizer
@@ -73,6 +75,8 @@ def train(cfg: Config, after_epoch=None) -> dict:
     job = build(cfg, accelerator, data)
     state = TrainState(config=cfg.to_dict())
     accelerator.register_for_checkpointing(state)
+    if job.lookahead is not None:  # its slow weights travel in last/ too: resume is exact
+        accelerator.register_for_checkpointing(job.lookahead)
     checkpointer = Checkpointer(accelerator, run, cfg, model_metadata(cfg, job.data), state)
     metrics_log = MetricsLog(run.metrics, accelerator)
 
@@ -103,7 +107,7 @@ def train(cfg: Config, after_epoch=None) -> dict:
 
     # Test: the tutorial tests the best-validation model, not the last one.
     summary, test = test_best(job, state, run)
-    tracker.log_test(test, job.data, run.path, run.best)
+    tracker.log_test(test, job.data, run.path, run.best, compute=job.compute(state.step))
     tracker.finish()
     accelerator.end_training()
     # On success only: after an error the flag stays installed, since cli's exit path asks it whether
@@ -126,6 +130,19 @@ class Job:
     base_lr: float
     total_steps: int
     warmup_steps: int
+    flops_per_image: float  # training FLOPs (forward + backward) per image: flops.py
+    lookahead: object = None  # airbench.Lookahead when optim.lookahead
+
+    def images_trained(self, steps: int) -> int:
+        """Every step trains a whole global batch (both loaders drop the last partial one)."""
+        return steps * self.cfg.train.per_device_batch_size * self.accelerator.num_processes
+
+    def compute(self, steps: int) -> dict:
+        """The compute spent after `steps` optimizer steps (metrics.jsonl, W&B, test_metrics.json)."""
+        return {
+            "train_flops_per_image": self.flops_per_image,
+            "train_pflops": pflops(self.flops_per_image, self.images_trained(steps)),
+        }
 
     def lr(self, step: int) -> float:
         return lr_at(step, self.total_steps, self.base_lr, self.cfg.optim.schedule, self.warmup_steps)
@@ -165,13 +182,19 @@ def build(cfg: Config, accelerator, data: DataBundle) -> Job:
         trust_code=True,  # the user named this code on their own command line
         dropout=cfg.model.dropout,  # built-in models only; the others take model.kwargs
         width=cfg.model.width,
+        bn_learn_scale=cfg.model.bn_learn_scale,
+        dirac_init=cfg.model.dirac_init,
     )
+    if cfg.model.whiten:
+        whiten_from_data(model, data.train_images, data.mean, data.std)
+    flops_per_image = train_flops_per_image(model, data.in_channels, data.image_size)
     seed_each_rank(accelerator, cfg.seed)
     accelerator.print(
         f"model {cfg.model.name}: {count_parameters(model):,} parameters; "
         f"{data.name}: {len(data.train_labels):,} train / {len(data.val_labels):,} val / "
         f"{len(data.test_labels):,} test; world size {accelerator.num_processes} on {accelerator.device}; "
-        f"mixed precision {accelerator.mixed_precision} ({mixed_precision_source(cfg, accelerator)})"
+        f"mixed precision {accelerator.mixed_precision} ({mixed_precision_source(cfg, accelerator)}); "
+        f"training compute {flops_per_image / 1e9:.4g} GFLOP per image (forward + backward)"
     )
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -182,6 +205,10 @@ def build(cfg: Config, accelerator, data: DataBundle) -> Job:
         model = torch.compile(model)
     loader = build_train_loader(cfg, data, accelerator)
     steps_per_epoch = len(loader)
+    lookahead = None
+    if cfg.optim.lookahead:
+        net = accelerator.unwrap_model(model, keep_torch_compile=False)
+        lookahead = Lookahead(net, steps_per_epoch * cfg.train.epochs, cfg.optim.lookahead_every_steps)
     return Job(
         cfg,
         accelerator,
@@ -193,6 +220,8 @@ def build(cfg: Config, accelerator, data: DataBundle) -> Job:
         base_lr=base_lr,
         total_steps=steps_per_epoch * cfg.train.epochs,
         warmup_steps=int(cfg.optim.warmup_epochs * steps_per_epoch),
+        flops_per_image=flops_per_image,
+        lookahead=lookahead,
     )
 
 
@@ -226,6 +255,8 @@ def train_epoch(job: Job, state: TrainState, run: RunDir, checkpointer, stop, tr
         seen += y.shape[0]
         state.step += 1
         state.step_in_epoch += 1
+        if job.lookahead is not None:
+            job.lookahead.after_step(state.step)
         if state.step % cfg.train.log_every_steps == 0:
             ips = (seen - seen_at_t0) * accelerator.num_processes / max(time.perf_counter() - t0, 1e-9)
             log_step(job, state, run, tracker, (loss_sum, seen), lr, ips)
@@ -261,13 +292,14 @@ def train_epoch(job: Job, state: TrainState, run: RunDir, checkpointer, stop, tr
         "epoch_seconds": train_seconds,
         "world_size": accelerator.num_processes,
         "train_samples": int(n),
+        **job.compute(state.step),
     }
 
 
 def train_step(job: Job, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step at learning rate `lr`; returns (logits, loss), not yet synchronised."""
     for group in job.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     if job.cfg.train.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with job.accelerator.autocast():
@@ -330,6 +362,7 @@ def test_best(job: Job, state: TrainState, run: RunDir) -> tuple[dict, object]:
         "epochs": state.epoch,
         "steps": state.step,
         "world_size": accelerator.num_processes,
+        **job.compute(state.step),
     }
     if accelerator.is_main_process:
         atomic_write_bytes(run.test_metrics, json.dumps(summary, indent=2).encode())

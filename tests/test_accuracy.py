@@ -40,7 +40,7 @@ def test_short_fashion_mnist_run_is_far_above_chance(tmp_path):
         check=True,
     )
     last = p.stdout.strip().splitlines()[-1]
-    assert last.startswith("test_accuracy=") and " train_seconds=" in last
+    assert last.startswith("test_accuracy=") and " train_seconds=" in last and " pflops=" in last
     result = json.loads(out.read_text())
     assert result["data"] == "fashion_mnist" and result["model"] == "seed_cnn"
     assert sum(c["total"] for c in result["per_class"].values()) == 10_000
@@ -160,8 +160,11 @@ def test_several_seeds_give_mean_spread_and_medians(tmp_path):
     assert summary["test_accuracy_mean"] == pytest.approx(statistics.mean(acc))
     assert summary["test_accuracy_std"] == pytest.approx(statistics.stdev(acc))
     assert p.stdout.strip().splitlines()[-1] == (
-        f"test_accuracy={statistics.median(acc):.4f} train_seconds={summary['train_seconds_median']:.1f}"
+        f"test_accuracy={statistics.median(acc):.4f} train_seconds={summary['train_seconds_median']:.1f} "
+        f"pflops={statistics.median(r['train_pflops'] for r in summary['runs']):.4g}"
     )
+    # 400 training images at batch 128: 3 steps, 384 images, at the tutorial layers' 19,027,248 FLOPs each
+    assert all(r["train_pflops"] == pytest.approx(19_027_248 * 384 / 1e15) for r in summary["runs"])
 
 
 def _prepare(root: str, barrier) -> None:

@@ -139,6 +139,9 @@ def test_ddp_job_writes_one_complete_offline_run(ddp_run):
     per_class = {n: pc["correct"] / pc["total"] for n, pc in test["per_class"].items()}
     assert rec.summary["test/per_class"] == per_class
     assert rec.summary["best/epoch"] == test["best_epoch"]
+    # Training compute (issue 25): FLOPs per image × images trained, as in test_metrics.json.
+    assert rec.summary["compute/train_pflops"] == test["train_pflops"] > 0
+    assert rec.summary["compute/train_flops_per_image"] == test["train_flops_per_image"]
     bars = rec.table("test/per_class_accuracy")
     assert dict(map(tuple, bars["data"])) == per_class
 

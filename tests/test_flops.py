@@ -91,3 +91,25 @@ def test_a_run_records_its_compute(tmp_path, data_root):
     assert test["train_pflops"] == rows[-1]["train_pflops"] and test["train_flops_per_image"] == per_image
     card = (run_dir / "model" / "README.md").read_text()
     assert f"training compute: {rows[-1]['train_pflops']:.4g} PFLOP" in card
+
+
+def test_frontier_counts_each_presets_compute_and_draws_the_figure(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    png = tmp_path / "frontier.png"
+    p = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "frontier.py"), "--figure", str(png)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
+    # fast on photos: resnet_fast width 16, 26 epochs of 40,000 // 256 = 156 steps of 256 images
+    per_image = train_flops_per_image(build_model("resnet_fast", 3, 32, 10, width=16), 3, 32)
+    line = next(s for s in p.stdout.splitlines() if s.startswith("| fast |"))
+    assert f"| {26 * 156 * 256:,} | {pflops(per_image, 26 * 156 * 256):.4g} |" in line
+    assert "| airbench94 (published) | — | — | 0.36 | 0.9401 | published |" in p.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

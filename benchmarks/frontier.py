@@ -1,0 +1,124 @@
+"""Accuracy against training compute: the toolkit's presets as measured on CIFAR-10 (JPEG q75 copy) and
+two published anchors, as a markdown table and a figure (PFLOPs on a log scale).
+
+    python benchmarks/frontier.py                                # table to stdout
+    python benchmarks/frontier.py --figure docs/figures/frontier.png
+
+Each preset's compute is counted here, not copied: FLOPs per training image of its real model
+(cifar_dist/flops.py, forward + backward) times the images it trains on (epochs × steps per epoch ×
+global batch, one process, CIFAR-10's 50,000 training images less the preset's validation share).
+The accuracies are the test accuracies docs/results.md reports for the same runs (measured, here);
+the published points are marked as such and were not run here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cifar_dist.config import resolve  # noqa: E402
+from cifar_dist.flops import pflops, train_flops_per_image  # noqa: E402
+from cifar_dist.models import build_model  # noqa: E402
+
+CIFAR10_TRAIN = 50_000
+# (label, preset, overrides, test accuracy, runs) from docs/results.md: CIFAR-10 JPEG q75 copy, this box.
+MEASURED = [
+    ("seed (the tutorial)", "seed", [], 0.7456, "1 run"),
+    ("time_to_accuracy (3 epochs)", "seed_fast", ["--model.name=seed_cnn_bn", "--train.epochs=3"], 0.7658, "1 run"),
+    ("seed_fast", "seed_fast", [], 0.8403, "median of 6"),
+    ("fast", "fast", [], 0.8836, "median of 3"),
+    ("airbench (width 32, 10 epochs)", "airbench", [], None, "1 run"),
+]  # fmt: skip
+# (label, PFLOP, accuracy): airbench's README (airbench94: 94.01 % on lossless CIFAR-10; a ResNet-18 run
+# to 96 %). Published, not measured here.
+PUBLISHED = [("airbench94 (published)", 0.36, 0.9401), ("ResNet-18 (published)", 32.3, 0.96)]
+
+
+def preset_compute(preset: str, overrides: list[str]) -> tuple[float, int]:
+    """(FLOPs per training image, images trained) of a preset on CIFAR-10-shaped photos."""
+    cfg = resolve(preset, None, ["--data.name=imagefolder", *overrides])
+    model = build_model(
+        cfg.model.name, 3, 32, 10, dropout=cfg.model.dropout, width=cfg.model.width, kwargs=cfg.model.kwargs
+    )
+    if cfg.model.whiten:  # frozen: the first layer runs no backward at all
+        model.whiten.weight.requires_grad_(False)
+    train = CIFAR10_TRAIN - int(round(CIFAR10_TRAIN * cfg.data.val_fraction))
+    batch = cfg.train.per_device_batch_size
+    return train_flops_per_image(model, 3, 32), cfg.train.epochs * (train // batch) * batch
+
+
+def rows() -> list[dict]:
+    out = []
+    for label, preset, overrides, acc, runs in MEASURED:
+        per_image, images = preset_compute(preset, overrides)
+        out.append(
+            {"label": label, "gflop_per_image": per_image / 1e9, "images": images,
+             "pflops": pflops(per_image, images), "accuracy": acc, "runs": runs, "published": False}
+        )  # fmt: skip
+    for label, pf, acc in PUBLISHED:
+        out.append(
+            {"label": label, "gflop_per_image": None, "images": None, "pflops": pf, "accuracy": acc,
+             "runs": "published", "published": True}
+        )  # fmt: skip
+    return out
+
+
+def table(rs: list[dict]) -> str:
+    lines = ["| point | GFLOP / image | images trained | PFLOP | test accuracy | source |", "|---|---|---|---|---|---|"]
+    for r in rs:
+        g = f"{r['gflop_per_image']:.4g}" if r["gflop_per_image"] else "—"
+        n = f"{r['images']:,}" if r["images"] else "—"
+        a = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "not measured"
+        lines.append(f"| {r['label']} | {g} | {n} | {r['pflops']:.4g} | {a} | {r['runs']} |")
+    return "\n".join(lines)
+
+
+def figure(rs: list[dict], path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for published in (False, True):
+        pts = [r for r in rs if r["published"] == published and r["accuracy"] is not None]
+        ax.scatter(
+            [r["pflops"] for r in pts],
+            [100 * r["accuracy"] for r in pts],
+            marker="*" if published else "o",
+            s=120 if published else 50,
+            facecolors="none" if published else None,
+            edgecolors="tab:red" if published else None,
+            label="published (not measured here)" if published else "cifar-dist presets, measured (JPEG q75 copy)",
+        )
+        for r in pts:
+            ax.annotate(r["label"], (r["pflops"], 100 * r["accuracy"]), textcoords="offset points", xytext=(5, -10),
+                        fontsize=8)  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("training compute (PFLOP, forward + backward, log scale)")
+    ax.set_ylabel("CIFAR-10 test accuracy (%)")
+    ax.set_title("Accuracy against training compute")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--figure", type=Path, default=None, help="also draw the figure here (PNG)")
+    args = parser.parse_args(argv)
+    rs = rows()
+    print(table(rs))
+    if args.figure:
+        figure(rs, args.figure)
+        print(f"figure: {args.figure}")
+    return rs
+
+
+if __name__ == "__main__":
+    main()

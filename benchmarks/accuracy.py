@@ -31,6 +31,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cifar_dist.wait_policy import choose_wait_policy  # noqa: E402
+
+choose_wait_policy()  # as train.py does, before torch starts its threads: time what a user gets
+
 from cifar_dist.config import resolve  # noqa: E402
 
 

@@ -35,9 +35,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cifar_dist.wait_policy import choose_wait_policy  # noqa: E402
+
+choose_wait_policy()  # as train.py does, before torch starts its threads: time what a user gets
+
+import torch  # noqa: E402
 
 from cifar_dist import config as config_mod  # noqa: E402
 from cifar_dist.data import _ensure_synthetic, _synthetic_class, split_indices  # noqa: E402

@@ -28,12 +28,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cifar_dist.wait_policy import choose_wait_policy  # noqa: E402
+
+choose_wait_policy()  # as train.py does, before torch starts its threads: time what a user gets
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from cifar_dist.config import resolve  # noqa: E402 (after the path insert)
 from cifar_dist.models import SeedCNN  # noqa: E402

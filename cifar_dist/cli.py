@@ -52,6 +52,9 @@ def run_cli(fn, argv: list[str] | None) -> int | str | None:
 def main(fn, argv: list[str] | None) -> None:
     """The one way out of train.py and evaluate.py: whatever happened, the process ends through
     exit_process (a rank of several skips interpreter finalization, where gloo's threads abort)."""
+    from .wait_policy import choose_wait_policy
+
+    choose_wait_policy()  # before torch starts its thread pool (the import below starts it)
     from .distributed import exit_process
 
     try:

@@ -48,6 +48,7 @@ from .progress import TrainProgress
 from .run_dir import RunDir, prepare_run_dir
 from .schedules import lr_at, scaled_lr
 from .tracking import accelerator_log_with, build_tracker
+from .wait_policy import describe_wait_policy
 
 
 def train(cfg: Config, after_epoch=None) -> dict:
@@ -194,6 +195,7 @@ def build(cfg: Config, accelerator, data: DataBundle) -> Job:
         f"{data.name}: {len(data.train_labels):,} train / {len(data.val_labels):,} val / "
         f"{len(data.test_labels):,} test; world size {accelerator.num_processes} on {accelerator.device}; "
         f"mixed precision {accelerator.mixed_precision} ({mixed_precision_source(cfg, accelerator)}); "
+        f"{torch.get_num_threads()} threads, {describe_wait_policy()}; "
         f"training compute {flops_per_image / 1e9:.4g} GFLOP per image (forward + backward)"
     )
     if cfg.train.channels_last:

@@ -62,6 +62,9 @@ def main(fn, argv: list[str] | None) -> None:
     except KeyboardInterrupt:  # here, not in run_cli: Ctrl-C may also land in run_cli's own handlers
         print("interrupted", file=sys.stderr)
         code = 130
+        from .tracking import end_interrupted
+
+        end_interrupted(code)
     except BaseException:  # noqa: BLE001 - a bug, or --debug: the traceback Python prints, then the same exit
         import traceback
 

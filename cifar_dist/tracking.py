@@ -53,6 +53,21 @@ class NullTracker:
         pass
 
 
+def end_interrupted(exit_code: int) -> None:
+    """After Ctrl-C: close this process's W&B run, if one is open, with `exit_code`, and tear down
+    wandb's service connection, so that wandb's exit hook does not print a traceback about a lost
+    connection. Under `accelerate launch` the launcher SIGTERMs the whole process tree, wandb's
+    service included, at the same moment: then finishing fails and only the teardown is left."""
+    wandb = sys.modules.get("wandb")  # never imported: nothing to close
+    if wandb is None:
+        return
+    import contextlib
+
+    for close in (lambda: wandb.run is not None and wandb.run.finish(exit_code=exit_code), wandb.teardown):
+        with contextlib.suppress(BaseException):  # the service is gone (or a second Ctrl-C): nothing to save
+            close()
+
+
 def accelerator_log_with(cfg):
     """What to pass as Accelerator(log_with=...)."""
     return "wandb" if cfg.tracking.backend == "wandb" else None

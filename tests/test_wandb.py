@@ -13,6 +13,7 @@ import base64
 import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from conftest import REPO, SMALL, accelerate_cmd, base_env, run, train_cmd
 
 from cifar_dist.wandb_records import RecordFileError, find_run_files, read_run
 
+CPU = REPO / "accelerate_configs" / "cpu.yaml"
 STEPS_PER_EPOCH_2P = 12  # SMALL: 400 training images, batch 16 per rank, 2 ranks
 LOG_EVERY = 5
 
@@ -402,3 +404,48 @@ def test_sparse_validation_logs_only_what_was_measured(tmp_path, data_root):
     epoch_lines = [line for line in p.stdout.splitlines() if line.strip().startswith("epoch ")]
     assert len(epoch_lines) == 3 and "None" not in p.stdout, p.stdout
     assert ["val_loss" in line for line in epoch_lines] == [False, False, True], p.stdout
+
+
+@pytest.mark.parametrize("launcher", ["python", "accelerate-launch-q"])
+def test_ctrl_c_with_wandb_offline_ends_in_one_line(tmp_path, data_root_medium, launcher):
+    """Ctrl-C (SIGINT to the terminal's process group, which holds wandb's service too) in the middle of
+    a run tracked offline: exit 130 after the one line `interrupted`, nothing from wandb's exit hooks,
+    and the offline run is closed with that exit code, so `wandb sync` uploads a finished run."""
+    from conftest import MEDIUM
+
+    run_dir = tmp_path / "run"
+    cmd = train_cmd(
+        *MEDIUM,
+        f"--data.root={data_root_medium}",
+        "--train.epochs=200",
+        f"--run.dir={run_dir}",
+        "--run.progress=false",
+        "--tracking.backend=wandb",
+        launch=[sys.executable, "-m", "accelerate.commands.launch", "-q", "--config_file", str(CPU)]
+        if launcher != "python"
+        else None,
+    )
+    env = wandb_env(tmp_path / "home", WANDB_MODE="offline")
+    with open(tmp_path / "stderr", "w+") as err:
+        p = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True
+        )
+        try:
+            for line in p.stdout:
+                if line.startswith("Epoch: 2"):  # training, with the W&B run started
+                    break
+            os.killpg(p.pid, signal.SIGINT)
+            p.stdout.read()
+            code = p.wait(timeout=120)
+        finally:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+        err.seek(0)
+        stderr = err.read()
+    assert code == 130, stderr
+    assert stderr.strip().splitlines() == ["interrupted"], stderr
+    [rec] = [read_run(f) for f in find_run_files(run_dir / "wandb")]
+    if launcher == "python":
+        assert rec.exit_code == 130, rec.exit_code
+    else:  # the launcher SIGTERMs wandb's service with the rest of the tree: the record may end unclosed
+        assert rec.exit_code in (130, None), rec.exit_code

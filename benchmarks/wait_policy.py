@@ -69,7 +69,8 @@ def one_run(policy: str, threads: int, args, overrides: list[str], work: Path, t
     assert expected in start, f"{tag}: the run did not get its policy: {start}"
     train_images = int(re.search(r"([\d,]+) train /", start).group(1).replace(",", ""))
     row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
-    return {"ips": row["images_per_sec"], "train_images": train_images, "threads_line": start.split("; ")[-1]}
+    threads = next(part for part in start.split("; ") if "threads" in part)
+    return {"ips": row["images_per_sec"], "train_images": train_images, "threads_line": threads}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,3 +10,17 @@ def load_model(path, device="cpu", trust_code=False):
     from .export import load_model as _load_model
 
     return _load_model(path, device, trust_code=trust_code)
+
+
+# The model classes, for `from cifar_dist import SeedCNN` (and SeedCNN.from_pretrained): imported on
+# first use, so `import cifar_dist` stays light (no torch until a model is asked for).
+_MODEL_CLASSES = ("SeedCNN", "SeedCNNBN", "ResNetFast", "Airbench")
+__all__ = ["load_model", *_MODEL_CLASSES]
+
+
+def __getattr__(name: str):
+    if name in _MODEL_CLASSES:
+        from . import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'cifar_dist' has no attribute {name!r}")

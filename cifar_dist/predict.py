@@ -7,8 +7,9 @@ torchvision's own `decode_image` is deprecated since 0.29 and reads fewer format
 model's channels (RGB, or grey for Fashion-MNIST), resized so the shorter side matches the model's
 input and centre-cropped to a square, then normalised with the checkpoint's own mean and std.
 With eval.tta (the checkpoint's config, or --eval.tta=true|false) each image's logits are averaged
-with its mirror image's, exactly as evaluation does (evaluation.logits_of), so a file predicts what
-evaluate.py reports for the same image.
+with its mirror image's, and with eval.tta_translate=N also with copies shifted N pixels up-left and
+down-right and their mirrors (6 views), exactly as evaluation does (evaluation.logits_of), so a file
+predicts what evaluate.py reports for the same image.
 A folder contributes its image files (by extension, sorted by name). A file that cannot be read
 gets a one-line error naming it; the others are still predicted, and the command ends with exit
 code 2 if any failed.
@@ -133,11 +134,12 @@ def predict_files(
         "checkpoint_classes": classes,
         "input": {"channels": m["in_channels"], "size": m["image_size"]},
         "tta": tta,
+        "tta_translate": tta_translate if tta else 0,
         "predictions": rows,
         "failed": failed,
     }
 
-    (console or Console()).print(_table(rows, files, m, tta))
+    (console or Console()).print(_table(rows, files, m, tta, tta_translate))
 
     if json_path:
         try:
@@ -154,7 +156,16 @@ def predict_files(
     return doc
 
 
-def _table(rows: list[dict], files: list[Path], m: dict, tta: bool):
+def views_label(tta: bool, tta_translate: int) -> str:
+    """What the logits are averaged over (evaluation.logits_of), for the table's title."""
+    if not tta:
+        return ""
+    if not tta_translate:
+        return "; test-time views: the image and its mirror"
+    return f"; test-time views: the image, shifted ±{tta_translate} px, each with its mirror (6)"
+
+
+def _table(rows: list[dict], files: list[Path], m: dict, tta: bool, tta_translate: int = 0):
     """The predictions as a rich table: file, class, confidence, top-3."""
     from rich.table import Table
 
@@ -163,7 +174,7 @@ def _table(rows: list[dict], files: list[Path], m: dict, tta: bool):
     common = os.path.commonpath([str(f.parent.absolute()) for f in files])
     table = Table(
         title=f"{len(rows)} image{'s' if len(rows) != 1 else ''} in {common} "
-        f"({m['in_channels']}×{m['image_size']}×{m['image_size']} input{', flip TTA' if tta else ''})"
+        f"({m['in_channels']}×{m['image_size']}×{m['image_size']} input{views_label(tta, tta_translate)})"
     )
     table.add_column("file", overflow="fold")
     table.add_column("class")

@@ -87,6 +87,28 @@ def reject_unknown_options(parser: argparse.ArgumentParser, rest: list[str], ext
             raise UserError(f"unknown option {name}; {hint}")
 
 
+# --help's first keys, in this order; every key follows after the options.
+MOST_USED_KEYS = ("optim.lr", "train.per_device_batch_size", "train.epochs", "data.name", "data.root", "run.dir")
+PROCESSES_HELP = """processes (not a config key: the launcher starts them; global batch = per-device batch × processes):
+  accelerate launch --num_processes N train.py ...          N GPUs of this machine (or num_processes in
+                                                            `accelerate config` / a --config_file YAML)
+  accelerate launch --config_file accelerate_configs/cpu_ddp.yaml train.py ...   2 CPU processes (DDP)"""
+
+
+def most_used_help() -> str:
+    """The most used keys' entries of the generated key list (two lines each), then how to set the
+    number of processes."""
+    from .config import config_help
+
+    lines = config_help().splitlines()
+    entries = {
+        line.split("=", 1)[0].strip().removeprefix("--"): (line, meaning)
+        for line, meaning in zip(lines[::2], lines[1::2])
+    }
+    shown = [line for key in MOST_USED_KEYS for line in entries[key]]
+    return "most used (all keys below the options):\n" + "\n".join(shown) + "\n\n" + PROCESSES_HELP
+
+
 def _train(argv: list[str]) -> None:
     from .config import PRESETS, config_help, config_warnings, config_yaml, resolve
 
@@ -94,7 +116,7 @@ def _train(argv: list[str]) -> None:
         prog="cifar-train",
         allow_abbrev=False,
         formatter_class=argparse.RawTextHelpFormatter,
-        description="Train on CIFAR-10 (and friends). Any config key: --section.key=value.",
+        description=f"Train on CIFAR-10 (and friends). Any config key: --section.key=value.\n\n{most_used_help()}",
         epilog=f"presets: {', '.join(PRESETS)}\n\nconfig keys (defaults < --preset < "
         f"--config < these; the defaults are the tutorial's):\n{config_help()}",
     )

@@ -110,3 +110,18 @@ def test_bad_input_under_the_launcher_is_one_line(tmp_path, args, pattern):
     assert re.search(pattern, lines[0]), lines[0]
     assert "runs/" not in p.stdout and "run: dir=" not in p.stdout, p.stdout
     assert sorted(work.rglob("*")) == [], sorted(work.rglob("*"))
+
+
+def test_help_starts_with_the_most_used_keys_and_how_to_set_processes():
+    """`python train.py --help`: the learning rate and the batch size within its first screen (they
+    were lines 50 and 68), and how to set the number of processes, which is no config key."""
+    p = run([sys.executable, str(REPO / "train.py"), "--help"], check=True)
+    lines = p.stdout.splitlines()
+
+    def first(prefix: str) -> int:
+        return next(i for i, line in enumerate(lines) if line.strip().startswith(prefix))
+
+    assert first("--optim.lr=") < 12 and first("--train.per_device_batch_size=") < 15, p.stdout[:2000]
+    screen = "\n".join(lines[:25])
+    assert "--num_processes" in screen and "cpu_ddp.yaml" in screen, screen
+    assert sum(line.strip().startswith("--optim.lr=") for line in lines) == 2  # and again in the full list

@@ -108,6 +108,9 @@ class TrainConfig:
     threads_per_process: int = option(0, "torch threads per process; 0: OMP_NUM_THREADS, else cores / local processes")
     dist_timeout_s: int = option(1800, "seconds a collective waits for a silent rank before the job stops")
     max_steps: int = option(0, "stop after N optimizer steps in all (that epoch counts as done); 0: no limit")
+    deterministic: bool = option(
+        False, "PyTorch's deterministic algorithms (bit-exact reruns on a GPU, slower); false: cudnn.benchmark on GPUs"
+    )
 
 
 @dataclass

@@ -375,9 +375,19 @@ def load_data(cfg, accelerator) -> DataBundle:
     )
 
 
+def norm_stats(mean, std, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std as (1, C, 1, 1) float tensors on `device`: made once per loader or
+    evaluation, since a tensor built from Python numbers on a GPU is a host-to-device copy that waits for
+    the queued work (every batch, before issue 27)."""
+    m = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1).to(device)
+    s = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1).to(device)
+    return m, s
+
+
 def normalize_batch(x_u8: torch.Tensor, mean, std) -> torch.Tensor:
-    """uint8 NCHW -> float, the same arithmetic as ToTensor + Normalize: (x/255 - mean) / std."""
+    """uint8 NCHW -> float, the same arithmetic as ToTensor + Normalize: (x/255 - mean) / std. `mean` and
+    `std` are best norm_stats' device tensors; sequences of numbers are converted here (one-off callers)."""
     x = x_u8.float().div_(255)
-    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return x.sub_(m).div_(s)
+    if not isinstance(mean, torch.Tensor):
+        mean, std = norm_stats(mean, std, x.device)
+    return x.sub_(mean).div_(std)

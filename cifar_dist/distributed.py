@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import sys
 from datetime import timedelta
-from pathlib import Path
 
 import torch
 
@@ -58,15 +57,10 @@ def configure_threads(cfg) -> int:
 def _launcher_requested_processes() -> int | None:
     """`accelerate launch --num_processes N` without a multi-process mode silently runs ONE process
     and exports nothing that says N; the only trace is the launcher's own command line."""
-    try:
-        ppid = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[1])
-        argv = Path(f"/proc/{ppid}/cmdline").read_bytes().split(b"\0")
-    except (OSError, ValueError, IndexError):
-        return None
-    args = [a.decode(errors="replace") for a in argv if a]
-    via_module = "accelerate.commands.launch" in args[:3]
-    via_script = any(a.endswith("accelerate") for a in args[:2]) and "launch" in args[:3]
-    if not (via_module or via_script):
+    from .devices import launcher_args
+
+    args = launcher_args()
+    if args is None:
         return None
     for i, a in enumerate(args):
         if a in ("--num_processes", "--num-processes") and i + 1 < len(args):
@@ -132,21 +126,30 @@ def build_accelerator(cfg, log_with=None, project_dir: str | None = None):
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 
+    from .devices import check_gpu_request, set_determinism
+
+    check_gpu_request(cfg)  # GPUs asked for (launcher, SLURM, --train.device=cuda) but none seen: stop here
+    # A failed or hung NCCL collective: by default the watchdog ends the process from its own thread after
+    # train.dist_timeout_s, with no Python exception, so cli's one line never prints. 2 (CleanUpOnly) aborts
+    # the communicators and raises in the waiting Python call instead. Unverified on a GPU (issue 27).
+    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")
+    if cfg.train.deterministic:  # before anything initialises cuBLAS
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     use_cpu = cfg.train.device == "cpu" or not torch.cuda.is_available()
-    if cfg.train.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device=cuda but no CUDA GPU is visible; use --train.device=auto or cpu")
     configure_threads(cfg)
     accelerator = Accelerator(
         cpu=use_cpu,
         mixed_precision=choose_mixed_precision(cfg.train.mixed_precision, use_cpu)[0],
         # seedable sampler + set_epoch(epoch): the shuffle order is a pure function of (seed, epoch),
         # the same on every rank, and restorable on resume.
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
+        # non_blocking: with pin_memory (CUDA), the batch's copy to the GPU overlaps the previous step
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed, non_blocking=True),
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s))],
         log_with=log_with,
         project_dir=project_dir,
     )
     check_launch(accelerator)
+    set_determinism(cfg, accelerator.device)
     return accelerator
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .data import normalize_batch
+from .data import norm_stats, normalize_batch
 from .distributed import eval_batches, gather_varlen
 from .progress import bar
 
@@ -85,6 +85,14 @@ def logits_of(net, x: torch.Tensor, tta: bool, translate: int = 0) -> torch.Tens
     return logits
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host batch to the device. On CUDA through pinned memory, so the copy is asynchronous: non_blocking
+    from pageable memory is a synchronous copy in all but name."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 @torch.no_grad()
 def evaluate(
     model,
@@ -104,6 +112,8 @@ def evaluate(
     net = accelerator.unwrap_model(model)
     was_training = net.training
     net.eval()
+    device = accelerator.device
+    mean, std = norm_stats(mean, std, device)  # once per evaluation, not per batch
     idx_parts, loss_parts, prob_parts = [], [], []
     batches = eval_batches(len(labels), batch_size, accelerator.process_index, accelerator.num_processes)
     with bar(
@@ -112,22 +122,23 @@ def evaluate(
         accelerator.is_main_process,
     ) as advance:
         for batch in batches:
-            index = torch.tensor(batch)
-            x = normalize_batch(images_u8[index].to(accelerator.device, non_blocking=True), mean, std)
+            lo, hi = batch[0], batch[-1] + 1  # eval_batches deals out contiguous ranges
+            x = normalize_batch(_to_device(images_u8[lo:hi], device), mean, std)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            y = labels[index].to(accelerator.device)
+            y = _to_device(labels[lo:hi], device)
             with accelerator.autocast():
                 logits = logits_of(net, x, tta, tta_translate).float()
-            idx_parts.append(index)
-            loss_parts.append(F.cross_entropy(logits, y, reduction="none").cpu())
-            prob_parts.append(torch.softmax(logits, dim=1).cpu())
+            idx_parts.append(torch.arange(lo, hi))
+            # kept on the device: a .cpu() per batch would wait for the GPU every batch
+            loss_parts.append(F.cross_entropy(logits, y, reduction="none"))
+            prob_parts.append(torch.softmax(logits, dim=1))
             advance()
     net.train(was_training)
     num_classes = len(classes)
     idx = torch.cat(idx_parts) if idx_parts else torch.zeros(0, dtype=torch.int64)
-    losses = torch.cat(loss_parts) if loss_parts else torch.zeros(0)
-    probs = torch.cat(prob_parts) if prob_parts else torch.zeros(0, num_classes)
+    losses = torch.cat(loss_parts).cpu() if loss_parts else torch.zeros(0)
+    probs = torch.cat(prob_parts).cpu() if prob_parts else torch.zeros(0, num_classes)
     idx = gather_varlen(accelerator, idx)
     losses = gather_varlen(accelerator, losses)
     probs = gather_varlen(accelerator, probs)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .augment import draw_crop_flip, gather_crop_flip, mirrored_padded
-from .data import normalize_batch
+from .data import norm_stats, normalize_batch
 from .errors import UserError
 
 CROP_PAD = 4  # the standard CIFAR translation: up to ±4 pixels (data.crop_pad's default)
@@ -80,7 +80,7 @@ class TensorTrainLoader:
         self.pad = cfg.data.crop_pad
         self.flips = first_epoch_flips(len(data.train_labels), cfg.seed) if cfg.data.alternate_flip else None
         self.channels_last = cfg.train.channels_last
-        self.mean, self.std = data.mean, data.std
+        self.mean, self.std = norm_stats(data.mean, data.std, self.device)  # once, not per batch
         self.n = len(data.train_labels)
         self.size = data.image_size
         if steps_per_epoch(self.n, self.batch, self.world) == 0:

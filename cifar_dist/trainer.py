@@ -29,6 +29,7 @@ from .checkpoint import (
 )
 from .config import Config, config_warnings, format_config
 from .data import DataBundle, load_data
+from .devices import check_deterministic_model
 from .distributed import (
     broadcast_module,
     broadcast_object,
@@ -189,6 +190,7 @@ def build(cfg: Config, accelerator, data: DataBundle) -> Job:
     if cfg.model.whiten:
         whiten_from_data(model, data.train_images, data.mean, data.std)
     flops_per_image = train_flops_per_image(model, data.in_channels, data.image_size)
+    check_deterministic_model(cfg, model, accelerator.device)
     seed_each_rank(accelerator, cfg.seed)
     accelerator.print(
         f"model {cfg.model.name}: {count_parameters(model):,} parameters; "

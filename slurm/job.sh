@@ -41,7 +41,8 @@ cifar_job() {
   echo "[job $SLURM_JOB_ID] start $(date -Is) restart ${SLURM_RESTART_COUNT:-0} on $SLURM_JOB_NODELIST; run.dir $run_dir, resume=$resume"
   # cpus-per-task is passed on explicitly: since 22.05 srun no longer inherits it from sbatch.
   srun --ntasks-per-node=1 --kill-on-bad-exit=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task=$SLURM_CPUS_PER_TASK} \
-    bash "$repo/slurm/launch.sh" "$repo/train.py" --run.dir="$run_dir" --train.resume=$resume --run.progress=false "$@" &
+    bash "$repo/slurm/launch.sh" "$repo/train.py" --run.dir="$run_dir" --train.resume=$resume --run.progress=false \
+    ${TRAIN_DEVICE:+--train.device=$TRAIN_DEVICE} "$@" &
   local step=$! rc
   while :; do  # `wait` returns early (status > 128) each time a trap runs; wait again until srun ends
     _cifar_trapped=0

@@ -7,7 +7,8 @@
 #   NUM_MACHINES=2 MACHINE_RANK=1 MAIN_PROCESS_IP=10.0.0.1 bash slurm/launch.sh train.py   # by hand
 #
 # Knobs (environment):
-#   PROCESSES_PER_NODE  processes on this node (default: GPUs visible, or 1 on CPU)
+#   PROCESSES_PER_NODE  processes on this node (default: SLURM_GPUS_ON_NODE, else the GPUs torch sees, none:
+#                       an error; 1 with USE_CPU=1)
 #   USE_CPU=1           CPU-only DDP over gloo (used by slurm/cpu.sbatch and the tests)
 #   NUM_MACHINES        default $SLURM_NNODES, else 1
 #   MACHINE_RANK        default $SLURM_NODEID, else $SLURM_PROCID, else 0
@@ -40,8 +41,17 @@ if [ -n "${PROCESSES_PER_NODE:-}" ]; then
   per_node=$PROCESSES_PER_NODE
 elif [ "${USE_CPU:-0}" = 1 ]; then
   per_node=1
+elif [ -n "${SLURM_GPUS_ON_NODE:-}" ] && [ "${SLURM_GPUS_ON_NODE}" -gt 0 ] 2>/dev/null; then
+  # One process per GPU SLURM granted; if torch cannot see them, the training stops at once in one line
+  # saying what it sees (cifar_dist/devices.py), instead of this script guessing one CPU process.
+  per_node=$SLURM_GPUS_ON_NODE
 else
-  per_node=$(python -c 'import torch; print(max(torch.cuda.device_count(), 1))')
+  per_node=$(python -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)')
+  if [ "$per_node" -lt 1 ]; then
+    echo "error: launch.sh: no GPU granted by SLURM (SLURM_GPUS_ON_NODE unset) and torch sees none on" \
+         "$(hostname -s); ask for GPUs (--gpus-per-node), or train on the CPU on purpose with USE_CPU=1" >&2
+    exit 2
+  fi
 fi
 world=$((per_node * num_machines))
 # c10d (node ranks assigned at rendezvous, tolerant of start order) is for several machines; one

@@ -12,6 +12,12 @@ from pathlib import Path
 
 import pytest
 
+# The suite is meant for the CPU and must pass on a GPU machine too: hide the GPUs from this process (before
+# torch initialises CUDA) and from every subprocess (base_env). Tests that need a GPU use
+# `requires_gpu`, which looks with the GPUs shown again (CIFAR_DIST_TEST_GPUS keeps the original value).
+os.environ.setdefault("CIFAR_DIST_TEST_GPUS", os.environ.get("CUDA_VISIBLE_DEVICES", "all"))
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
 REPO = Path(__file__).resolve().parents[1]
 CPU_DDP = REPO / "accelerate_configs" / "cpu_ddp.yaml"
 # Small on purpose: 400 train / 100 val / 101 test. 101 does not divide by 2 processes × any batch.
@@ -32,6 +38,7 @@ def base_env(**extra) -> dict:
             "WANDB_SILENT": "true",
             "PYTHONPATH": str(REPO),
             "PYTHONUNBUFFERED": "1",
+            "CUDA_VISIBLE_DEVICES": "",
         }
     )
     env.pop("ACCELERATE_USE_CPU", None)
@@ -71,6 +78,37 @@ def train_cmd(*args: str, launch: list[str] | None = None) -> list[str]:
 
 def eval_cmd(*args: str, launch: list[str] | None = None) -> list[str]:
     return [*(launch or [sys.executable]), str(REPO / "evaluate.py"), *args]
+
+
+def gpu_count() -> int:
+    """GPUs on this machine, counted in a subprocess that sees what the suite hides."""
+    env = dict(os.environ)
+    shown = env.pop("CIFAR_DIST_TEST_GPUS", "all")
+    if shown != "all":
+        env["CUDA_VISIBLE_DEVICES"] = shown
+    else:
+        env.pop("CUDA_VISIBLE_DEVICES", None)
+    code = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    return int(p.stdout.strip() or 0) if p.returncode == 0 else 0
+
+
+def gpu_env(**extra) -> dict:
+    """base_env with the machine's GPUs visible again (for tests that need one)."""
+    env = base_env(**extra)
+    shown = os.environ.get("CIFAR_DIST_TEST_GPUS", "all")
+    if shown == "all":
+        env.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = shown
+    return env
+
+
+def requires_gpu(n: int = 1) -> None:
+    """Skip a test that needs n CUDA GPUs where there are fewer (also under CI: CI has no GPU)."""
+    have = gpu_count()
+    if have < n:
+        pytest.skip(f"needs {n} CUDA GPU(s); this machine has {have}")
 
 
 def require(condition: bool, reason: str) -> None:

@@ -39,28 +39,6 @@ def peak_memory_gib(device: torch.device) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process RSS"
 
 
-def train_flops_per_image(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Forward + backward FLOPs of one training step per image (torch.utils.flop_counter; the optimizer's
-    elementwise update is not counted, as in the published figures)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model.train()
-    with FlopCounterMode(display=False) as counter:
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-    model.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / x.shape[0]
-
-
-def count_flops(cfg, device: torch.device) -> float:
-    """Training FLOPs per image of cfg's model, counted on a fresh eager copy (compile does not change them)."""
-    from cifar_dist.models import build_model
-
-    model = build_model(cfg.model.name, 3, 32, 10, dropout=cfg.model.dropout, width=cfg.model.width).to(device)
-    n = min(cfg.train.per_device_batch_size, 8)
-    x, y = torch.randn(n, 3, 32, 32, device=device), torch.randint(0, 10, (n,), device=device)
-    return train_flops_per_image(model, x, y)
-
-
 def _common(args) -> list[str]:
     device = "cpu" if args.smoke else "cuda"  # never a silent CPU run on the GPU box
     return [f"--train.device={device}", "--tracking.backend=none", "--run.progress=false"]
@@ -69,6 +47,7 @@ def _common(args) -> list[str]:
 def throughput(args) -> dict:
     """Images/s of cifar-dist's own training step (trainer.train_step over the run's loader): warm-up steps
     (compilation included), then timed steps; CUDA events on a GPU, the wall clock on the CPU."""
+    from cifar_dist.data import load_data
     from cifar_dist.distributed import build_accelerator
     from cifar_dist.trainer import build, train_step
 
@@ -97,8 +76,8 @@ def throughput(args) -> dict:
     warmup, timed = (1, 2) if args.smoke else (15, 60)
     accelerator = build_accelerator(cfg)
     device = accelerator.device
-    flops = count_flops(cfg, device)
-    job = build(cfg, accelerator)
+    job = build(cfg, accelerator, load_data(cfg, accelerator))
+    flops = job.flops_per_image  # the trainer's own count (cifar_dist/flops.py)
 
     def steps():
         epoch = 0
@@ -169,7 +148,6 @@ def fast(args) -> dict:
         overrides += ["--train.epochs=1", "--train.per_device_batch_size=8", "--eval.per_device_batch_size=16"]
     cfg = resolve("fast", None, overrides)
     device = torch.device("cpu" if args.smoke else "cuda")
-    flops = count_flops(cfg, device)
     rows, evals = [], []
 
     def after_epoch(epoch, row, evaluate_split):
@@ -199,7 +177,7 @@ def fast(args) -> dict:
         "eval_seconds": evals[-1] if evals else None,
         "wall_seconds": wall,
         "train_images": trained,
-        "train_pflop": flops * trained / 1e15,
+        "train_pflop": rows[-1]["train_pflops"],  # the run's own count (cifar_dist/flops.py)
         "peak_mem_gib": peak,
         "peak_mem_kind": peak_kind,
         "data": f"CIFAR-10 (JPEG q75 copy) {args.archive}" if not args.smoke else f"smoke archive {args.archive}",

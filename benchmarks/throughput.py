@@ -44,8 +44,9 @@ choose_wait_policy()  # as train.py does, before torch starts its threads: time 
 import torch  # noqa: E402
 
 from cifar_dist import config as config_mod  # noqa: E402
-from cifar_dist.data import _ensure_synthetic, _synthetic_class, split_indices  # noqa: E402
+from cifar_dist.data import split_indices  # noqa: E402
 from cifar_dist.models import build_model  # noqa: E402
+from cifar_dist.synthetic import ensure_synthetic, synthetic_class  # noqa: E402
 
 PRESET_FOR = {"seed_cnn": "seed_fast", "resnet_fast": "fast"}
 
@@ -92,7 +93,7 @@ class TutorialLoop:
         from torchvision import transforms
 
         transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
-        train_data = _synthetic_class(root)(str(root), train=True, download=False, transform=transform)
+        train_data = synthetic_class(root)(str(root), train=True, download=False, transform=transform)
         train_idx, _ = split_indices(len(train_data), 0.2, seed)
         self.loader = DataLoader(
             train_data, batch_size=16, sampler=SubsetRandomSampler(train_idx.tolist()), num_workers=0
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
             *overrides,
         ],
     )
-    root = _ensure_synthetic(cfg)
+    root = ensure_synthetic(cfg)
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
 
     model = build_model(args.model, 3, 32, 10, width=cfg.model.width, dropout=cfg.model.dropout).to(device)

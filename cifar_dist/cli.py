@@ -9,6 +9,7 @@ Bad input ends in one line on stderr and exit code 2 (a traceback only with --de
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .errors import UserError, print_error
@@ -19,9 +20,8 @@ def run_cli(fn, argv: list[str] | None) -> int | str | None:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     try:
-        fn(argv)
-        code = 0
-    except SystemExit as e:  # a stop request (state saved: 0 after USR1, 143 after TERM), or argparse
+        code = fn(argv) or 0  # the command's exit status: a stop request's (0 after USR1, 143 after TERM)
+    except SystemExit as e:  # argparse: --help, or its own usage error
         code = e.code
     except UserError as e:
         if debug:
@@ -31,8 +31,6 @@ def run_cli(fn, argv: list[str] | None) -> int | str | None:
         if env_local_rank() == 0:  # every rank fails the same way; say it once per machine
             print_error(str(e))
         else:  # and leave after the rank that says it
-            from .distributed import wait_for_launcher_stop
-
             wait_for_launcher_stop()
         code = e.exit_code
     except Exception as e:  # a collective whose peer died or hung: one line per surviving rank
@@ -42,8 +40,6 @@ def run_cli(fn, argv: list[str] | None) -> int | str | None:
         if message is None:
             raise
         print_error(message)
-        from .distributed import wait_for_launcher_stop
-
         wait_for_launcher_stop()  # so the launcher sees the peer fail first, and blames it
         return 1
     return code
@@ -55,8 +51,6 @@ def main(fn, argv: list[str] | None) -> None:
     from .wait_policy import choose_wait_policy
 
     choose_wait_policy()  # before torch starts its thread pool (the import below starts it)
-    from .distributed import exit_process
-
     try:
         code = run_cli(fn, argv)
     except KeyboardInterrupt:  # here, not in run_cli: Ctrl-C may also land in run_cli's own handlers
@@ -73,18 +67,40 @@ def main(fn, argv: list[str] | None) -> None:
     exit_process(code)
 
 
-def reject_unknown_options(parser: argparse.ArgumentParser, rest: list[str], extra: tuple[str, ...] = ()) -> None:
-    """A flag that is neither the parser's nor a --section.key override (nor one of `extra`) is a
-    typo: say which option was probably meant, instead of a config error about a key or a value."""
-    import difflib
+def exit_process(code) -> None:
+    """Leave the process with `code` (what sys.exit takes). Every exit of train.py and evaluate.py
+    comes here (cli.main): success, a one-line error, a stop request, a failed peer, a traceback.
+    A process that was one rank of several skips interpreter finalization, after running what a
+    normal exit runs (atexit: wandb's teardown, logging's flush) and flushing its output.
 
-    known = [o for a in parser._actions for o in a.option_strings if o.startswith("--")] + ["--debug", *extra]
-    for arg in rest:
-        name = arg.split("=", 1)[0]
-        if name.startswith("--") and "." not in name and name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"did you mean {close[0]}?" if close else f"options: {', '.join(known)}, or --section.key=value"
-            raise UserError(f"unknown option {name}; {hint}")
+    Why (issues 7, 19): once DDP has used a gloo process group, torch never frees it, not even after
+    destroy_process_group and gc (its worker threads stay alive; pytorch#107298). If one of those
+    threads drops its last finished collective (a gather of Python tensors) just as the main thread
+    starts finalizing, the decref must take the GIL, which ends the thread inside a C++ frame:
+    std::terminate, SIGABRT, "terminate called without an active exception". gdb on a core:
+    ~AsyncAllgatherWork -> THPVariable_clear -> take_gil -> PyThread_exit_thread -> abort. Measured
+    on this 2-core machine before the change: 2 of 40 single-host 2-process runs under load, 1 of 8
+    two-host runs, and 2 of 4 CI runs lost a worker after the run had written everything; the
+    other machine's torchrun agent then waited 300 s at its exit barrier. Until issue 19 a rank
+    whose peer failed mid-collective (and any traceback) still finalized: under load it aborted the
+    same way, and the launcher named it as the root cause instead of the peer that failed."""
+    from .distributed import env_world_size
+
+    if env_world_size() <= 1:
+        sys.exit(code)
+    import atexit
+
+    atexit._run_exitfuncs()
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # sys.exit("message") prints it and exits 1
+        print(code, file=sys.stderr)
+        status = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 # --help's first keys, in this order; every key follows after the options.
@@ -109,8 +125,45 @@ def most_used_help() -> str:
     return "most used (all keys below the options):\n" + "\n".join(shown) + "\n\n" + PROCESSES_HELP
 
 
-def _train(argv: list[str]) -> None:
+# torchrun polls its workers every 0.1 s (accelerate launch's --monitor_interval); waiting up to this
+# long for its SIGTERM is only paid in full when no other local worker exits (a hung peer, a peer on
+# another machine), where the job has already waited train.dist_timeout_s or lost a machine.
+LAUNCHER_GRACE_S = 10.0
+
+
+def wait_for_launcher_stop(grace_s: float = LAUNCHER_GRACE_S) -> None:
+    """Under torchrun, stay until its SIGTERM (at most grace_s), which it sends to every other worker
+    once it has seen one exit with a failure. Two callers (cli.run_cli), both about who leaves first:
+    - after a peer died mid-collective: the launcher names the failure it saw first as the root cause
+      (timestamps to the second; within one poll, the lowest local rank), so a survivor that left at
+      once could be blamed instead of the peer;
+    - a rank that is not its machine's first, after a one-line error every rank hits: the first one
+      prints it, and a rank that left sooner had the launcher stop the first before it printed
+      (measured: `--optim.lr=-1` under cpu_ddp.yaml printed nothing; rank 0 ended by SIGTERM).
+    Without torchrun (srun tasks, mpirun) there is no such report and nothing to wait for."""
+    import signal
+    import time
+
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    got: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    except ValueError:  # not the main thread
+        return
+    # preemption's handler recorded a SIGTERM that came before ours was installed
+    if getattr(previous, "signum", None) == signal.SIGTERM:
+        return
+    # A sleep, not sigwait: the signal may land on any of gloo's threads; Python runs the handler on
+    # the main thread between two sleeps.
+    deadline = time.monotonic() + grace_s
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _train(argv: list[str]) -> int | None:
     from .config import PRESETS, config_help, config_warnings, config_yaml, resolve
+    from .keys import reject_unknown_options
 
     p = argparse.ArgumentParser(
         prog="cifar-train",
@@ -136,7 +189,7 @@ def _train(argv: list[str]) -> None:
         return
     from .trainer import train
 
-    train(cfg)
+    return train(cfg).get("exit_code", 0)
 
 
 def _eval(argv: list[str]) -> None:

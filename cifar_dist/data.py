@@ -1,7 +1,7 @@
-"""Datasets: CIFAR-10/100 through torchvision's on-disk format, Fashion-MNIST from Debian's
-`dataset-fashion-mnist`, `synthetic`, a small learnable dataset written in CIFAR-10's exact
-python format and read back by torchvision's own CIFAR-10 reader, and `imagefolder`, folders of
-image files (imagefolder.py).
+"""Datasets, in a registry (DATASETS, like models.MODELS): CIFAR-10/100 through torchvision's
+on-disk format, Fashion-MNIST from Debian's `dataset-fashion-mnist`, `synthetic` (synthetic.py: a
+small learnable set in CIFAR-10's exact python format, read back by torchvision's own reader), and
+`imagefolder`, folders of image files (imagefolder.py).
 
     from cifar_dist.data import load_data
     bundle = load_data(cfg, accelerator)   # every rank gets the same seeded 80/20 split
@@ -10,11 +10,10 @@ image files (imagefolder.py).
 from __future__ import annotations
 
 import gzip
-import hashlib
-import json
 import os
 import pickle
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +23,8 @@ from torch.utils.data import Dataset, Subset
 
 from .errors import UserError, first_line
 from .prepare import build_once, has_marker
+from .synthetic import ensure_synthetic, synthetic_class
 
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_FILES = [
     "train-images-idx3-ubyte",
@@ -33,7 +32,6 @@ FASHION_FILES = [
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 ]
-SYNTHETIC_DATA_SEED = 1234  # the synthetic images do not change with cfg.seed; the split does
 
 
 @dataclass
@@ -57,110 +55,6 @@ class DataBundle:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
-
-
-# --------------------------------------------------------------------------- synthetic CIFAR-10 files
-
-
-def _class_templates(rng: np.random.Generator, num_classes: int) -> np.ndarray:
-    """One smooth colour pattern per class: 4×4 random colours upsampled to 32×32, plus a stripe."""
-    coarse = rng.uniform(80, 175, size=(num_classes, 3, 4, 4))
-    big = coarse.repeat(8, axis=2).repeat(8, axis=3)
-    for c in range(num_classes):  # a class-specific stripe orientation/position makes classes separable
-        if c % 2:
-            big[c, :, (c * 3) % 32 : (c * 3) % 32 + 2, :] += 40
-        else:
-            big[c, :, :, (c * 3) % 32 : (c * 3) % 32 + 2] += 40
-    return big
-
-
-def _synthetic_arrays(n: int, rng: np.random.Generator, templates: np.ndarray) -> tuple[np.ndarray, list[int]]:
-    labels = rng.integers(0, len(templates), size=n)
-    noise = rng.normal(0, 80, size=(n, 3, 32, 32))
-    brightness = rng.uniform(-50, 50, size=(n, 1, 1, 1))
-    shift = rng.integers(-6, 7, size=n)
-    imgs = templates[labels] + noise + brightness
-    for i in range(n):  # small random shifts so memorising pixels is not enough
-        imgs[i] = np.roll(imgs[i], shift[i], axis=2)
-    data = np.clip(imgs, 0, 255).astype(np.uint8).reshape(n, 3072)  # CIFAR rows: 1024 R, 1024 G, 1024 B
-    return data, [int(x) for x in labels]
-
-
-def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def write_synthetic_cifar10(
-    root: Path, n_train: int = 5000, n_test: int = 1000, seed: int = SYNTHETIC_DATA_SEED
-) -> Path:
-    """Write `root/cifar-10-batches-py/` exactly as CIFAR-10's python tarball lays it out
-    (five `data_batch_i` pickles, `test_batch`, `batches.meta`; str keys, as torchvision reads them
-    with encoding="latin1"), plus `manifest.json` with each file's md5; once, however many jobs
-    ask at the same moment (prepare.build_once)."""
-
-    def build(tmp: Path) -> None:
-        rng = np.random.default_rng(seed)
-        templates = _class_templates(rng, 10)
-        train, train_labels = _synthetic_arrays(n_train, rng, templates)
-        test, test_labels = _synthetic_arrays(n_test, rng, templates)
-        bounds = np.linspace(0, n_train, 6).astype(int)
-        for i in range(5):
-            lo, hi = bounds[i], bounds[i + 1]
-            entry = {
-                "batch_label": f"training batch {i + 1} of 5",
-                "labels": train_labels[lo:hi],
-                "data": train[lo:hi],
-                "filenames": [f"synthetic_{j:06d}.png" for j in range(lo, hi)],
-            }
-            with open(tmp / f"data_batch_{i + 1}", "wb") as f:
-                pickle.dump(entry, f, protocol=2)
-        with open(tmp / "test_batch", "wb") as f:
-            pickle.dump(
-                {
-                    "batch_label": "testing batch 1 of 1",
-                    "labels": test_labels,
-                    "data": test,
-                    "filenames": [f"synthetic_test_{j:06d}.png" for j in range(n_test)],
-                },
-                f,
-                protocol=2,
-            )
-        with open(tmp / "batches.meta", "wb") as f:
-            pickle.dump(
-                {"num_cases_per_batch": int(bounds[1]), "label_names": CIFAR10_CLASSES, "num_vis": 3072}, f, protocol=2
-            )
-        manifest = {p.name: _md5(p) for p in sorted(tmp.iterdir())}
-        (tmp / "manifest.json").write_text(
-            json.dumps({"n_train": n_train, "n_test": n_test, "seed": seed, "md5": manifest})
-        )
-
-    return build_once(
-        root / "cifar-10-batches-py", build, "the synthetic dataset", "set --data.root to a writable folder"
-    )
-
-
-def _synthetic_root(cfg) -> Path:
-    return Path(cfg.data.root) / f"synthetic_{cfg.data.synthetic_train_size}_{cfg.data.synthetic_test_size}"
-
-
-def _ensure_synthetic(cfg) -> Path:
-    root = _synthetic_root(cfg)
-    write_synthetic_cifar10(root, cfg.data.synthetic_train_size, cfg.data.synthetic_test_size)
-    return root
-
-
-def _synthetic_class(root: Path):
-    """torchvision's CIFAR10 with the md5 sums of the files we wrote, so its integrity check stays live."""
-    from torchvision.datasets import CIFAR10
-
-    md5 = json.loads((root / "cifar-10-batches-py" / "manifest.json").read_text())["md5"]
-
-    class SyntheticCIFAR10(CIFAR10):
-        train_list = [[f"data_batch_{i}", md5[f"data_batch_{i}"]] for i in range(1, 6)]
-        test_list = [["test_batch", md5["test_batch"]]]
-        meta = {"filename": "batches.meta", "key": "label_names", "md5": md5["batches.meta"]}
-
-    return SyntheticCIFAR10
 
 
 # --------------------------------------------------------------------------- readers
@@ -275,47 +169,38 @@ def _check_download(cls, root: Path, label: str, timeout_s: float = 20) -> None:
         raise UserError(_offline_message(cls, root, label, e)) from None
 
 
-def _read_raw(cfg, main_process_first, transform):
-    """-> (train dataset with transform, train uint8 NCHW, train labels, test uint8, test labels, classes)."""
-    from torchvision.datasets import CIFAR10, CIFAR100, FashionMNIST
+@dataclass
+class RawData:
+    """What a dataset reader returns: the training set (per-sample, with `transform`) and both splits
+    as uint8 NCHW tensors with int64 labels."""
 
-    name, root = cfg.data.name, Path(cfg.data.root)
-    if name == "imagefolder":
-        from .imagefolder import ImageArrayDataset, load_imagefolder
+    train_set: Dataset
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: list[str]
 
-        with main_process_first():  # one rank decodes into the cache (other jobs wait on its lock); the others read
-            tr_x, tr_y, te_x, te_y, classes = load_imagefolder(cfg)
-        return ImageArrayDataset(tr_x, tr_y, classes, transform), tr_x, tr_y, te_x, te_y, classes
-    with main_process_first():  # one rank downloads / writes; the others wait, then read
-        if name == "synthetic":
-            root = _ensure_synthetic(cfg)
-            cls, label = _synthetic_class(root), "synthetic CIFAR-10"
-        elif name in ("cifar10", "cifar100"):
-            cls, label = (CIFAR10, "CIFAR-10") if name == "cifar10" else (CIFAR100, "CIFAR-100")
-            _prepare_cifar(cls, root, cfg.data.download, label)
-        else:
-            cls, label = None, "Fashion-MNIST"
-            _prepare_fashion_mnist(root)
-    if cls is not None:
-        with main_process_first():
-            # prepared above (downloaded if it could be): here torchvision only reads, md5-checking every file
-            train = _open_cifar(cls, root, True, label, transform)
-            test = _open_cifar(cls, root, False, label)
-        tr_x = torch.from_numpy(np.ascontiguousarray(train.data)).permute(0, 3, 1, 2).contiguous()
-        te_x = torch.from_numpy(np.ascontiguousarray(test.data)).permute(0, 3, 1, 2).contiguous()
-        classes = list(train.classes)
-    else:
-        try:
-            train = FashionMNIST(str(root), train=True, download=False, transform=transform)
-            test = FashionMNIST(str(root), train=False, download=False)
-        except (RuntimeError, ValueError, OSError) as e:
-            raise UserError(
-                f"Fashion-MNIST files under {root}/FashionMNIST/raw are unreadable ({e}); delete them and run again"
-            ) from None
-        tr_x, te_x = train.data.unsqueeze(1).contiguous(), test.data.unsqueeze(1).contiguous()
-        classes = list(train.classes)
+
+# The dataset registry, like models.MODELS: data.name's choices are its names (config.dataset_names).
+# A reader takes (cfg, main_process_first, transform) and returns RawData.
+DATASETS: dict[str, Callable[..., RawData]] = {}
+
+
+def register_dataset(name: str):
+    def deco(fn):
+        DATASETS[name] = fn
+        return fn
+
+    return deco
+
+
+def _torchvision_raw(train, test, label: str) -> RawData:
+    """RawData from torchvision datasets whose `.data` is N×H×W×C (CIFAR) or N×H×W (MNIST), checked."""
+    tr_x, te_x = (_nchw(torch.as_tensor(np.ascontiguousarray(d.data))) for d in (train, test))
     tr_y = torch.as_tensor(np.asarray(train.targets), dtype=torch.int64)
     te_y = torch.as_tensor(np.asarray(test.targets), dtype=torch.int64)
+    classes = list(train.classes)
     for split, x, y in (("train", tr_x, tr_y), ("test", te_x, te_y)):
         if x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[2] != x.shape[3] or x.dtype != torch.uint8:
             raise UserError(
@@ -330,7 +215,75 @@ def _read_raw(cfg, main_process_first, transform):
                 f"{label} {split} labels run {int(y.min())}..{int(y.max())} but there are {len(classes)} classes; "
                 "the files are corrupt"
             )
-    return train, tr_x, tr_y, te_x, te_y, classes
+    return RawData(train, tr_x, tr_y, te_x, te_y, classes)
+
+
+def _nchw(x: torch.Tensor) -> torch.Tensor:
+    """N×H×W×C (CIFAR's arrays) or N×H×W (MNIST's) -> N×C×H×W; any other shape is left for the check."""
+    if x.ndim == 3:
+        return x.unsqueeze(1).contiguous()
+    return x.permute(0, 3, 1, 2).contiguous() if x.ndim == 4 else x
+
+
+def _read_cifar_like(cls, root: Path, label: str, main_process_first, transform) -> RawData:
+    with main_process_first():
+        # prepared before (downloaded if it could be): here torchvision only reads, md5-checking every file
+        train = _open_cifar(cls, root, True, label, transform)
+        test = _open_cifar(cls, root, False, label)
+    return _torchvision_raw(train, test, label)
+
+
+def _cifar(cfg, main_process_first, transform, hundred: bool) -> RawData:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls, label = (CIFAR100, "CIFAR-100") if hundred else (CIFAR10, "CIFAR-10")
+    root = Path(cfg.data.root)
+    with main_process_first():  # one rank downloads and unpacks; the others wait, then read
+        _prepare_cifar(cls, root, cfg.data.download, label)
+    return _read_cifar_like(cls, root, label, main_process_first, transform)
+
+
+@register_dataset("cifar10")
+def _cifar10(cfg, main_process_first, transform) -> RawData:
+    return _cifar(cfg, main_process_first, transform, hundred=False)
+
+
+@register_dataset("cifar100")
+def _cifar100(cfg, main_process_first, transform) -> RawData:
+    return _cifar(cfg, main_process_first, transform, hundred=True)
+
+
+@register_dataset("fashion_mnist")
+def _fashion_mnist(cfg, main_process_first, transform) -> RawData:
+    from torchvision.datasets import FashionMNIST
+
+    root = Path(cfg.data.root)
+    with main_process_first():  # one rank decompresses Debian's files; the others wait, then read
+        _prepare_fashion_mnist(root)
+    try:
+        train = FashionMNIST(str(root), train=True, download=False, transform=transform)
+        test = FashionMNIST(str(root), train=False, download=False)
+    except (RuntimeError, ValueError, OSError) as e:
+        raise UserError(
+            f"Fashion-MNIST files under {root}/FashionMNIST/raw are unreadable ({e}); delete them and run again"
+        ) from None
+    return _torchvision_raw(train, test, "Fashion-MNIST")
+
+
+@register_dataset("synthetic")
+def _synthetic(cfg, main_process_first, transform) -> RawData:
+    with main_process_first():  # one rank writes the files; the others wait, then read
+        root = ensure_synthetic(cfg)
+    return _read_cifar_like(synthetic_class(root), root, "synthetic CIFAR-10", main_process_first, transform)
+
+
+@register_dataset("imagefolder")
+def _imagefolder(cfg, main_process_first, transform) -> RawData:
+    from .imagefolder import ImageArrayDataset, load_imagefolder
+
+    with main_process_first():  # one rank decodes into the cache (other jobs wait on its lock); the others read
+        tr_x, tr_y, te_x, te_y, classes = load_imagefolder(cfg)
+    return RawData(ImageArrayDataset(tr_x, tr_y, classes, transform), tr_x, tr_y, te_x, te_y, classes)
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -346,7 +299,15 @@ def load_data(cfg, accelerator) -> DataBundle:
     from torchvision import transforms
 
     placeholder = transforms.Compose([transforms.ToTensor()])  # Normalize added once mean/std are known
-    train_ds, tr_x, tr_y, te_x, te_y, classes = _read_raw(cfg, accelerator.main_process_first, placeholder)
+    raw = DATASETS[cfg.data.name](cfg, accelerator.main_process_first, placeholder)
+    train_ds, tr_x, tr_y, te_x, te_y, classes = (
+        raw.train_set,
+        raw.train_images,
+        raw.train_labels,
+        raw.test_images,
+        raw.test_labels,
+        raw.classes,
+    )
     train_idx, val_idx = split_indices(len(tr_x), cfg.data.val_fraction, cfg.seed)
     c = tr_x.shape[1]
     if cfg.data.normalize == "half":

@@ -1,21 +1,21 @@
-"""Everything that knows about processes, ranks and devices lives here; the rest of the package
-takes the `accelerator` as an argument.
+"""Launch set-up: the accelerator, its precision and threads, and the checks that the launcher
+started the job it was asked for. Collectives are in collectives.py; leaving the process is cli's.
 
     accelerate launch --config_file accelerate_configs/cpu_ddp.yaml train.py --data.name=synthetic
 
-On a machine without CUDA we always build `Accelerator(cpu=True)`: measured here, a MULTI_GPU
-launch config on CPU without it starts 2 processes that each think they are alone (two
-independent runs writing the same checkpoint), and with it they form one gloo DDP job.
+On a machine without CUDA we always build `Accelerator(cpu=True)`: without it a MULTI_GPU launch
+config on the CPU starts processes that each think they are alone (two independent runs writing
+the same checkpoint; docs/distributed.md); with it they form one gloo DDP job.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from datetime import timedelta
 
 import torch
 
+from .collectives import raise_if_any
 from .errors import UserError
 
 
@@ -189,162 +189,3 @@ def _machines_disagree() -> str | None:
         f"{machines} machine(s) = {local * machines}, but {world} processes joined the job; launch every machine "
         f"with the same --num_machines and --num_processes (the TOTAL over all machines)"
     )
-
-
-def exit_process(code) -> None:
-    """Leave the process with `code` (what sys.exit takes). Every exit of train.py and evaluate.py
-    comes here (cli.main): success, a one-line error, a stop request, a failed peer, a traceback.
-    A process that was one rank of several skips interpreter finalization, after running what a
-    normal exit runs (atexit: wandb's teardown, logging's flush) and flushing its output.
-
-    Why (issues 7, 19): once DDP has used a gloo process group, torch never frees it, not even after
-    destroy_process_group and gc (its worker threads stay alive; pytorch#107298). If one of those
-    threads drops its last finished collective (a gather of Python tensors) just as the main thread
-    starts finalizing, the decref must take the GIL, which ends the thread inside a C++ frame:
-    std::terminate, SIGABRT, "terminate called without an active exception". gdb on a core:
-    ~AsyncAllgatherWork -> THPVariable_clear -> take_gil -> PyThread_exit_thread -> abort. Measured
-    on this 2-core machine before the change: 2 of 40 single-host 2-process runs under load, 1 of 8
-    two-host runs, and 2 of 4 CI runs lost a worker after the run had written everything; the
-    other machine's torchrun agent then waited 300 s at its exit barrier. Until issue 19 a rank
-    whose peer failed mid-collective (and any traceback) still finalized: under load it aborted the
-    same way, and the launcher named it as the root cause instead of the peer that failed."""
-    if env_world_size() <= 1:
-        sys.exit(code)
-    import atexit
-
-    atexit._run_exitfuncs()
-    if code is None:
-        status = 0
-    elif isinstance(code, int):
-        status = code
-    else:  # sys.exit("message") prints it and exits 1
-        print(code, file=sys.stderr)
-        status = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
-
-
-# torchrun polls its workers every 0.1 s (accelerate launch's --monitor_interval); waiting up to this
-# long for its SIGTERM is only paid in full when no other local worker exits (a hung peer, a peer on
-# another machine), where the job has already waited train.dist_timeout_s or lost a machine.
-LAUNCHER_GRACE_S = 10.0
-
-
-def wait_for_launcher_stop(grace_s: float = LAUNCHER_GRACE_S) -> None:
-    """Under torchrun, stay until its SIGTERM (at most grace_s), which it sends to every other worker
-    once it has seen one exit with a failure. Two callers (cli.run_cli), both about who leaves first:
-    - after a peer died mid-collective: the launcher names the failure it saw first as the root cause
-      (timestamps to the second; within one poll, the lowest local rank), so a survivor that left at
-      once could be blamed instead of the peer;
-    - a rank that is not its machine's first, after a one-line error every rank hits: the first one
-      prints it, and a rank that left sooner had the launcher stop the first before it printed
-      (measured: `--optim.lr=-1` under cpu_ddp.yaml printed nothing; rank 0 ended by SIGTERM).
-    Without torchrun (srun tasks, mpirun) there is no such report and nothing to wait for."""
-    import signal
-    import time
-
-    if "TORCHELASTIC_RUN_ID" not in os.environ:
-        return
-    got: list[int] = []
-    try:
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
-    except ValueError:  # not the main thread
-        return
-    # preemption's handler recorded a SIGTERM that came before ours was installed
-    if getattr(previous, "signum", None) == signal.SIGTERM:
-        return
-    # A sleep, not sigwait: the signal may land on any of gloo's threads; Python runs the handler on
-    # the main thread between two sleeps.
-    deadline = time.monotonic() + grace_s
-    while not got and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
-def broadcast_object(accelerator, obj):
-    """The main process's value of `obj` on every rank."""
-    if accelerator.num_processes == 1:
-        return obj
-    from accelerate.utils import broadcast_object_list
-
-    box = [obj]
-    broadcast_object_list(box, from_process=0)
-    return box[0]
-
-
-def raise_if_any(accelerator, message: str | None) -> None:
-    """Collective: if any rank has an error message, every rank raises the first one (so no rank
-    is left waiting in a collective for a rank that gave up)."""
-    if accelerator.num_processes == 1:
-        if message:
-            raise UserError(message)
-        return
-    from accelerate.utils import gather_object
-
-    messages = [m for m in gather_object([message]) if m]
-    if messages:
-        raise UserError(messages[0])
-
-
-def broadcast_module(accelerator, module) -> None:
-    """Copy the main process's parameters and buffers into every rank's module, in place."""
-    if accelerator.num_processes == 1:
-        return
-    from accelerate.utils import broadcast
-
-    for t in module.state_dict().values():
-        t.copy_(broadcast(t.detach().clone().to(accelerator.device), from_process=0).to(t.device))
-
-
-def seed_each_rank(accelerator, seed: int) -> None:
-    """After the (identical) initial weights are drawn, give each rank its own random stream, so
-    ranks do not draw the same dropout masks. Rank r of W > 1 gets seed·65537 + 1 + r; a single
-    process keeps the stream it has."""
-    if accelerator.num_processes > 1:
-        torch.manual_seed(seed * 65537 + 1 + accelerator.process_index)
-
-
-def gather_per_rank(accelerator, obj) -> list:
-    """[obj of rank 0, obj of rank 1, ...] on every rank (collective)."""
-    if accelerator.num_processes == 1:
-        return [obj]
-    from accelerate.utils import gather_object
-
-    return gather_object([obj])
-
-
-def any_rank(accelerator, flag: bool) -> bool:
-    """Collective OR of a per-rank flag."""
-    if accelerator.num_processes == 1:
-        return flag
-    t = torch.tensor([1 if flag else 0], device=accelerator.device)
-    return bool(accelerator.reduce(t, reduction="sum").item() > 0)
-
-
-def reduce_sum(accelerator, values: list[float | torch.Tensor]) -> list[float]:
-    """Sum scalars across ranks in float64, then the caller divides: never average averages."""
-    t = torch.stack([torch.as_tensor(v, dtype=torch.float64).detach().cpu() for v in values]).to(accelerator.device)
-    if accelerator.num_processes > 1:
-        t = accelerator.reduce(t, reduction="sum")
-    return t.cpu().tolist()
-
-
-def eval_batches(n: int, batch_size: int, rank: int, world: int) -> list[list[int]]:
-    """Evaluation sharding: the single-process batches [0,B), [B,2B), ... dealt round-robin to ranks,
-    no padding. Every sample is seen exactly once and each batch has the same members as in a
-    single-process run, so per-sample outputs, and the metrics built from them, are identical."""
-    starts = range(0, n, batch_size)
-    return [list(range(s, min(s + batch_size, n))) for i, s in enumerate(starts) if i % world == rank]
-
-
-def gather_varlen(accelerator, t: torch.Tensor) -> torch.Tensor:
-    """Concatenate a per-rank tensor of varying length along dim 0 (pad, gather, drop the padding)."""
-    if accelerator.num_processes == 1:
-        return t
-    n = torch.tensor([t.shape[0]], device=accelerator.device)
-    sizes = accelerator.gather(n).tolist()
-    padded = accelerator.pad_across_processes(t.to(accelerator.device), dim=0)
-    everything = accelerator.gather(padded)
-    width = max(sizes)
-    parts = [everything[i * width : i * width + s] for i, s in enumerate(sizes)]
-    return torch.cat(parts).cpu()

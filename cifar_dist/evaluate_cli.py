@@ -12,8 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-from .checkpoint import atomic_write_bytes, build_model_from_checkpoint, load_checkpoint
 from .errors import UserError
+from .export import build_model_from_checkpoint, load_checkpoint
+from .files import atomic_write_bytes
 
 EVAL_SECTIONS = ("data", "eval", "train")  # the config sections evaluate.py's --section.key=value may set
 
@@ -30,7 +31,7 @@ def print_report(result, split: str, accelerator) -> None:
 
 
 def main(argv: list[str]) -> None:
-    from .cli import reject_unknown_options
+    from .keys import reject_unknown_options
 
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
@@ -101,9 +102,10 @@ def _predict_images(model, ckpt: dict, cfg, args) -> None:
 
 def _evaluate_split(model, ckpt: dict, cfg, args) -> None:
     """Collective: evaluate a whole split, print the report, write --json and --plots."""
+    from .collectives import raise_if_any
     from .config import config_warnings
     from .data import load_data
-    from .distributed import build_accelerator, raise_if_any
+    from .distributed import build_accelerator
     from .evaluation import evaluate
 
     accelerator = build_accelerator(cfg)

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .collectives import eval_batches, gather_varlen
 from .data import norm_stats, normalize_batch
-from .distributed import eval_batches, gather_varlen
 from .progress import bar
 
 

@@ -1,6 +1,8 @@
-"""The best model as a folder a Hugging Face user recognises, written by every run as `<run.dir>/model/`:
-`model.safetensors`, `config.json` (architecture and its arguments, class names, input size and
-channels, normalisation) and a `README.md` model card (test results once the run's test has run).
+"""The model format, in its two forms: `best.pt` (a torch file: weights, config, model metadata,
+provenance; written by checkpoint.py) and the folder a Hugging Face user recognises, written by every
+run as `<run.dir>/model/`: `model.safetensors`, `config.json` (architecture and its arguments, class
+names, input size and channels, normalisation) and a `README.md` model card (test results once the
+run's test has run). Both are read back by `load_checkpoint` and rebuilt by `build_model_from_checkpoint`.
 
     from cifar_dist import load_model
     model = load_model("runs/<run>/model")                       # torch.nn.Module, eval mode, CPU
@@ -22,9 +24,17 @@ from pathlib import Path
 import torch
 
 from .errors import UserError, first_line
-from .run_dir import RunDir
+from .files import atomic_write_bytes, fsync_dir
+from .provenance import command, versions
+from .run_dir import RunDir, run_dir_of
 
-FORMAT = "cifar-dist-model"
+CHECKPOINT_FORMAT = "cifar-dist-checkpoint"  # best.pt
+CHECKPOINT_FORMAT_VERSION = 1
+# The model.* config keys a network is built with, besides its data shape: dropout and width for the
+# built-in ones, kwargs for torchvision:, timm: and a user's package.module:factory.
+BUILTIN_MODEL_ARGS = ("dropout", "width")
+MODEL_ARGS = (*BUILTIN_MODEL_ARGS, "kwargs")
+FORMAT = "cifar-dist-model"  # model/config.json
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 # Where a model came from, copied between best.pt's dict and config.json's "training" section in
@@ -36,6 +46,92 @@ def _provenance(source: dict) -> dict:
     return {k: source.get(k, dict(d) if isinstance(d, dict) else d) for k, d in _PROVENANCE.items()}
 
 
+# -- best.pt: what a model is, written once, read once ---------------------------------------------
+def model_metadata(cfg, data) -> dict:
+    """What rebuilding the network needs, stored in best.pt (and, reshaped, in model/config.json)."""
+    from .models import model_source
+
+    keys = BUILTIN_MODEL_ARGS if model_source(cfg.model.name) == "builtin" else ("kwargs",)
+    return {
+        "model": {
+            "name": cfg.model.name,
+            "in_channels": data.in_channels,
+            "image_size": data.image_size,
+            "num_classes": data.num_classes,
+            **{k: getattr(cfg.model, k) for k in keys},
+        },
+        "classes": list(data.classes),
+        "normalize": {"mean": list(data.mean), "std": list(data.std)},
+    }
+
+
+def checkpoint_dict(weights: dict, cfg, meta: dict, epoch: int, state, val_metrics: dict, accelerator) -> dict:
+    """best.pt's content: the weights, the resolved config, where in the run they come from, the
+    provenance and the model metadata (model_metadata)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "model_state": weights,
+        "config": cfg.to_dict(),
+        "epoch": epoch,
+        "step": state.step,
+        "val_metrics": val_metrics,
+        "versions": versions(),
+        "world_size": accelerator.num_processes,
+        "tracker_run_id": state.tracker_run_id,
+        "command": command(),
+        **meta,
+    }
+
+
+def build_model_from_checkpoint(ckpt: dict, source="the checkpoint", trust_code: bool = False) -> torch.nn.Module:
+    """The network a checkpoint (load_checkpoint's dict) describes, with its weights, in eval mode.
+    A model from a user's package.module:factory is imported only with trust_code=True."""
+    from .models import build_model
+
+    m = ckpt["model"]
+    try:
+        model = build_model(
+            m["name"],
+            m["in_channels"],
+            m["image_size"],
+            m["num_classes"],
+            trust_code=trust_code,
+            **{k: m[k] for k in MODEL_ARGS if k in m},
+        )
+        model.load_state_dict(ckpt["model_state"])
+    except (RuntimeError, KeyError) as e:
+        raise UserError(
+            f"{source} does not match model {m.get('name')!r} with {m.get('num_classes')} classes "
+            f"({first_line(e, 100)}); it was written by another model or version"
+        ) from None
+    return model.eval()
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a best-model checkpoint (best.pt, a run folder holding it, or an exported model/ folder),
+    or fail in one line."""
+    path = Path(path)
+    if (path / WEIGHTS).exists():
+        return read_model_folder(path)
+    if path.is_dir():
+        path = RunDir(path).best
+    if not path.exists():
+        raise UserError(
+            f"checkpoint {path} does not exist; pass a run folder, its best.pt or its model/ folder to --checkpoint"
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle garbage, not a torch file at all
+        raise UserError(
+            f"{path} is not a readable cifar-dist checkpoint (truncated or corrupt: {first_line(e, 120)})"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is a torch file but not a cifar-dist checkpoint; pass the best.pt that train.py wrote")
+    return ckpt
+
+
+# -- model/: the same model as a Hugging Face folder -----------------------------------------------
 def model_config(ckpt: dict) -> dict:
     """config.json: the model's own arguments at the top level (what `from_pretrained` passes to the
     class), then what a user needs to feed it and read its output, then where it came from."""
@@ -63,9 +159,6 @@ def read_model_folder(folder) -> dict:
     """An exported folder as a checkpoint dict (the shape load_checkpoint returns for best.pt)."""
     from safetensors.torch import load_file
 
-    from .checkpoint import FORMAT as CKPT_FORMAT
-    from .checkpoint import MODEL_ARGS
-
     folder = Path(folder)
     try:
         conf = json.loads((folder / "config.json").read_text())
@@ -86,7 +179,7 @@ def read_model_folder(folder) -> dict:
     }
     training = conf.get("training", {})
     return {
-        "format": CKPT_FORMAT,
+        "format": CHECKPOINT_FORMAT,
         "model": model,
         "classes": conf["class_names"],
         "normalize": conf["normalize"],
@@ -102,8 +195,6 @@ def load_model(path, device: str | torch.device = "cpu", trust_code: bool = Fals
     A model built by a user's own `package.module:factory` is rebuilt by importing and running that
     code, so (like Hugging Face's trust_remote_code) it loads only with trust_code=True; built-in,
     torchvision: and timm: models load without it."""
-    from .checkpoint import build_model_from_checkpoint, load_checkpoint
-
     return build_model_from_checkpoint(load_checkpoint(path), source=path, trust_code=trust_code).to(device)
 
 
@@ -192,8 +283,6 @@ def write_model_folder(run: RunDir, ckpt: dict, test: dict | None = None) -> Pat
     is intact, and `python -m cifar_dist.export <run.dir>` rewrites it.)"""
     from safetensors.torch import save_file
 
-    from .checkpoint import atomic_write_bytes, fsync_dir
-
     tmp = run.model_tmp()
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -221,8 +310,6 @@ def write_model_folder(run: RunDir, ckpt: dict, test: dict | None = None) -> Pat
 def add_test_results(run: RunDir, test: dict) -> None:
     """Main process, after the final test: the model card gains the test accuracy and per-class table.
     A failure costs only the card's test lines (test_metrics.json holds them), so it warns, never stops."""
-    from .checkpoint import atomic_write_bytes
-
     if not run.model.exists():  # nothing validated and saved (a run cut short by train.max_steps)
         return
     try:
@@ -262,9 +349,6 @@ def main(argv: list[str]) -> None:
     p.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="upload model/ to this Hub repository")
     p.add_argument("--private", action="store_true", help="create the Hub repository as private")
     args = p.parse_args(argv)
-    from .checkpoint import load_checkpoint
-    from .run_dir import run_dir_of
-
     path = Path(args.checkpoint)
     run = RunDir(run_dir_of(path))
     if not (path / WEIGHTS).exists():  # from best.pt: (re)write model/, with the test results if there
@@ -277,8 +361,7 @@ def main(argv: list[str]) -> None:
         print(f"uploaded {folder} to {args.push_to_hub}: {push_to_hub(folder, args.push_to_hub, args.private)}")
 
 
-if __name__ == "__main__":
-    from .cli import run_cli
-    from .distributed import exit_process
+if __name__ == "__main__":  # an entry point: the command line's way out, like train.py's
+    from .cli import main as run_command
 
-    exit_process(run_cli(main, None))
+    run_command(main, None)

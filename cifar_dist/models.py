@@ -33,6 +33,7 @@ from torch import nn
 from .errors import UserError, first_line
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
+MODEL_ALIASES: dict[str, str] = {}  # old name -> registered name; checkpoints written under it still load
 
 
 def register(name: str):

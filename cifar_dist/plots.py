@@ -12,14 +12,14 @@ and no display backend: the Agg canvas renders it), which the tests inspect dire
 from __future__ import annotations
 
 import io
-import json
 import math
 from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write_bytes
 from .errors import UserError
+from .files import atomic_write_bytes
+from .metrics import read_metrics
 from .progress import bar
 
 DPI = 100
@@ -245,17 +245,6 @@ def per_class_figure(per_class: dict[str, dict[str, int]], split: str):
     return fig
 
 
-def read_metrics(path: Path) -> list[dict]:
-    rows = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise UserError(f"{path} line {n} is not JSON; the file is damaged") from None
-    return rows
-
-
 def curves_figure(rows: list[dict], best_epoch: int | None):
     """Loss and accuracy per epoch, train and validation, with the best-validation epoch marked
     (the one whose weights best.pt holds)."""
@@ -330,7 +319,7 @@ def write_all(
     """Collective (every rank calls it; only the main process draws). Returns {name: path} of the
     files written (empty on other ranks); curves.png is skipped, with a note, when the run folder
     has no metrics.jsonl (a best.pt copied elsewhere)."""
-    from .distributed import raise_if_any
+    from .collectives import raise_if_any
 
     written: dict[str, Path] = {}
     message = None

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write_bytes
 from .errors import UserError, first_line, print_error
+from .files import atomic_write_bytes
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 

@@ -19,14 +19,14 @@ from __future__ import annotations
 import contextlib
 import signal
 
-from .distributed import any_rank
+from .collectives import any_rank
 
 CHECK_EVERY_STEPS = 10  # multi-process runs only; one process checks its own flag at every step
 
 
 class _Flag:
     """The installed handler. The signal module keeps it until StopRequest.close() (or the process
-    exits; train() raises SystemExit on a stop request without closing), so it holds
+    exits; train() returns after a stop request without closing), so it holds
     nothing but the flag (a bound method of StopRequest would keep the accelerator, and with it the
     model, optimizer and loaders, alive into interpreter shutdown)."""
 

@@ -7,6 +7,8 @@ their per-dataset layers.
 from __future__ import annotations
 
 # Presets are partial dicts layered over the defaults. `seed` is the tutorial, exactly.
+PRESET_ALIASES: dict[str, str] = {}  # old name -> preset; old commands keep working
+
 PRESETS: dict[str, dict] = {
     "seed": {},
     # The tutorial's CNN with a modern recipe, tuned on Fashion-MNIST (docs/results.md, tuning history).

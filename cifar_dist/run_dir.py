@@ -24,7 +24,8 @@ import shutil
 import time
 from pathlib import Path
 
-from .distributed import broadcast_object, raise_if_any
+from .collectives import broadcast_object, raise_if_any
+from .files import atomic_write_bytes
 
 # Accelerate names the first object registered for checkpointing (our TrainState) this way; its
 # presence marks a complete state folder.
@@ -86,20 +87,23 @@ class RunDir:
     def holds_run(self) -> bool:
         return self.resumable() is not None or self.best.exists() or self.metrics.exists()
 
-    def make(self) -> None:
-        """`mkdir -p`, undone at exit when the run saved nothing there: a run that fails before its
-        first saved state (data that will not load, a bad resume, a loss that blows up) leaves no
-        folder behind, while a folder it did not create stays exactly as it was. The check runs from
-        atexit, registered before W&B registers its own teardown, so it comes after that teardown has
-        written its last file (atexit runs newest first; exit_process runs it too)."""
+    def make_removed_at_exit_if_unsaved(self) -> None:
+        """`mkdir -p`, and the cleanup of a failed start: the folders this creates are removed at exit
+        when the run saved nothing there. A run that fails before its first saved state (data that will
+        not load, a bad resume, a loss that blows up) leaves no folder behind, while a folder it did not
+        create stays exactly as it was. The removal runs from atexit, registered before W&B registers
+        its own teardown, so it comes after that teardown has written its last file (atexit runs newest
+        first; cli.exit_process runs it too)."""
         import atexit
 
         created = [p for p in (self.path, *self.path.parents) if not p.exists()]  # deepest first
         self.path.mkdir(parents=True, exist_ok=True)
         if created:
-            atexit.register(self._remove_if_nothing_saved, created)
+            atexit.register(self.remove_if_nothing_saved, created)
 
-    def _remove_if_nothing_saved(self, created: list[Path]) -> None:
+    def remove_if_nothing_saved(self, created: list[Path]) -> None:
+        """The cleanup of a failed start: remove `created` (the folders make_removed_at_exit_if_unsaved
+        made, deepest first) unless the run saved a state or a best model there."""
         if self.best.exists() or self.resumable() is not None:
             return
         shutil.rmtree(self.path, ignore_errors=True)
@@ -138,8 +142,8 @@ def _get(tree: dict, path: tuple, default=None):
     return tree
 
 
-def _start_error(cfg, run: RunDir) -> tuple[str | None, bool]:
-    """(the one-line reason this run cannot start here or None, whether it resumes). Main process."""
+def _start_problem(cfg, run: RunDir) -> tuple[str | None, bool]:
+    """(the one-line reason this run cannot start in run.dir or None, whether it resumes). Reads only."""
     has_state = run.resumable() is not None
     if cfg.train.resume == "false" and run.holds_run():
         return (
@@ -150,9 +154,9 @@ def _start_error(cfg, run: RunDir) -> tuple[str | None, bool]:
         return f"nothing to resume in {run.path} (no last/ state); drop --resume to start a new run there", False
     resume = has_state and cfg.train.resume != "false"
     if resume and run.config.exists():
-        from .config import Config
+        from .config import Config, canonical_names
 
-        saved = json.loads(run.config.read_text())
+        saved = canonical_names(json.loads(run.config.read_text()))  # old model names read as the new ones
         fixed = RESUME_FIXED + [("data", "root")] * (cfg.data.name == "imagefolder")
         now, defaults = cfg.to_dict(), Config().to_dict()  # a key newer than the saved run: its default
         changed = [".".join(p) for p in fixed if _get(saved, p, _get(defaults, p)) != _get(now, p)]
@@ -161,18 +165,22 @@ def _start_error(cfg, run: RunDir) -> tuple[str | None, bool]:
                 f"cannot resume {run.path}: {', '.join(changed)} differ from the saved run "
                 f"(see {run.config}); resume with the same settings or start a new --run.dir"
             ), resume
-    from .checkpoint import atomic_write_bytes
+    return None, resume
 
+
+def _make_writable_or_problem(run: RunDir) -> str | None:
+    """Create run.dir (removed again at exit if the run saves nothing there: the cleanup of a failed
+    start) and probe that it can be written; the one-line reason when it cannot. Only a probe:
+    config.json is written with the first saved state (Checkpointer), so a run that fails before then
+    (bad data, a bad resume) leaves run.dir as it was."""
     probe = run.path / f".write-probe{os.getpid()}"
-    try:  # only a probe: config.json is written with the first saved state (Checkpointer), so a run
-        # that fails before then (bad data, a bad resume) leaves run.dir as it was, and a folder made
-        # here is removed again (RunDir.make)
-        run.make()
+    try:
+        run.make_removed_at_exit_if_unsaved()
         atomic_write_bytes(probe, b"")
         probe.unlink()
     except OSError as e:
-        return f"cannot write to run.dir {run.path} ({e.strerror}); choose a writable --run.dir", resume
-    return None, resume
+        return f"cannot write to run.dir {run.path} ({e.strerror}); choose a writable --run.dir"
+    return None
 
 
 def prepare_run_dir(cfg, accelerator) -> tuple[RunDir, bool]:
@@ -181,7 +189,11 @@ def prepare_run_dir(cfg, accelerator) -> tuple[RunDir, bool]:
     name = cfg.run.dir or f"runs/{cfg.data.name}-{_slug(cfg.model.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = RunDir(broadcast_object(accelerator, name))
     cfg.run.dir = str(run.path)
-    error, resume = _start_error(cfg, run) if accelerator.is_main_process else (None, False)
+    error, resume = None, False
+    if accelerator.is_main_process:
+        error, resume = _start_problem(cfg, run)
+        if error is None:
+            error = _make_writable_or_problem(run)
     raise_if_any(accelerator, error)
     return run, broadcast_object(accelerator, resume)
 

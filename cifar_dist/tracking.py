@@ -25,13 +25,12 @@ import os
 import random
 import socket
 import string
-import subprocess
 import sys
 import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .distributed import broadcast_object
+from .collectives import broadcast_object
 from .errors import first_line
 from .run_dir import RunDir
 
@@ -143,33 +142,13 @@ def new_run_id() -> str:
     return "".join(rng.choice(string.ascii_lowercase + string.digits) for _ in range(8))
 
 
-def git_state(repo: Path | None = None) -> dict:
-    """The commit of the code that runs, and whether tracked files differ from it."""
-    repo = repo or Path(__file__).resolve().parents[1]
-    if not (repo / ".git").exists():
-        return {"commit": "unknown (not a git checkout)", "dirty": None}
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": "unknown (git failed)", "dirty": None}
-    return {"commit": commit or "unknown", "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
-
-
 def run_config(cfg, accelerator, run_dir: Path) -> dict:
     """The resolved config plus what the config does not say but a result depends on."""
     import torch
     import wandb
 
-    from .checkpoint import versions
     from .distributed import mixed_precision_source
+    from .provenance import git_state, versions
 
     job = {
         "world_size": accelerator.num_processes,

@@ -18,30 +18,18 @@ from dataclasses import dataclass
 import torch
 
 from .airbench import Lookahead, whiten_from_data
-from .checkpoint import (
-    Checkpointer,
-    MetricsLog,
-    TrainState,
-    atomic_write_bytes,
-    check_finite,
-    load_checkpoint,
-    model_metadata,
-)
+from .checkpoint import Checkpointer
+from .collectives import broadcast_module, broadcast_object, reduce_sum, seed_each_rank
 from .config import Config, config_warnings, format_config
 from .data import DataBundle, load_data
 from .devices import check_deterministic_model
-from .distributed import (
-    broadcast_module,
-    broadcast_object,
-    build_accelerator,
-    mixed_precision_source,
-    reduce_sum,
-    seed_each_rank,
-)
+from .distributed import build_accelerator, mixed_precision_source
 from .evaluation import evaluate
-from .export import add_test_results
+from .export import add_test_results, load_checkpoint, model_metadata
+from .files import atomic_write_bytes
 from .flops import pflops, train_flops_per_image
 from .loaders import build_train_loader
+from .metrics import MetricsLog
 from .models import build_model, count_parameters
 from .optim import build_optimizer
 from .preemption import StopRequest
@@ -49,11 +37,15 @@ from .progress import TrainProgress
 from .run_dir import RunDir, prepare_run_dir
 from .schedules import lr_at, scaled_lr
 from .tracking import accelerator_log_with, build_tracker
+from .train_state import TrainState, check_finite
 from .wait_policy import describe_wait_policy
 
 
 def train(cfg: Config, after_epoch=None) -> dict:
-    """Train, validate, checkpoint; then test the best-validation weights. Returns the test summary.
+    """Train, validate, checkpoint; then test the best-validation weights. Returns the test summary,
+    or, when a stop request (SIGUSR1, SIGTERM) ended the run early with its state saved,
+    {"stopped_at_step": step, "exit_code": 0 after USR1 or 143 after TERM}: the caller leaves the
+    process (cli), a benchmark may go on.
 
     after_epoch(epoch, row, evaluate_split) -> bool, if given, runs on every rank at the end of every epoch
     (after its checkpoint): `row` is the epoch's metrics.jsonl row (its `epoch_seconds` is the training time
@@ -98,6 +90,8 @@ def train(cfg: Config, after_epoch=None) -> dict:
     ) as progress:
         while state.epoch < cfg.train.epochs and not (cfg.train.max_steps and state.step >= cfg.train.max_steps):
             row = train_epoch(job, state, run, checkpointer, stop, tracker, progress)
+            if row is None:  # a stop request: the full state is saved, --resume continues there
+                return {"stopped_at_step": state.step, "exit_code": stop.exit_code()}
             if state.epoch % cfg.train.eval_every_epochs == 0 or state.epoch == cfg.train.epochs:
                 val_metrics = validate(job, row)
                 row["best"] = checkpointer.maybe_save_best(job.model, state.epoch, val_metrics)
@@ -230,7 +224,8 @@ def build(cfg: Config, accelerator, data: DataBundle) -> Job:
 
 
 def train_epoch(job: Job, state: TrainState, run: RunDir, checkpointer, stop, tracker, progress) -> dict:
-    """One epoch (or what is left of it after a mid-epoch resume); returns its metrics row."""
+    """One epoch (or what is left of it after a mid-epoch resume); returns its metrics row, or None
+    when a stop request ended it (the full state saved, the tracker's run marked as preempted)."""
     cfg, accelerator = job.cfg, job.accelerator
     job.loader.set_epoch(state.epoch)
     job.model.train()
@@ -272,7 +267,7 @@ def train_epoch(job: Job, state: TrainState, run: RunDir, checkpointer, stop, tr
                 f"stop requested: full state saved at step {state.step} in {run.last}; continue with --resume"
             )
             tracker.finish(preempted=True)
-            raise SystemExit(stop.exit_code())
+            return None
         if cfg.train.max_steps and state.step >= cfg.train.max_steps:
             break
     if restore_rng:  # resumed after the epoch's last step: no batch left, the RNG still goes back
@@ -282,7 +277,7 @@ def train_epoch(job: Job, state: TrainState, run: RunDir, checkpointer, stop, tr
     s, c, n = reduce_sum(accelerator, [loss_sum, correct, seen])
     train_seconds = time.perf_counter() - t0
     progress.end_epoch()
-    check_finite(s, state, run)
+    check_finite(s, state, run.last)
     state.epoch += 1
     state.step_in_epoch = 0
     state.partial = {}
@@ -319,7 +314,7 @@ def log_step(job: Job, state: TrainState, run: RunDir, tracker, running, lr: flo
     """Collective: the running train loss over all ranks, to the tracker (and, with run.progress=false,
     a plain line)."""
     s, n = reduce_sum(job.accelerator, list(running))
-    check_finite(s, state, run)
+    check_finite(s, state, run.last)
     tracker.log({"train/loss": s / max(n, 1), "train/lr": lr, "train/images_per_sec": ips}, state.step)
     if not job.cfg.run.progress:  # run.progress=false: this line every log_every_steps instead
         job.accelerator.print(

@@ -131,7 +131,7 @@ def cifar10_jpeg_archive() -> Path:
 def synthetic_root(tmp_path_factory, train_size: int, test_size: int) -> Path:
     """A fresh data root holding synthetic CIFAR-10 files of these sizes (written by the toolkit
     itself, in CIFAR-10's on-disk format), for --data.name=synthetic with the same sizes."""
-    from cifar_dist.data import write_synthetic_cifar10
+    from cifar_dist.synthetic import write_synthetic_cifar10
 
     root = tmp_path_factory.mktemp(f"data{train_size}")
     write_synthetic_cifar10(root / f"synthetic_{train_size}_{test_size}", train_size, test_size)

@@ -116,7 +116,7 @@ def test_ddp_run_frees_its_process_group_before_interpreter_exit(tmp_path, data_
 
 EXIT_PROBE = """
 import atexit, sys
-from cifar_dist.distributed import exit_process
+from cifar_dist.cli import exit_process
 atexit.register(lambda: print("atexit handler ran", flush=True))
 print("unflushed line", end="")
 exit_process(None if sys.argv[1] == "none" else int(sys.argv[1]) if sys.argv[1].isdigit() else sys.argv[1])

@@ -33,10 +33,10 @@ print("loaded:", sorted(m for m in ("accelerate", "wandb", "torchvision") if m i
 
 
 def _test_images(run_dir, n=100):
-    from cifar_dist.checkpoint import load_checkpoint
     from cifar_dist.config import from_dict
     from cifar_dist.data import load_data
     from cifar_dist.distributed import build_accelerator
+    from cifar_dist.export import load_checkpoint
 
     cfg = from_dict(load_checkpoint(run_dir)["config"])
     data = load_data(cfg, build_accelerator(cfg))
@@ -46,8 +46,8 @@ def _test_images(run_dir, n=100):
 def test_fresh_process_reproduces_evaluate_logits_exactly(tmp_path, trained_run):
     from safetensors.torch import load_file, save_file
 
-    from cifar_dist.checkpoint import build_model_from_checkpoint, load_checkpoint
     from cifar_dist.data import normalize_batch
+    from cifar_dist.export import build_model_from_checkpoint, load_checkpoint
 
     images, data = _test_images(trained_run, 100)
     assert len(images) == 100
@@ -97,7 +97,7 @@ def test_fresh_process_reproduces_evaluate_logits_exactly(tmp_path, trained_run)
 
 
 def test_from_pretrained_and_the_model_card(trained_run):
-    from cifar_dist.checkpoint import load_checkpoint
+    from cifar_dist.export import load_checkpoint
     from cifar_dist.models import SeedCNN
 
     model = SeedCNN.from_pretrained(trained_run / "model")

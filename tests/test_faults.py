@@ -582,7 +582,7 @@ def test_sigkill_at_random_points_loses_at_most_one_interval(tmp_path, data_root
         )
         saved_step = new_saved
         if (run_dir / "best.pt").exists():
-            from cifar_dist.checkpoint import load_checkpoint
+            from cifar_dist.export import load_checkpoint
 
             assert load_checkpoint(run_dir / "best.pt")["epoch"] >= 1
     assert kills == {"during a checkpoint write": 5, "at a random step": 5}
@@ -724,7 +724,7 @@ def test_a_dead_rank_stops_the_job(tmp_path, data_root, how):
         root = err.split("Root Cause", 1)[-1]  # the launcher's summary
         assert re.search(r"rank\s*: 1 \(local_rank: 1\)", root), err[-3000:]
     assert state_step(resumable(run_dir)) % 4 == 0
-    from cifar_dist.checkpoint import load_checkpoint
+    from cifar_dist.export import load_checkpoint
 
     if (run_dir / "best.pt").exists():
         load_checkpoint(run_dir / "best.pt")

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from cifar_dist.data import _synthetic_class, split_indices, write_synthetic_cifar10
-from cifar_dist.distributed import eval_batches
+from cifar_dist.collectives import eval_batches
+from cifar_dist.data import split_indices
 from cifar_dist.models import build_model, count_parameters
+from cifar_dist.synthetic import synthetic_class, write_synthetic_cifar10
 
 
 def test_seed_cnn_is_the_tutorial():
@@ -59,7 +60,7 @@ def test_synthetic_is_cifar10_format_and_read_by_torchvision(tmp_path):
     with open(folder / "data_batch_1", "rb") as f:
         entry = pickle.load(f, encoding="latin1")
     assert entry["data"].dtype == np.uint8 and entry["data"].shape == (10, 3072)
-    cls = _synthetic_class(tmp_path)
+    cls = synthetic_class(tmp_path)
     train = cls(str(tmp_path), train=True, download=False)
     test = cls(str(tmp_path), train=False, download=False)
     assert len(train) == 50 and len(test) == 20
@@ -76,7 +77,7 @@ def test_synthetic_is_cifar10_format_and_read_by_torchvision(tmp_path):
 
 def test_synthetic_classes_are_learnable_patterns(tmp_path):
     write_synthetic_cifar10(tmp_path, 1000, 10)
-    train = _synthetic_class(tmp_path)(str(tmp_path), train=True, download=False)
+    train = synthetic_class(tmp_path)(str(tmp_path), train=True, download=False)
     x = train.data.reshape(len(train), -1).astype(np.float32)
     y = np.array(train.targets)
     means = np.stack([x[y == c].mean(0) for c in range(10)])

@@ -12,7 +12,7 @@ import torch
 from conftest import accelerate_cmd, eval_cmd, run
 from PIL import Image
 
-from cifar_dist.data import CIFAR10_CLASSES, normalize_batch
+from cifar_dist.data import normalize_batch
 from cifar_dist.plots import (
     FIGURES,
     batch_figure,
@@ -22,6 +22,7 @@ from cifar_dist.plots import (
     text_colour,
     unnormalize,
 )
+from cifar_dist.synthetic import CIFAR10_CLASSES
 
 # Pixel sizes (figsize × dpi, no cropping) for 10 classes and --plots-images 8 (a 2×4 grid):
 EXPECTED_SIZE = {

@@ -11,9 +11,9 @@ import torch
 from conftest import eval_cmd, run
 from PIL import Image
 
-from cifar_dist.checkpoint import build_model_from_checkpoint, load_checkpoint
 from cifar_dist.data import normalize_batch
 from cifar_dist.errors import UserError
+from cifar_dist.export import build_model_from_checkpoint, load_checkpoint
 from cifar_dist.models import build_model
 from cifar_dist.predict import load_image, predict_files
 

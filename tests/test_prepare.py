@@ -29,7 +29,7 @@ def _md5(path: Path) -> str:
 def write_cifar10_archive(folder: Path) -> dict:
     """cifar-10-python.tar.gz in CIFAR-10's exact layout (cifar-10-batches-py/ with the python batches),
     small and written by the toolkit, and the md5 sums a torchvision CIFAR10 subclass needs to use it."""
-    from cifar_dist.data import write_synthetic_cifar10
+    from cifar_dist.synthetic import write_synthetic_cifar10
 
     batches = write_synthetic_cifar10(folder / "scratch", 60, 20)
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
@@ -74,7 +74,9 @@ def prepare(kind: str, root: str, extra: dict) -> tuple[Path, str]:
         [folder] = [p for p in (root / "cache" / "imagefolder").iterdir() if not p.name.startswith(".")]
         return folder, hashlib.md5(b"".join(np.ascontiguousarray(a.numpy()).tobytes() for a in arrays[:4])).hexdigest()
     if kind == "synthetic":
-        folder = data.write_synthetic_cifar10(root, 3000, 500)
+        from cifar_dist.synthetic import write_synthetic_cifar10
+
+        folder = write_synthetic_cifar10(root, 3000, 500)
     elif kind == "fashion_mnist":
         data._prepare_fashion_mnist(root)
         folder = root / "FashionMNIST" / "raw"

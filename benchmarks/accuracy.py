@@ -1,9 +1,9 @@
 """Real-data accuracy: train a preset, evaluate the test split with the best-validation weights,
 print wall seconds, test accuracy and the tutorial's per-class lines.
 
-    python benchmarks/accuracy.py --preset seed_fast --data.name fashion_mnist
+    python benchmarks/accuracy.py --preset tutorial_fast --data.name fashion_mnist
     python benchmarks/accuracy.py --preset fast --data.name fashion_mnist --seed 1
-    python benchmarks/accuracy.py --preset seed_fast --data.name fashion_mnist --seeds 0 1 2 --quiet  # medians
+    python benchmarks/accuracy.py --preset tutorial_fast --data.name fashion_mnist --seeds 0 1 2 --quiet  # medians
     python benchmarks/accuracy.py --preset fast --data.name cifar10 --train.mixed_precision=bf16  # on a GPU
 
 Recipes are tuned on the validation split (printed as val_accuracy), never on the test split. With
@@ -36,11 +36,12 @@ from cifar_dist.wait_policy import choose_wait_policy  # noqa: E402
 choose_wait_policy()  # as train.py does, before torch starts its threads: time what a user gets
 
 from cifar_dist.config import resolve  # noqa: E402
+from cifar_dist.metrics import read_metrics  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="seed_fast")
+    parser.add_argument("--preset", default="tutorial_fast")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--seeds",
@@ -106,7 +107,7 @@ def run_one(args, seed: int, overrides: list[str], run_dir: str | None, json_pat
     with contextlib.redirect_stdout(out) if args.quiet else contextlib.nullcontext():
         summary = train(cfg)
     wall = time.perf_counter() - t
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run_dir / "metrics.jsonl")
     loop = sum(r["epoch_seconds"] for r in rows)
     import torch
 

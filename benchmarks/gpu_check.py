@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cifar_dist.config import resolve  # noqa: E402
 
-PRESET_FOR = {"seed_cnn": "seed_fast", "resnet_fast": "fast"}
+PRESET_FOR = {"tutorial_cnn": "tutorial_fast", "resnet_fast": "fast"}
 # Published (github.com/KellerJordan/cifar10-airbench README): airbench94, 94.01 % in 3.83 s on one A100, 0.36 PFLOP.
 AIRBENCH = "airbench94 reaches 94.01% in 3.83 s on an A100 using 0.36 PFLOP (published)"
 

@@ -7,7 +7,7 @@
 #
 # Every configuration runs in a process of its own (benchmarks/gpu_check.py): Accelerate keeps one
 # AcceleratorState per process, so a bf16 run after an fp32 one in the same process would fail.
-#  1. images/s of the training step for seed_cnn, resnet_fast (width 16, the `fast` preset) and resnet_fast
+#  1. images/s of the training step for tutorial_cnn, resnet_fast (width 16, the `fast` preset) and resnet_fast
 #     width 64 (ResNet-9), fp32 and bf16, eager and torch.compile (CUDA events after a warm-up), with
 #     GFLOP per training image, achieved TFLOP/s and peak memory;
 #  2. the `fast` preset trained on the CIFAR-10 JPEG archive ($CIFAR10_JPEG_ARCHIVE, ../shared/data/ or
@@ -77,7 +77,7 @@ part() {  # part LIMIT NAME ARGS...: one configuration, one process, one row (an
   tail -n 1 "$json" | cut -c1-300 | tee -a "$LOG"
 }
 
-MODELS=("seed_cnn 16" "resnet_fast 16" "resnet_fast 64")
+MODELS=("tutorial_cnn 16" "resnet_fast 16" "resnet_fast 64")
 for precision in no bf16; do
   for m in "${MODELS[@]}"; do
     set -- $m

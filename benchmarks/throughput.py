@@ -1,7 +1,7 @@
 """Training throughput: the PyTorch tutorial's loop against cifar-dist's, in one process, same data,
 same model, interleaved rounds, medians.
 
-    python benchmarks/throughput.py                          # seed_cnn: tutorial loop vs preset seed_fast
+    python benchmarks/throughput.py                          # tutorial_cnn: tutorial loop vs preset tutorial_fast
     python benchmarks/throughput.py --model resnet_fast      # resnet_fast: tutorial loop vs preset fast
     python benchmarks/throughput.py --rounds 3 --train.mixed_precision=bf16 --train.compile=true  # on a GPU
 
@@ -10,7 +10,7 @@ same model, interleaved rounds, medians.
     Normalize per sample, SubsetRandomSampler over the 80% training split, DataLoader batch 16,
     num_workers 0, SGD lr 0.01, `train_loss += loss.item() * data.size(0)` every step.
 (b) cifar-dist: `cifar_dist.trainer.train` itself, run in this process with the model's preset
-    (seed_fast for seed_cnn, fast for resnet_fast: tensor-held data, batch augmentation, its batch
+    (tutorial_fast for tutorial_cnn, fast for resnet_fast: tensor-held data, batch augmentation, its batch
     size, channels_last, ...) plus any --section.key=value overrides; its own per-epoch
     `images_per_sec` (the timed training loop only, not evaluation or checkpoints), epoch 1 dropped
     as warm-up.
@@ -45,10 +45,11 @@ import torch  # noqa: E402
 
 from cifar_dist import config as config_mod  # noqa: E402
 from cifar_dist.data import split_indices  # noqa: E402
+from cifar_dist.metrics import read_metrics  # noqa: E402
 from cifar_dist.models import build_model  # noqa: E402
 from cifar_dist.synthetic import ensure_synthetic, synthetic_class  # noqa: E402
 
-PRESET_FOR = {"seed_cnn": "seed_fast", "resnet_fast": "fast"}
+PRESET_FOR = {"tutorial_cnn": "tutorial_fast", "resnet_fast": "fast"}
 
 
 def sync(device: torch.device) -> None:
@@ -157,7 +158,7 @@ def cifar_dist_run(
         )
         with contextlib.redirect_stdout(io.StringIO()):
             train(cfg)
-        rows = [json.loads(line) for line in (run_dir / "run" / "metrics.jsonl").read_text().splitlines()]
+        rows = read_metrics(run_dir / "run" / "metrics.jsonl")
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     return [r["images_per_sec"] for r in rows[1:]], cfg.to_dict()
@@ -165,8 +166,10 @@ def cifar_dist_run(
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=sorted(PRESET_FOR), default="seed_cnn")
-    parser.add_argument("--preset", default=None, help="cifar-dist preset for (b); default: seed_fast or fast by model")
+    parser.add_argument("--model", choices=sorted(PRESET_FOR), default="tutorial_cnn")
+    parser.add_argument(
+        "--preset", default=None, help="cifar-dist preset for (b); default: tutorial_fast or fast by model"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tutorial-images", type=int, default=4000, help="images per tutorial measurement")
     parser.add_argument(

@@ -1,17 +1,17 @@
 """Time to the tutorial's accuracy, side by side, in one process (DAWNBench-style: training time only).
 
     python benchmarks/time_to_accuracy.py --data.name=imagefolder --data.root=../shared/data/cifar10-jpeg.tar.xz
-    python benchmarks/time_to_accuracy.py --target 0.70 --preset seed_fast --train.epochs=5 --data.name=...
+    python benchmarks/time_to_accuracy.py --target 0.70 --preset tutorial_fast --train.epochs=5 --data.name=...
 
 (a) the tutorial's loop as written: per-sample PIL image -> ToTensor -> Normalize(0.5, 0.5) through a torch
     DataLoader, batch 16, shuffled, SGD lr 0.01, the tutorial's CNN, cross-entropy;
-(b) cifar-dist: a preset (default seed_fast's recipe on a 3-epoch schedule with model seed_cnn_bn, flip
+(b) cifar-dist: a preset (default tutorial_fast's recipe on a 3-epoch schedule with model tutorial_cnn_bn, flip
     only: DEFAULT_OURS), built from the config and trained by cifar_dist.trainer.train itself (tensor loader,
     its step), through its after_epoch hook.
 Both train on the same split (data.val_fraction of the training images held out, seeded by --seed) and are
 evaluated on the TEST split after every epoch; each stops at the first epoch whose test accuracy reaches
 --target. Seconds count the training loops only, not the evaluations (as DAWNBench counts) nor start-up
-(data decoding, model building). (b) evaluates with its preset's eval settings (seed_fast: flip TTA, on
+(data decoding, model building). (b) evaluates with its preset's eval settings (tutorial_fast: flip TTA, on
 CIFAR-10 with the translate views); the tutorial evaluates as it does, one view.
 
 If a side never reaches the target its seconds are its whole run, printed as a lower bound ('>'), and the
@@ -40,15 +40,15 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from cifar_dist.config import resolve  # noqa: E402 (after the path insert)
-from cifar_dist.models import SeedCNN  # noqa: E402
+from cifar_dist.models import TutorialCNN  # noqa: E402
 
-# seed_fast's recipe on a 3-epoch schedule with the tutorial's layers plus batch norm (model seed_cnn_bn),
+# tutorial_fast's recipe on a 3-epoch schedule with the tutorial's layers plus batch norm (model tutorial_cnn_bn),
 # flip only, lr 0.2 after 0.3 epochs of warm-up. Chosen on CIFAR-10's validation split (docs/results.md,
 # "Time to the tutorial's accuracy"): 3 epochs validate 0.7744 / 0.7622 / 0.7700 (seeds 0-2) where the
-# tutorial's own layers reach 0.7492 (seed 0) and 2 epochs of seed_cnn_bn 0.733-0.750, too close to 0.74.
-# Any of these can be overridden on the command line (--model.name=seed_cnn --train.epochs=4).
+# tutorial's own layers reach 0.7492 (seed 0) and 2 epochs of tutorial_cnn_bn 0.733-0.750, too close to 0.74.
+# Any of these can be overridden on the command line (--model.name=tutorial_cnn --train.epochs=4).
 DEFAULT_OURS = [
-    "--model.name=seed_cnn_bn",
+    "--model.name=tutorial_cnn_bn",
     "--train.epochs=3",
     "--data.crop_pad=0",
     "--optim.lr=0.2",
@@ -56,10 +56,10 @@ DEFAULT_OURS = [
 ]
 
 
-class TutorialNet(SeedCNN):
-    """The tutorial's Net: SeedCNN's layers (built in the same order, so the same initial weights for
+class TutorialNet(TutorialCNN):
+    """The tutorial's Net: TutorialCNN's layers (built in the same order, so the same initial weights for
     a seed) with the tutorial's forward as written, nn.Conv2d's fused bias and ReLU before the pool.
-    (SeedCNN computes the same function in a cheaper order; the baseline is the tutorial's code.)"""
+    (TutorialCNN computes the same function in a cheaper order; the baseline is the tutorial's code.)"""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(F.relu(self.conv1(x)))
@@ -177,7 +177,7 @@ def format_line(target: float, tutorial: dict, ours: dict) -> str:
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", type=float, default=0.74, help="test accuracy to reach (default 0.74)")
-    parser.add_argument("--preset", default="seed_fast", help="cifar-dist's side (default seed_fast)")
+    parser.add_argument("--preset", default="tutorial_fast", help="cifar-dist's side (default tutorial_fast)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--tutorial-max-epochs",

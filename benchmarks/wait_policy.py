@@ -1,6 +1,6 @@
 """Seconds per training epoch under each OpenMP wait policy, on quiet cores and beside busy processes.
 
-    python benchmarks/wait_policy.py                      # seed_fast on the CIFAR-10 JPEG archive, ~5 min
+    python benchmarks/wait_policy.py                      # tutorial_fast on the CIFAR-10 JPEG archive, ~5 min
     python benchmarks/wait_policy.py --steps 20 --rounds 1 --data.name=synthetic   # a quick try
 
 Every configuration is a real training run (`train.py`, the README's preset) in a process of its own,
@@ -75,8 +75,8 @@ def one_run(policy: str, threads: int, args, overrides: list[str], work: Path, t
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="seed_fast")
-    p.add_argument("--steps", type=int, default=150, help="training steps per run (seed_fast: 313 make an epoch)")
+    p.add_argument("--preset", default="tutorial_fast")
+    p.add_argument("--steps", type=int, default=150, help="training steps per run (tutorial_fast: 313 make an epoch)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--busy", type=int, default=1, help="competing busy processes in the loaded condition")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="OMP_NUM_THREADS (the README: nproc)")

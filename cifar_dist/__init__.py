@@ -12,14 +12,14 @@ def load_model(path, device="cpu", trust_code=False):
     return _load_model(path, device, trust_code=trust_code)
 
 
-# The model classes, for `from cifar_dist import SeedCNN` (and SeedCNN.from_pretrained): imported on
+# The model classes, for `from cifar_dist import TutorialCNN` (and TutorialCNN.from_pretrained): imported on
 # first use, so `import cifar_dist` stays light (no torch until a model is asked for).
-_MODEL_CLASSES = ("SeedCNN", "SeedCNNBN", "ResNetFast", "Airbench")
+_MODEL_CLASSES = ("TutorialCNN", "TutorialCNNBN", "ResNetFast", "Airbench")
 __all__ = ["load_model", *_MODEL_CLASSES]
 
 
 def __getattr__(name: str):
-    if name in _MODEL_CLASSES:
+    if name in _MODEL_CLASSES or name in ("SeedCNN", "SeedCNNBN"):  # the old names of the tutorial's classes
         from . import models
 
         return getattr(models, name)

@@ -35,7 +35,7 @@ class Checkpointer:
         self.accelerator = accelerator
         self.run = run
         self.cfg = cfg
-        self.meta = meta  # model_metadata(cfg, data)
+        self.meta = meta  # model_metadata(cfg, data) and provenance.collect(), built once per run
         self.state = state
         self.every = cfg.train.checkpoint_every_steps
 

@@ -1,6 +1,6 @@
 """Command-line entry points: `cifar-train` / `train.py` and `cifar-eval` / `evaluate.py`.
 
-    cifar-train --preset seed_fast --data.name=fashion_mnist --train.epochs=3
+    cifar-train --preset tutorial_fast --data.name=fashion_mnist --train.epochs=3
     cifar-eval --checkpoint runs/<run>/ --split test --json out.json
 
 Bad input ends in one line on stderr and exit code 2 (a traceback only with --debug).
@@ -73,17 +73,11 @@ def exit_process(code) -> None:
     A process that was one rank of several skips interpreter finalization, after running what a
     normal exit runs (atexit: wandb's teardown, logging's flush) and flushing its output.
 
-    Why (issues 7, 19): once DDP has used a gloo process group, torch never frees it, not even after
-    destroy_process_group and gc (its worker threads stay alive; pytorch#107298). If one of those
-    threads drops its last finished collective (a gather of Python tensors) just as the main thread
-    starts finalizing, the decref must take the GIL, which ends the thread inside a C++ frame:
-    std::terminate, SIGABRT, "terminate called without an active exception". gdb on a core:
-    ~AsyncAllgatherWork -> THPVariable_clear -> take_gil -> PyThread_exit_thread -> abort. Measured
-    on this 2-core machine before the change: 2 of 40 single-host 2-process runs under load, 1 of 8
-    two-host runs, and 2 of 4 CI runs lost a worker after the run had written everything; the
-    other machine's torchrun agent then waited 300 s at its exit barrier. Until issue 19 a rank
-    whose peer failed mid-collective (and any traceback) still finalized: under load it aborted the
-    same way, and the launcher named it as the root cause instead of the peer that failed."""
+    Why: once DDP has used a gloo process group, torch never frees it (pytorch#107298); if one of its
+    threads drops its last finished collective while the main thread finalizes, the decref must take
+    the GIL, which ends that thread inside a C++ frame: std::terminate, SIGABRT, a lost worker after
+    the run has written everything, blamed by the launcher. The measurements and the core dump's
+    stack are in docs/results.md, "Measurements behind the code"."""
     from .distributed import env_world_size
 
     if env_world_size() <= 1:
@@ -139,7 +133,7 @@ def wait_for_launcher_stop(grace_s: float = LAUNCHER_GRACE_S) -> None:
       once could be blamed instead of the peer;
     - a rank that is not its machine's first, after a one-line error every rank hits: the first one
       prints it, and a rank that left sooner had the launcher stop the first before it printed
-      (measured: `--optim.lr=-1` under cpu_ddp.yaml printed nothing; rank 0 ended by SIGTERM).
+      (docs/results.md, "Measurements behind the code").
     Without torchrun (srun tasks, mpirun) there is no such report and nothing to wait for."""
     import signal
     import time
@@ -162,7 +156,7 @@ def wait_for_launcher_stop(grace_s: float = LAUNCHER_GRACE_S) -> None:
 
 
 def _train(argv: list[str]) -> int | None:
-    from .config import PRESETS, config_help, config_warnings, config_yaml, resolve
+    from .config import PRESET_ALIASES, PRESETS, config_help, config_warnings, config_yaml, resolve
     from .keys import reject_unknown_options
 
     p = argparse.ArgumentParser(
@@ -170,10 +164,12 @@ def _train(argv: list[str]) -> int | None:
         allow_abbrev=False,
         formatter_class=argparse.RawTextHelpFormatter,
         description=f"Train on CIFAR-10 (and friends). Any config key: --section.key=value.\n\n{most_used_help()}",
-        epilog=f"presets: {', '.join(PRESETS)}\n\nconfig keys (defaults < --preset < "
-        f"--config < these; the defaults are the tutorial's):\n{config_help()}",
+        epilog=f"presets: {', '.join(PRESETS)} (old names: {', '.join(PRESET_ALIASES)})\n\n"
+        f"config keys (defaults < --preset < --config < these; the defaults are the tutorial's):\n{config_help()}",
     )
-    p.add_argument("--preset", default=None, help="named recipe (default: seed, the tutorial)")
+    p.add_argument(
+        "--preset", default=None, help="named recipe (default: tutorial, the PyTorch CIFAR-10 tutorial exactly)"
+    )
     p.add_argument("--config", default=None, help="YAML file with config sections (--print-config writes one)")
     p.add_argument("--resume", action="store_true", help="continue run.dir from its last full state")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")

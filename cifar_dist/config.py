@@ -1,6 +1,6 @@
 """One config object, resolved once: defaults < --preset < --config FILE.yaml < --section.key=value.
 
-    python -m cifar_dist --preset seed_fast --config my.yaml --optim.lr=0.05 --train.epochs=3
+    python -m cifar_dist --preset tutorial_fast --config my.yaml --optim.lr=0.05 --train.epochs=3
 
 Each key is declared once, below: its type (a `Literal` when it has fixed choices; a registry's
 names for data.name and model.name), default, bounds and one line of help. `--help`, the type
@@ -27,7 +27,7 @@ from .keys import (
     parse_overrides,
     read_yaml,
 )
-from .presets import PRESET_DATASET_OVERRIDES, PRESETS
+from .presets import PRESET_ALIASES, PRESET_DATASET_OVERRIDES, PRESETS
 from .schedules import DEPRECATED as DEPRECATED_SCHEDULES
 
 
@@ -185,7 +185,7 @@ class TrackingConfig:
 @dataclass
 class Config:
     seed: int = key(0, "random seed: initial weights, validation split, data order, dropout")
-    preset: str = key("seed", "the named recipe this config started from (--preset)")
+    preset: str = key("tutorial", "the named recipe this config started from (--preset)")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -203,7 +203,9 @@ SECTIONS = config_sections(Config)
 
 def apply_tree(cfg: Config, tree: dict, source: str) -> None:
     """Set the keys of a nested dict ({"optim": {"lr": 0.1}, "seed": 1}) on cfg, converted to each
-    key's type; `source` names where they came from in the one-line error about a bad one."""
+    key's type; `source` names where they came from in the one-line error about a bad one. A model's
+    old name (tutorial_cnn) is set as today's (tutorial_cnn)."""
+    tree = canonical_names(tree)
     for name, value in tree.items():
         if name in SECTIONS:
             cls = SECTIONS[name]
@@ -282,8 +284,7 @@ def config_warnings(cfg: Config) -> list[str]:
             f"decay to lr/100, not PyTorch's OneCycleLR); it runs as {new}: use --optim.schedule={new}"
         )
     if cfg.eval.tta and not cfg.data.augment:
-        # Measured on Fashion-MNIST, one model (seed_fast without augmentation, 3 epochs): validation
-        # accuracy 0.9077 without TTA, 0.8244 with flip-TTA.
+        # A model that never saw a mirrored image scores lower on one (docs/results.md).
         out.append(
             "warning: eval.tta=true averages each image's logits with its mirror image's, but data.augment=false: "
             "this model never sees mirrored images in training, so TTA usually lowers accuracy; "
@@ -314,7 +315,8 @@ def resolve(preset: str | None = None, config_file: str | None = None, overrides
     """defaults < preset < the preset's layer for the run's data.name < YAML file < overrides, validated."""
     tree = read_yaml(config_file) if config_file else {}
     yaml_preset = tree.pop("preset", None)  # --print-config writes it: the preset when --preset names none
-    preset = preset or yaml_preset or "seed"
+    preset = preset or yaml_preset or "tutorial"
+    preset = PRESET_ALIASES.get(preset, preset)  # an old name (seed, seed_fast) runs as today's
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     layers = [(PRESETS[preset], f"preset {preset}")]
@@ -322,29 +324,29 @@ def resolve(preset: str | None = None, config_file: str | None = None, overrides
         layers.append((tree, config_file))
     layers.append((parse_overrides(overrides or []), "command line"))
 
-    def layered(trees) -> Config:
-        cfg = Config()
-        cfg.preset = preset
-        for tree, source in trees:
-            apply_tree(cfg, tree, source)
-        return cfg
-
-    # data.name may come from any layer, so resolve once to learn it, then again with its layer in place.
-    name = layered(layers).data.name
+    # data.name may come from any layer (the last that sets it wins); its per-dataset layer goes right
+    # after the preset's, so the YAML file and the command line still override it.
+    name = Config().data.name
+    for tree, _ in layers:
+        if isinstance(tree.get("data"), dict) and "name" in tree["data"]:
+            name = str(tree["data"]["name"])
     extra = dataset_overrides(preset, name)
     if extra:
         layers.insert(1, (extra, f"preset {preset} for data.name={name}"))
-    return validate(layered(layers))
+    cfg = Config()
+    cfg.preset = preset
+    for tree, source in layers:
+        apply_tree(cfg, tree, source)
+    return validate(cfg)
 
 
 def canonical_names(tree: dict) -> dict:
     """A config dict (a checkpoint's, a run's config.json) with names renamed since (a model, a
     preset) read as today's, so an old run resumes and loads under the new names."""
-    from .models import MODEL_ALIASES
-    from .presets import PRESET_ALIASES
-
     tree = {k: dict(v) if isinstance(v, dict) else v for k, v in tree.items()}
-    if isinstance(tree.get("model"), dict) and "name" in tree["model"]:
+    if isinstance(tree.get("model"), dict) and isinstance(tree["model"].get("name"), str):
+        from .models import MODEL_ALIASES
+
         tree["model"]["name"] = MODEL_ALIASES.get(tree["model"]["name"], tree["model"]["name"])
     if "preset" in tree:
         tree["preset"] = PRESET_ALIASES.get(tree["preset"], tree["preset"])
@@ -355,7 +357,8 @@ def from_dict(tree: dict) -> Config:
     """Rebuild a Config saved in a checkpoint (keys added since are defaulted)."""
     cfg = Config()
     tree = dict(tree)
-    cfg.preset = tree.pop("preset", "seed")
+    tree = canonical_names(tree)
+    cfg.preset = tree.pop("preset", "tutorial")
     apply_tree(cfg, tree, "checkpoint config")
     return cfg
 

@@ -56,6 +56,12 @@ class DataBundle:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(uint8 images, labels) of the "train", "val" or "test" split: the one place a split is picked."""
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"no split {name!r}; train, val or test")
+        return getattr(self, f"{name}_images"), getattr(self, f"{name}_labels")
+
 
 # --------------------------------------------------------------------------- readers
 

@@ -41,8 +41,8 @@ def env_world_size() -> int:
 
 
 def configure_threads(cfg) -> int:
-    """Intra-op threads per process. Measured on 2 vCPUs: 2 processes × 2 threads ran ~5× slower
-    than 1 thread each (spin-waiting); launchers set OMP_NUM_THREADS, which we respect."""
+    """Intra-op threads per process: more threads than cores spin-wait against each other (several
+    times slower; docs/results.md); launchers set OMP_NUM_THREADS, which we respect."""
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if cfg.train.threads_per_process > 0:
         n = cfg.train.threads_per_process
@@ -74,8 +74,7 @@ def _launcher_requested_processes() -> int | None:
 
 def resolve_mixed_precision(requested: str, use_cpu: bool) -> str:
     """`auto`: bf16 autocast on a CUDA GPU with bf16 (Ampere and newer), otherwise fp32. Never bf16
-    on a CPU: measured on CPUs without avx512_bf16, bf16 autocast trained ~15× slower (270 vs 4,080
-    images/s for the seed CNN)."""
+    on a CPU: without avx512_bf16 instructions bf16 autocast trains many times slower (docs/results.md)."""
     if requested != "auto":
         return requested
     return "bf16" if not use_cpu and torch.cuda.is_bf16_supported() else "no"
@@ -89,8 +88,8 @@ def choose_mixed_precision(requested: str, use_cpu: bool) -> tuple[str | None, s
 
     `launcher` (the default) passes None: Accelerate then takes ACCELERATE_MIXED_PRECISION, which
     `accelerate launch` sets from --mixed_precision, its --config_file or `accelerate config`'s default
-    file ("no" without a launcher). Any other value is explicit and wins: measured, an argument in
-    code overrides the launcher's setting."""
+    file ("no" without a launcher). Any other value is explicit and wins: an argument in
+    code overrides the launcher's setting (docs/results.md)."""
     env = os.environ.get("ACCELERATE_MIXED_PRECISION", "").strip().lower()
     if requested == "launcher":
         if not env:
@@ -101,7 +100,7 @@ def choose_mixed_precision(requested: str, use_cpu: bool) -> tuple[str | None, s
                 f"supports {', '.join(LAUNCHER_PRECISIONS)}: launch with --mixed_precision bf16 or no"
             )
         if env == "fp16" and use_cpu:
-            # Measured (accelerate 1.15): Accelerator(cpu=True, mixed_precision="fp16") autocasts nothing.
+            # Accelerator(cpu=True, mixed_precision="fp16") autocasts nothing (docs/results.md).
             raise UserError(
                 "the launcher's mixed_precision fp16 needs a CUDA GPU (ACCELERATE_MIXED_PRECISION=fp16; on the "
                 "CPU Accelerate would silently train in fp32); launch with --mixed_precision bf16 or no, "
@@ -174,9 +173,8 @@ def check_launch(accelerator) -> None:
 
 def _machines_disagree() -> str | None:
     """torchrun (under `accelerate launch`) lets machines bring different process counts and forms
-    a job of their sum: measured on two hosts, `--num_processes 2` on one and 4 on the other trained
-    with 3 processes, then hung at exit; `--num_machines 3` on one of two trained with 2. Each
-    launcher's own view is LOCAL_WORLD_SIZE × GROUP_WORLD_SIZE (per machine × machines)."""
+    a job of their sum, which trains with the wrong world size and hangs at exit (docs/results.md).
+    Each launcher's own view is LOCAL_WORLD_SIZE × GROUP_WORLD_SIZE (per machine × machines)."""
     try:
         world, local, machines = (int(os.environ[k]) for k in ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_WORLD_SIZE"))
     except (KeyError, ValueError):

@@ -19,17 +19,6 @@ from .files import atomic_write_bytes
 EVAL_SECTIONS = ("data", "eval", "train")  # the config sections evaluate.py's --section.key=value may set
 
 
-def print_report(result, split: str, accelerator) -> None:
-    """One report, in the tutorial's format ('Test Accuracy of  bird: 65% (659/1000)', percentages
-    rounded down as the tutorial does); its counts are the ones --json and test_metrics.json hold."""
-    if not accelerator.is_main_process:
-        return
-    label = "Test" if split == "test" else "Validation"
-    print(f"{label} Loss: {result.loss:.6f}\n")
-    for line in result.tutorial_lines():
-        print(line.replace("Test Accuracy", f"{label} Accuracy"))
-
-
 def main(argv: list[str]) -> None:
     from .keys import reject_unknown_options
 
@@ -106,7 +95,7 @@ def _evaluate_split(model, ckpt: dict, cfg, args) -> None:
     from .config import config_warnings
     from .data import load_data
     from .distributed import build_accelerator
-    from .evaluation import evaluate
+    from .evaluation import EvalSettings, evaluate_split, print_report
 
     accelerator = build_accelerator(cfg)
     for line in config_warnings(cfg):
@@ -124,22 +113,12 @@ def _evaluate_split(model, ckpt: dict, cfg, args) -> None:
             f"{args.checkpoint} was trained on every training image (data.val_fraction=0), so there is "
             f"no validation split to evaluate; use --split test"
         )
+    if cfg.train.channels_last:  # the same memory format as in training, so the same arithmetic
+        import torch
+
+        model = model.to(memory_format=torch.channels_last)
     model = accelerator.prepare(model)
-    images, labels = (
-        (data.test_images, data.test_labels) if args.split == "test" else (data.val_images, data.val_labels)
-    )
-    result = evaluate(
-        model,
-        images,
-        labels,
-        data.mean,
-        data.std,
-        accelerator,
-        data.classes,
-        batch_size=cfg.eval.per_device_batch_size,
-        tta=cfg.eval.tta,
-        tta_translate=cfg.eval.tta_translate,
-    )
+    result = evaluate_split(model, data, args.split, accelerator, EvalSettings.from_config(cfg))
     print_report(result, args.split, accelerator)
     error = None
     if args.json and accelerator.is_main_process:

@@ -17,6 +17,20 @@ from .data import norm_stats, normalize_batch
 from .progress import bar
 
 
+@dataclass(frozen=True)
+class EvalSettings:
+    """How a split is evaluated: the same for the trainer's validation and test and for evaluate.py."""
+
+    batch_size: int = 500  # images per evaluation batch on each process
+    tta: bool = False  # flip test-time augmentation
+    tta_translate: int = 0  # with tta: also views shifted ±N pixels
+    channels_last: bool = False  # NHWC batches, as the model was trained
+
+    @classmethod
+    def from_config(cls, cfg) -> EvalSettings:
+        return cls(cfg.eval.per_device_batch_size, cfg.eval.tta, cfg.eval.tta_translate, cfg.train.channels_last)
+
+
 @dataclass
 class EvalResult:
     loss: float
@@ -45,22 +59,32 @@ class EvalResult:
             "confusion": self.confusion,
         }
 
-    def tutorial_lines(self) -> list[str]:
-        """The tutorial's report: 'Test Accuracy of  bird: 65% (659/1000)'."""
+    def tutorial_lines(self, label: str = "Test") -> list[str]:
+        """The tutorial's report: 'Test Accuracy of  bird: 65% (659/1000)' (percentages rounded down,
+        as the tutorial does)."""
         lines = []
         for name, pc in self.per_class.items():
             if pc["total"]:
                 lines.append(
-                    f"Test Accuracy of {name:>5s}: {100 * pc['correct'] // pc['total']:2d}% "
+                    f"{label} Accuracy of {name:>5s}: {100 * pc['correct'] // pc['total']:2d}% "
                     f"({pc['correct']:2d}/{pc['total']:2d})"
                 )
             else:
-                lines.append(f"Test Accuracy of {name:>5s}: N/A (no training examples)")
+                lines.append(f"{label} Accuracy of {name:>5s}: N/A (no training examples)")
         lines.append(
-            f"\nTest Accuracy (Overall): {100 * self.correct // max(self.num_samples, 1)}% "
+            f"\n{label} Accuracy (Overall): {100 * self.correct // max(self.num_samples, 1)}% "
             f"({self.correct}/{self.num_samples})"
         )
         return lines
+
+
+def print_report(result: EvalResult, split: str, accelerator) -> None:
+    """The one report of an evaluated split, in the tutorial's format, printed once (main process);
+    its counts are the ones --json and test_metrics.json hold."""
+    label = "Test" if split == "test" else "Validation"
+    accelerator.print(f"{label} Loss: {result.loss:.6f}\n")
+    for line in result.tutorial_lines(label):
+        accelerator.print(line)
 
 
 def _flip_mean(net, x: torch.Tensor) -> torch.Tensor:
@@ -93,22 +117,21 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
+def evaluate_split(model, data, split: str, accelerator, settings: EvalSettings) -> EvalResult:
+    """Collective: `model` on a whole split of a DataBundle ("val" or "test")."""
+    images, labels = data.split(split)
+    return evaluate(model, images, labels, data, accelerator, settings)
+
+
 @torch.no_grad()
 def evaluate(
-    model,
-    images_u8: torch.Tensor,
-    labels: torch.Tensor,
-    mean,
-    std,
-    accelerator,
-    classes: list[str],
-    batch_size: int = 500,
-    tta: bool = False,
-    channels_last: bool = False,
-    tta_translate: int = 0,
+    model, images_u8: torch.Tensor, labels: torch.Tensor, data, accelerator, settings: EvalSettings
 ) -> EvalResult:
-    """Collective: every rank must call it. `model` may be DDP-wrapped; we run the bare module so
-    no rank waits on another's forward (uneven batch counts are fine)."""
+    """Collective: every rank must call it. `data` gives the normalisation and class names (a
+    DataBundle). `model` may be DDP-wrapped; we run the bare module so no rank waits on another's
+    forward (uneven batch counts are fine)."""
+    mean, std, classes = data.mean, data.std, data.classes
+    batch_size, tta, tta_translate = settings.batch_size, settings.tta, settings.tta_translate
     net = accelerator.unwrap_model(model)
     was_training = net.training
     net.eval()
@@ -124,7 +147,7 @@ def evaluate(
         for batch in batches:
             lo, hi = batch[0], batch[-1] + 1  # eval_batches deals out contiguous ranges
             x = normalize_batch(_to_device(images_u8[lo:hi], device), mean, std)
-            if channels_last:
+            if settings.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = _to_device(labels[lo:hi], device)
             with accelerator.autocast():

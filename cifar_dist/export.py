@@ -25,7 +25,6 @@ import torch
 
 from .errors import UserError, first_line
 from .files import atomic_write_bytes, fsync_dir
-from .provenance import command, versions
 from .run_dir import RunDir, run_dir_of
 
 CHECKPOINT_FORMAT = "cifar-dist-checkpoint"  # best.pt
@@ -39,7 +38,15 @@ FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 # Where a model came from, copied between best.pt's dict and config.json's "training" section in
 # both directions; the value is what a checkpoint without the key reads as.
-_PROVENANCE = {"epoch": None, "step": None, "val_metrics": {}, "world_size": None, "versions": {}, "command": ""}
+_PROVENANCE = {
+    "epoch": None,
+    "step": None,
+    "val_metrics": {},
+    "world_size": None,
+    "versions": {},
+    "git": {},
+    "command": "",
+}
 
 
 def _provenance(source: dict) -> dict:
@@ -66,8 +73,8 @@ def model_metadata(cfg, data) -> dict:
 
 
 def checkpoint_dict(weights: dict, cfg, meta: dict, epoch: int, state, val_metrics: dict, accelerator) -> dict:
-    """best.pt's content: the weights, the resolved config, where in the run they come from, the
-    provenance and the model metadata (model_metadata)."""
+    """best.pt's content: the weights, the resolved config, where in the run they come from, and
+    `meta`: the model metadata (model_metadata) and the run's provenance (provenance.collect)."""
     return {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_FORMAT_VERSION,
@@ -76,10 +83,8 @@ def checkpoint_dict(weights: dict, cfg, meta: dict, epoch: int, state, val_metri
         "epoch": epoch,
         "step": state.step,
         "val_metrics": val_metrics,
-        "versions": versions(),
         "world_size": accelerator.num_processes,
         "tracker_run_id": state.tracker_run_id,
-        "command": command(),
         **meta,
     }
 
@@ -267,7 +272,7 @@ def model_card(conf: dict, test: dict | None = None) -> str:
             'model = load_model("path/to/this/folder", trust_code=True)  # imports and runs '
             f"{conf['architecture']} (must be on PYTHONPATH)"
             if conf.get("source") == "code"
-            else 'model = load_model("path/to/this/folder")  # eval mode; or SeedCNN/ResNetFast.from_pretrained(...)'
+            else 'model = load_model("path/to/this/folder")  # eval mode; or TutorialCNN.from_pretrained(...)'
         ),
         "logits = model(x)  # x: float (N, C, H, W), normalised with config.json's mean and std",
         "```",

@@ -3,7 +3,7 @@
 cores and one on a GPU compare: a run's compute is this times the images it trained on.
 
     from cifar_dist.flops import train_flops_per_image
-    train_flops_per_image(model, in_channels=3, image_size=32)   # seed_cnn: 19,027,248
+    train_flops_per_image(model, in_channels=3, image_size=32)   # tutorial_cnn: 19,027,248
 
 What is counted is what the counter counts: matrix multiplies and convolutions (2 FLOPs per
 multiply-add), forward and the backward that training runs (no gradient for the input images, so

@@ -1,7 +1,8 @@
 """Image folders as a dataset: `--data.name=imagefolder --data.root=DIR`, where DIR holds
 `train/<class>/*` and `test/<class>/*` (or DIR is a .tar, .tar.gz or .tar.xz of that layout).
 
-    accelerate launch train.py --preset seed_fast --data.name=imagefolder --data.root=../shared/data/cifar10-jpeg.tar.xz
+    accelerate launch train.py --preset tutorial_fast --data.name=imagefolder \
+        --data.root=../shared/data/cifar10-jpeg.tar.xz
 
 Classes are the class folders' names in sorted order (train and test must name the same ones);
 files are read in sorted order, any format Pillow reads, hidden files skipped. The images are

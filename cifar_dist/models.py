@@ -2,13 +2,13 @@
 CIFAR (3×32×32) and Fashion-MNIST (1×28×28).
 
     from cifar_dist.models import build_model
-    model = build_model("seed_cnn", in_channels=3, image_size=32, num_classes=10)
+    model = build_model("tutorial_cnn", in_channels=3, image_size=32, num_classes=10)
 
-The classes are Hugging Face Hub mixins: `SeedCNN.from_pretrained("runs/<run>/model")` reads an
+The classes are Hugging Face Hub mixins: `TutorialCNN.from_pretrained("runs/<run>/model")` reads an
 exported model folder (export.py) and returns the network in eval mode, its weights checked strictly.
 
-    seed_cnn      the tutorial's CNN, layer for layer (541,094 parameters for CIFAR)
-    seed_cnn_bn   the same layers with batch norm after each pool (541,206)
+    tutorial_cnn      the tutorial's CNN, layer for layer (541,094 parameters for CIFAR)
+    tutorial_cnn_bn   the same layers with batch norm after each pool (541,206)
     resnet_fast   the ResNet-9 family, `model.width` wide (6.57 M at width 64)
     airbench      airbench94's shape: 2×2 patch stem, three conv groups of widths w, 4w, 4w
                   (airbench94 is width 64: 1.97 M parameters)
@@ -33,7 +33,8 @@ from torch import nn
 from .errors import UserError, first_line
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
-MODEL_ALIASES: dict[str, str] = {}  # old name -> registered name; checkpoints written under it still load
+# Old names -> registered names: checkpoints, model folders and commands written under them still work.
+MODEL_ALIASES = {"seed_cnn": "tutorial_cnn", "seed_cnn_bn": "tutorial_cnn_bn"}
 
 
 def register(name: str):
@@ -54,7 +55,7 @@ class _HubModel(PyTorchModelHubMixin, library_name="cifar-dist", tags=["image-cl
         return super()._from_pretrained(strict=strict, **kwargs).eval()
 
 
-class SeedCNN(nn.Module, _HubModel):
+class TutorialCNN(nn.Module, _HubModel):
     """The PyTorch CIFAR-10 tutorial's CNN, layer for layer.
 
     3 conv layers (3→16→32→64, 3×3, padding 1), each ReLU + 2×2 max-pool; dropout 0.3; fc 1024→500→10.
@@ -89,27 +90,26 @@ class SeedCNN(nn.Module, _HubModel):
         Same function: ReLU, max and adding one constant per channel all commute with a 2×2 max
         (rounding is monotone too, so max_i fl(c_i + b) = fl(max_i c_i + b): the forward pass equals
         the tutorial's with the bias added after the convolution, bit for bit; tests/test_fast_path.py).
-        Cheaper: the ReLU, the bias add and the bias gradient's sum run on 4× fewer values. Measured in
-        the trainer (seed_fast, batch 128, 2 threads, CIFAR-10 copy, 3 interleaved rounds of 2 epochs):
-        median 5.5 s -> 4.8 s an epoch. Same parameters and state_dict keys as nn.Conv2d's.
+        Cheaper: the ReLU, the bias add and the bias gradient's sum run on 4× fewer values (the epoch
+        time it saves: docs/results.md). Same parameters and state_dict keys as nn.Conv2d's.
         """
         x = self.pool(F.conv2d(x, conv.weight, None, conv.stride, conv.padding))
         return F.relu(x + conv.bias.view(1, -1, 1, 1))
 
 
-@register("seed_cnn")
-def seed_cnn(in_channels: int, image_size: int, num_classes: int, dropout: float = 0.3, **_) -> nn.Module:
-    return SeedCNN(in_channels, image_size, num_classes, dropout)
+@register("tutorial_cnn")
+def tutorial_cnn(in_channels: int, image_size: int, num_classes: int, dropout: float = 0.3, **_) -> nn.Module:
+    return TutorialCNN(in_channels, image_size, num_classes, dropout)
 
 
-class SeedCNNBN(nn.Module, _HubModel):
+class TutorialCNNBN(nn.Module, _HubModel):
     """The tutorial's CNN with batch norm: each conv (no bias: the norm's shift replaces it) is
     followed by the 2×2 max-pool, then BatchNorm, then ReLU; fc 1024→500→10 as in the tutorial.
 
     For 3×32×32 input: 432 + 4,608 + 18,432 conv weights, 2·(16+32+64) = 224 norm weights and shifts,
     512,500 + 5,010 linear = 541,206 parameters (the tutorial's 541,094 - 112 conv biases + 224).
     The norm lets it train at higher learning rates: on CIFAR-10's validation split it reaches 0.77
-    in 3 epochs where seed_cnn reaches 0.75 (docs/results.md); the norm after the pool costs little.
+    in 3 epochs where tutorial_cnn reaches 0.75 (docs/results.md); the norm after the pool costs little.
     `benchmarks/time_to_accuracy.py` uses it.
     """
 
@@ -134,9 +134,9 @@ class SeedCNNBN(nn.Module, _HubModel):
         return self.classifier(self.features(x))
 
 
-@register("seed_cnn_bn")
-def seed_cnn_bn(in_channels: int, image_size: int, num_classes: int, dropout: float = 0.3, **_) -> nn.Module:
-    return SeedCNNBN(in_channels, image_size, num_classes, dropout)
+@register("tutorial_cnn_bn")
+def tutorial_cnn_bn(in_channels: int, image_size: int, num_classes: int, dropout: float = 0.3, **_) -> nn.Module:
+    return TutorialCNNBN(in_channels, image_size, num_classes, dropout)
 
 
 def _conv_bn(c_in: int, c_out: int) -> nn.Sequential:
@@ -188,6 +188,9 @@ class ResNetFast(nn.Module, _HubModel):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.net(x)) * 0.125
+
+
+SeedCNN, SeedCNNBN = TutorialCNN, TutorialCNNBN  # the old class names: SeedCNN.from_pretrained(...) still loads
 
 
 @register("resnet_fast")
@@ -261,7 +264,7 @@ _CODE_NAME = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*")
 def model_source(name: str) -> str:
     """Where model.name's network comes from: builtin, torchvision, timm or code (a user's
     package.module:factory); a one-line UserError for anything else."""
-    if name in MODELS:
+    if name in MODELS or name in MODEL_ALIASES:  # an old name (seed_cnn) is the built-in it became
         return "builtin"
     prefix, _, rest = name.partition(":")
     if prefix in BUILTIN_KINDS and rest:
@@ -287,6 +290,7 @@ def build_model(
     others take model.kwargs and are checked once on a [2, C, S, S] batch of zeros: the output must be
     [batch, num_classes]. `trust_code=False` refuses to import a user's package.module:factory (what
     loading a downloaded model does unless the caller says it trusts the code)."""
+    name = MODEL_ALIASES.get(name, name)
     source = model_source(name)
     if source == "builtin":
         return MODELS[name](in_channels=in_channels, image_size=image_size, num_classes=num_classes, **builtin_args)

@@ -48,9 +48,8 @@ def param_groups(
 
 def build_optimizer(model: nn.Module, optim_cfg, lr: float, fused: bool) -> torch.optim.Optimizer:
     """fused: one kernel updates every parameter (PyTorch's default on the CPU is a Python loop over
-    them). Same maths; the rounding may differ in the last bit. Measured for SGD (2 cores, torch 2.14.1,
-    medians of 5) on the training step alone: seed CNN batch 64 4,154 -> 4,426 images/s, batch 128
-    5,023 -> 5,133; resnet_fast +1 %."""
+    them): faster, the same maths, the rounding may differ in the last bit (docs/results.md,
+    "Measurements behind the code")."""
     groups = param_groups(model, optim_cfg.weight_decay, optim_cfg.no_decay_norm_bias, optim_cfg.bias_lr_scale)
     if optim_cfg.name == "adamw":
         beta1, beta2 = optim_cfg.betas

@@ -337,7 +337,7 @@ def write_all(
 def _write_all(out: Path, data, result, split, ckpt, checkpoint, n_images, channel_index) -> dict[str, Path]:
     if n_images < 1:
         raise UserError(f"--plots-images must be >= 1, got {n_images}")
-    images, labels = (data.test_images, data.test_labels) if split == "test" else (data.val_images, data.val_labels)
+    images, labels = data.split(split)
     if n_images > min(len(data.train_labels), len(labels)):
         raise UserError(
             f"--plots-images {n_images} is more than the {min(len(data.train_labels), len(labels))} images available"

@@ -1,7 +1,8 @@
 """Where a result came from, built once per run and written the same way everywhere it is kept
 (best.pt, model/config.json, W&B's run config): library versions, the code's git commit, the command.
 
-    from cifar_dist.provenance import versions, git_state, command
+    from cifar_dist.provenance import collect
+    collect()    # {"versions": {...}, "git": {"commit": ..., "dirty": ...}, "command": "train.py --preset ..."}
 """
 
 from __future__ import annotations
@@ -9,7 +10,14 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
+
+
+def collect() -> dict:
+    """The provenance of a run, built once (trainer) and written as it is into best.pt, model/config.json
+    and the W&B run's config."""
+    return {"versions": versions(), "git": git_state(), "command": command()}
 
 
 def versions() -> dict:
@@ -18,11 +26,17 @@ def versions() -> dict:
     import torch
     import torchvision
 
+    try:
+        wandb = metadata.version("wandb")  # read from the installed metadata: no import of wandb
+    except metadata.PackageNotFoundError:
+        wandb = None
     return {
         "python": sys.version.split()[0],
         "torch": str(torch.__version__),
         "torchvision": str(torchvision.__version__),
         "accelerate": str(accelerate.__version__),
+        "wandb": wandb,
+        "cuda": torch.version.cuda,
     }
 
 

@@ -2,7 +2,7 @@
 on the device, batches picked, augmented and normalised with whole-batch tensor ops (airbench's
 approach), instead of the tutorial's PIL decode + ToTensor + Normalize one image at a time.
 
-    accelerate launch train.py --preset seed_fast --data.name=synthetic
+    accelerate launch train.py --preset tutorial_fast --data.name=synthetic
 
 Order: each epoch is one permutation of the training split, a pure function of (seed, epoch),
 computed identically on every rank. Global step i takes the W·B samples perm[i·W·B : (i+1)·W·B]

@@ -142,13 +142,12 @@ def new_run_id() -> str:
     return "".join(rng.choice(string.ascii_lowercase + string.digits) for _ in range(8))
 
 
-def run_config(cfg, accelerator, run_dir: Path) -> dict:
+def run_config(cfg, accelerator, run_dir: Path, provenance: dict) -> dict:
     """The resolved config plus what the config does not say but a result depends on."""
     import torch
-    import wandb
+    import wandb  # noqa: F401 - a missing or broken wandb fails here, and the run goes on without it
 
     from .distributed import mixed_precision_source
-    from .provenance import git_state, versions
 
     job = {
         "world_size": accelerator.num_processes,
@@ -158,16 +157,14 @@ def run_config(cfg, accelerator, run_dir: Path) -> dict:
         "mixed_precision_source": mixed_precision_source(cfg, accelerator),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name() if accelerator.device.type == "cuda" else None,
-        "versions": {**versions(), "wandb": wandb.__version__, "cuda": torch.version.cuda},
-        "git": git_state(),
         "run_dir": str(Path(run_dir).resolve()),
-        "command": " ".join(sys.argv),
         "host": socket.gethostname(),
+        **provenance,  # versions, git, command: as best.pt and model/config.json hold them
     }
     return {**cfg.to_dict(), "job": job}
 
 
-def build_tracker(cfg, accelerator, run_dir, state):
+def build_tracker(cfg, accelerator, run_dir, state, provenance: dict):
     """Collective (every rank calls it): decides the mode and the run id on the main process and
     shares the id, which goes into TrainState and so into every checkpoint."""
     if cfg.tracking.backend != "wandb":
@@ -182,12 +179,13 @@ def build_tracker(cfg, accelerator, run_dir, state):
         return NullTracker()
     resuming = bool(state.tracker_run_id)
     state.tracker_run_id = run_id
-    return WandbTracker(cfg, accelerator, Path(run_dir), state, mode, why, resuming)
+    return WandbTracker(cfg, accelerator, Path(run_dir), state, mode, why, resuming, provenance)
 
 
 class WandbTracker:
-    def __init__(self, cfg, accelerator, run_dir: Path, state, mode: str, why: str, resuming: bool):
+    def __init__(self, cfg, accelerator, run_dir: Path, state, mode: str, why: str, resuming: bool, provenance: dict):
         self.cfg, self.accelerator, self.run_dir, self.state = cfg, accelerator, run_dir, state
+        self.provenance = provenance
         self.run_id = state.tracker_run_id
         self.run = None  # the wandb Run, main process only, None once tracking is off
         self.last_step = state.step
@@ -225,7 +223,7 @@ class WandbTracker:
         # for an offline run that is until `wandb sync`, so keep them inside run.dir with the run.
         os.environ.setdefault("WANDB_DATA_DIR", str(RunDir(self.run_dir).wandb.resolve()))
         try:
-            config = run_config(self.cfg, self.accelerator, self.run_dir)
+            config = run_config(self.cfg, self.accelerator, self.run_dir, self.provenance)
         except Exception as e:  # wandb missing or broken: train without it
             self._warn(f"cannot start ({type(e).__name__}: {e})")
             return

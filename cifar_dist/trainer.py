@@ -1,6 +1,6 @@
 """The training loop: the same code on a laptop CPU, one GPU, DDP and SLURM.
 
-    accelerate launch train.py                                   # the tutorial run (preset seed)
+    accelerate launch train.py                                   # the tutorial run (preset tutorial)
     accelerate launch --config_file accelerate_configs/cpu_ddp.yaml train.py --data.name=synthetic --train.epochs=2
 
 `train()` reads top to bottom in the order a run happens: accelerator, data, run folder, build
@@ -24,7 +24,7 @@ from .config import Config, config_warnings, format_config
 from .data import DataBundle, load_data
 from .devices import check_deterministic_model
 from .distributed import build_accelerator, mixed_precision_source
-from .evaluation import evaluate
+from .evaluation import EvalSettings, evaluate_split, print_report
 from .export import add_test_results, load_checkpoint, model_metadata
 from .files import atomic_write_bytes
 from .flops import pflops, train_flops_per_image
@@ -34,6 +34,7 @@ from .models import build_model, count_parameters
 from .optim import build_optimizer
 from .preemption import StopRequest
 from .progress import TrainProgress
+from .provenance import collect as collect_provenance
 from .run_dir import RunDir, prepare_run_dir
 from .schedules import lr_at, scaled_lr
 from .tracking import accelerator_log_with, build_tracker
@@ -71,7 +72,8 @@ def train(cfg: Config, after_epoch=None) -> dict:
     accelerator.register_for_checkpointing(state)
     if job.lookahead is not None:  # its slow weights travel in last/ too: resume is exact
         accelerator.register_for_checkpointing(job.lookahead)
-    checkpointer = Checkpointer(accelerator, run, cfg, model_metadata(cfg, job.data), state)
+    provenance = broadcast_object(accelerator, collect_provenance())  # one record, the same everywhere
+    checkpointer = Checkpointer(accelerator, run, cfg, {**model_metadata(cfg, job.data), **provenance}, state)
     metrics_log = MetricsLog(run.metrics, accelerator)
 
     # Resume: model, optimizer, RNGs, TrainState and the metrics of the completed epochs.
@@ -82,7 +84,7 @@ def train(cfg: Config, after_epoch=None) -> dict:
             f"resumed {run.path} at epoch {state.epoch + 1}, step {state.step} "
             f"(best validation loss so far {state.best_val_loss:.6f})"
         )
-    tracker = build_tracker(cfg, accelerator, run.path, state)
+    tracker = build_tracker(cfg, accelerator, run.path, state, provenance)
 
     # Epochs: train, validate when due, keep the best model, log, save the full state.
     with TrainProgress(
@@ -143,28 +145,9 @@ class Job:
     def lr(self, step: int) -> float:
         return lr_at(step, self.total_steps, self.base_lr, self.cfg.optim.schedule, self.warmup_steps)
 
-    def evaluate(self, images, labels):
-        """Collective: the current weights on these images, with the run's eval settings."""
-        cfg = self.cfg
-        return evaluate(
-            self.model,
-            images,
-            labels,
-            self.data.mean,
-            self.data.std,
-            self.accelerator,
-            self.data.classes,
-            batch_size=cfg.eval.per_device_batch_size,
-            tta=cfg.eval.tta,
-            channels_last=cfg.train.channels_last,
-            tta_translate=cfg.eval.tta_translate,
-        )
-
     def evaluate_split(self, split: str):
-        data = self.data
-        return self.evaluate(
-            *((data.test_images, data.test_labels) if split == "test" else (data.val_images, data.val_labels))
-        )
+        """Collective: the current weights on a whole split ("val" or "test"), with the run's eval settings."""
+        return evaluate_split(self.model, self.data, split, self.accelerator, EvalSettings.from_config(self.cfg))
 
 
 def build(cfg: Config, accelerator, data: DataBundle) -> Job:
@@ -233,8 +216,8 @@ def train_epoch(job: Job, state: TrainState, run: RunDir, checkpointer, stop, tr
     batches = job.loader.iterate(skip=state.step_in_epoch)
     # Mid-epoch resume: the dropout RNG is set back once the loader has started, not before: the
     # DataLoader draws its base seed from the global RNG when its iterator starts (lazily, at the
-    # first batch), which the interrupted run did before it saved (measured: restoring earlier
-    # shifted every later dropout mask).
+    # first batch), which the interrupted run did before it saved (restoring earlier shifts every
+    # later dropout mask).
     restore_rng = bool(state.step_in_epoch) and state.rng_state is not None
     partial = state.partial or {}
     carry = partial if accelerator.is_main_process else {}  # totals over ranks: rank 0 carries them
@@ -325,7 +308,7 @@ def log_step(job: Job, state: TrainState, run: RunDir, tracker, running, lr: flo
 def validate(job: Job, row: dict) -> dict | None:
     """Collective: validation metrics into `row`, the tutorial's epoch line; None when the run has no
     validation split (data.val_fraction=0: a final fit, nothing to validate on)."""
-    val = job.evaluate(job.data.val_images, job.data.val_labels) if len(job.data.val_labels) else None
+    val = job.evaluate_split("val") if len(job.data.val_labels) else None
     if val is not None:
         row.update({"val_loss": val.loss, "val_accuracy": val.accuracy, "val_samples": val.num_samples})
     job.accelerator.print(
@@ -350,10 +333,8 @@ def test_best(job: Job, state: TrainState, run: RunDir) -> tuple[dict, object]:
         if accelerator.is_main_process:
             net.load_state_dict(load_checkpoint(run.best)["model_state"])
         broadcast_module(accelerator, net)
-    test = job.evaluate(job.data.test_images, job.data.test_labels)
-    accelerator.print(f"Test Loss: {test.loss:.6f}\n")
-    for line in test.tutorial_lines():
-        accelerator.print(line)
+    test = job.evaluate_split("test")
+    print_report(test, "test", accelerator)
     summary = {
         **test.to_json(),
         "best_epoch": state.best_epoch,

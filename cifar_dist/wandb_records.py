@@ -229,5 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # an entry point: out through the command line's one exit
+    from .cli import main as run_command
+
+    run_command(main, None)

@@ -4,7 +4,7 @@ work) and any device-to-host read (.item(), float(), int(), bool(), .cpu(), .tol
 carries state.step at that moment. Prints one JSON list [[step, what, where], ...]; used by
 tests/test_gpu_ready.py in a subprocess of its own (Accelerate's state is per process).
 
-    python tests/host_sync_probe.py --preset seed_fast --data.name=synthetic ...
+    python tests/host_sync_probe.py --preset tutorial_fast --data.name=synthetic ...
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Real images (issue 8): a short seed_fast run on Fashion-MNIST (Debian's dataset-fashion-mnist)
+"""Real images (issue 8): a short tutorial_fast run on Fashion-MNIST (Debian's dataset-fashion-mnist)
 through benchmarks/accuracy.py must land well above chance on the real test split.
 
     OMP_NUM_THREADS=1 python -m pytest tests/test_accuracy.py
@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, require, run
+from helpers import REPO, read_metrics, require, run
 
 DEBIAN = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 
+@pytest.mark.slow
 @pytest.mark.system
 def test_short_fashion_mnist_run_is_far_above_chance(tmp_path):
     require(DEBIAN.exists(), "dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
@@ -25,7 +26,7 @@ def test_short_fashion_mnist_run_is_far_above_chance(tmp_path):
             sys.executable,
             str(REPO / "benchmarks" / "accuracy.py"),
             "--preset",
-            "seed_fast",
+            "tutorial_fast",
             "--data.name",
             "fashion_mnist",
             f"--data.root={tmp_path / 'data'}",
@@ -42,7 +43,7 @@ def test_short_fashion_mnist_run_is_far_above_chance(tmp_path):
     last = p.stdout.strip().splitlines()[-1]
     assert last.startswith("test_accuracy=") and " train_seconds=" in last and " pflops=" in last
     result = json.loads(out.read_text())
-    assert result["data"] == "fashion_mnist" and result["model"] == "seed_cnn"
+    assert result["data"] == "fashion_mnist" and result["model"] == "tutorial_cnn"
     assert sum(c["total"] for c in result["per_class"].values()) == 10_000
     assert result["test_accuracy"] > 0.6, result["test_accuracy"]  # chance is 0.1
     assert float(last.split()[0].split("=")[1]) == pytest.approx(result["test_accuracy"], abs=1e-4)
@@ -70,15 +71,16 @@ def test_reference_batch_size_scales_lr_and_keeps_decay_per_epoch():
         resolve("fast", None, ["--data.crop_pad=9"])
 
 
+@pytest.mark.slow
 def test_reference_batch_size_reaches_the_optimizer(tmp_path):
     """The trainer trains with the scaled lr: a 1-process run at batch 64 with lr 0.02 given for
     batch 32 logs the peak lr 0.04."""
-    from conftest import SMALL, train_cmd
+    from helpers import SMALL, train_cmd
 
     run_dir = tmp_path / "run"
     run(
         train_cmd(
-            "--preset=seed_fast",
+            "--preset=tutorial_fast",
             *SMALL,
             f"--data.root={tmp_path / 'data'}",
             "--train.epochs=1",
@@ -91,21 +93,21 @@ def test_reference_batch_size_reaches_the_optimizer(tmp_path):
         ),
         check=True,
     )
-    row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    row = read_metrics(run_dir / "metrics.jsonl")[0]
     assert row["lr"] == pytest.approx(0.04)
 
 
 def test_crop_pad_zero_is_flip_only(tmp_path):
     """data.crop_pad=0: every training image is the stored image or its mirror, never shifted."""
     from accelerate import Accelerator
-    from conftest import SMALL
+    from helpers import SMALL
 
     from cifar_dist.config import resolve
     from cifar_dist.data import load_data, normalize_batch
     from cifar_dist.tensor_loader import TensorTrainLoader, rank_batches
 
     cfg = resolve(
-        "seed_fast",
+        "tutorial_fast",
         None,
         [
             *SMALL,
@@ -126,12 +128,13 @@ def test_crop_pad_zero_is_flip_only(tmp_path):
     assert bool((same | flipped).all()) and int(flipped.sum()) > 0 and int((flipped & ~same).sum()) > 10
 
 
+@pytest.mark.slow
 def test_several_seeds_give_mean_spread_and_medians(tmp_path):
     """--seeds runs one training per seed; the JSON holds every run and the summary statistics, and
     the last line the medians (what the README table quotes)."""
     import statistics
 
-    from conftest import SMALL
+    from helpers import SMALL
 
     out = tmp_path / "seeds.json"
     p = run(
@@ -139,7 +142,7 @@ def test_several_seeds_give_mean_spread_and_medians(tmp_path):
             sys.executable,
             str(REPO / "benchmarks" / "accuracy.py"),
             "--preset",
-            "seed_fast",
+            "tutorial_fast",
             *SMALL,
             f"--data.root={tmp_path / 'data'}",
             "--train.epochs=1",

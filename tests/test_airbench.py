@@ -19,6 +19,7 @@ from cifar_dist.airbench import (
     lookahead_step,
     patch_whitening_filters,
 )
+from cifar_dist.metrics import read_metrics
 
 
 def correlated_images(n: int = 400, seed: int = 0) -> torch.Tensor:
@@ -234,7 +235,7 @@ def test_airbench_switches_on_another_network_are_one_line_errors(override):
 def test_switches_are_off_by_default_and_on_in_the_airbench_preset():
     from cifar_dist.config import resolve
 
-    for preset in ("seed", "seed_fast", "fast"):
+    for preset in ("seed", "tutorial_fast", "fast"):
         cfg = resolve(preset)
         assert not (cfg.model.whiten or cfg.model.dirac_init or cfg.optim.lookahead or cfg.data.alternate_flip)
         assert cfg.model.bn_learn_scale and cfg.optim.bias_lr_scale == 1.0
@@ -244,16 +245,16 @@ def test_switches_are_off_by_default_and_on_in_the_airbench_preset():
     assert cfg.optim.label_smoothing == 0.2 and cfg.eval.tta and cfg.eval.tta_translate == 1
 
 
+@pytest.mark.slow
 def test_airbench_run_stopped_mid_epoch_resumes_bit_exact(tmp_path, data_root_medium):
     """The whole recipe through the loop (whitening from data, Lookahead's slow weights, alternating
     flips, the bias group): a run stopped by SIGUSR1 in the middle of epoch 1 and resumed ends with the
     weights, Lookahead state and metrics of an uninterrupted run."""
-    import json
     import signal
     import subprocess
     import time
 
-    from conftest import MEDIUM, REPO, base_env, run, train_cmd
+    from helpers import MEDIUM, REPO, base_env, run, train_cmd
 
     def cmd(run_dir, *extra):
         return train_cmd(
@@ -297,7 +298,6 @@ def test_airbench_run_stopped_mid_epoch_resumes_bit_exact(tmp_path, data_root_me
 
     def rows(d):
         drop = {"images_per_sec", "epoch_seconds"}
-        lines = (d / "metrics.jsonl").read_text().splitlines()
-        return [{k: v for k, v in json.loads(s).items() if k not in drop} for s in lines]
+        return [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(d / "metrics.jsonl")]
 
     assert rows(full) == rows(cut) and len(rows(full)) == 2

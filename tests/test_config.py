@@ -1,7 +1,7 @@
 """Config layering (defaults < preset < YAML < overrides) and one-line errors before any work."""
 
 import pytest
-from conftest import eval_cmd, run, train_cmd
+from helpers import eval_cmd, run, train_cmd
 
 from cifar_dist.config import PRESETS, from_dict, parse_overrides, resolve
 from cifar_dist.errors import UserError
@@ -9,14 +9,14 @@ from cifar_dist.errors import UserError
 
 def test_defaults_are_the_tutorial():
     cfg = resolve()
-    assert cfg.preset == "seed"
+    assert cfg.preset == "tutorial"
     assert (cfg.data.name, cfg.data.root, cfg.data.val_fraction, cfg.data.normalize) == (
         "cifar10",
         "./data",
         0.2,
         "half",
     )
-    assert (cfg.model.name, cfg.model.dropout) == ("seed_cnn", 0.3)
+    assert (cfg.model.name, cfg.model.dropout) == ("tutorial_cnn", 0.3)
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.schedule) == (
         0.01,
         0.0,
@@ -30,12 +30,12 @@ def test_defaults_are_the_tutorial():
 def test_layering_order(tmp_path):
     y = tmp_path / "c.yaml"
     y.write_text("optim:\n  lr: 0.2\n  momentum: 0.5\ntrain:\n  epochs: 7\n")
-    cfg = resolve("seed_fast", str(y), ["--optim.lr=0.3", "--seed", "5"])
+    cfg = resolve("tutorial_fast", str(y), ["--optim.lr=0.3", "--seed", "5"])
     assert cfg.optim.lr == 0.3  # override beats YAML
     assert cfg.optim.momentum == 0.5  # YAML beats preset (0.9)
     assert cfg.train.epochs == 7
     assert (
-        cfg.train.per_device_batch_size == PRESETS["seed_fast"]["train"]["per_device_batch_size"]
+        cfg.train.per_device_batch_size == PRESETS["tutorial_fast"]["train"]["per_device_batch_size"]
     )  # preset beats default
     assert cfg.seed == 5
 
@@ -61,7 +61,7 @@ def test_type_coercion():
         (["--train.epochs=2.5"], "train.epochs must be an integer"),
         (["--data.val_fraction=1"], "data.val_fraction=1.0 must be in [0, 1)"),
         (["--data.name=imagenet"], "choose one of: cifar10, cifar100, fashion_mnist, synthetic"),
-        (["--model.name=vit"], "model.name='vit' is not valid; choose one of: seed_cnn"),
+        (["--model.name=vit"], "model.name='vit' is not valid; choose one of: tutorial_cnn"),
         (["--train.channels_last=maybe"], "must be true or false"),
     ],
 )
@@ -73,7 +73,7 @@ def test_bad_values_name_the_fix(args, fragment):
 
 
 def test_unknown_preset_and_bad_yaml(tmp_path):
-    with pytest.raises(UserError, match="unknown preset 'nope'; choose one of: seed"):
+    with pytest.raises(UserError, match="unknown preset 'nope'; choose one of: tutorial"):
         resolve("nope")
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim: [1, 2\n")
@@ -88,7 +88,7 @@ def test_unknown_preset_and_bad_yaml(tmp_path):
 
 
 def test_roundtrip_through_checkpoint_dict():
-    cfg = resolve("seed_fast", overrides=["--optim.lr=0.07", "--tracking.tags=x"])
+    cfg = resolve("tutorial_fast", overrides=["--optim.lr=0.07", "--tracking.tags=x"])
     again = from_dict(cfg.to_dict())
     assert again == cfg
 
@@ -97,6 +97,7 @@ def test_parse_overrides_forms():
     assert parse_overrides(["--a.b=1", "--c.d", "x", "--seed=3"]) == {"a": {"b": 1}, "c": {"d": "x"}, "seed": 3}
 
 
+@pytest.mark.slow
 def test_cli_error_is_one_line_before_any_work(tmp_path):
     p = run(train_cmd("--optim.lr=-0.1", f"--run.dir={tmp_path / 'r'}"), timeout=120)
     assert p.returncode == 2
@@ -105,6 +106,7 @@ def test_cli_error_is_one_line_before_any_work(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "script, argv, line",
     [
@@ -120,10 +122,11 @@ def test_a_mistyped_option_names_the_one_meant(script, argv, line):
     assert "Traceback" not in p.stderr + p.stdout
 
 
+@pytest.mark.slow
 def test_print_config(tmp_path):
-    p = run(train_cmd("--preset", "seed_fast", "--optim.lr=0.2", "--print-config"), timeout=120)
+    p = run(train_cmd("--preset", "tutorial_fast", "--optim.lr=0.2", "--print-config"), timeout=120)
     assert p.returncode == 0, p.stderr
-    assert "preset: seed_fast" in p.stdout and "  lr: 0.2\n" in p.stdout
+    assert "preset: tutorial_fast" in p.stdout and "  lr: 0.2\n" in p.stdout
 
 
 @pytest.mark.parametrize("data_name", ["cifar10", "fashion_mnist"])  # with and without a per-dataset layer
@@ -143,12 +146,14 @@ def test_print_config_yaml_reads_back_identically(tmp_path, preset, data_name):
     assert config_yaml(again) == path.read_text()
 
 
+@pytest.mark.slow
 def test_print_config_round_trip_through_the_cli(tmp_path):
     first = run(train_cmd("--preset", "fast", "--optim.lr=0.3", "--print-config"), check=True).stdout
     (tmp_path / "fast.yaml").write_text(first)
     assert run(train_cmd("--config", str(tmp_path / "fast.yaml"), "--print-config"), check=True).stdout == first
 
 
+@pytest.mark.slow
 def test_help_lists_every_config_key():
     from cifar_dist.config import Config
 
@@ -171,3 +176,29 @@ def test_mixed_precision_auto_is_fp32_on_cpu():
     assert resolve(overrides=["--train.mixed_precision=auto"]).train.mixed_precision == "auto"
     assert resolve_mixed_precision("auto", use_cpu=True) == "no"
     assert resolve_mixed_precision("bf16", use_cpu=True) == "bf16"  # asked for by name: honoured
+
+
+def test_old_preset_and_model_names_still_work():
+    # Renamed after the tutorial (issue 23); commands and configs written with the old names run as
+    # the new ones, and the run records the new names.
+    old, new = resolve("seed_fast"), resolve("tutorial_fast")
+    assert old.to_dict() == new.to_dict() and old.preset == "tutorial_fast"
+    assert resolve("seed").to_dict() == resolve("tutorial").to_dict()
+    assert resolve(overrides=["--model.name=seed_cnn_bn"]).model.name == "tutorial_cnn_bn"
+    saved = resolve("tutorial_fast").to_dict()
+    saved["preset"], saved["model"]["name"] = "seed_fast", "seed_cnn"  # a checkpoint's config from before
+    assert from_dict(saved).to_dict() == resolve("tutorial_fast").to_dict()
+
+
+def test_each_key_is_checked_from_its_declaration():
+    from cifar_dist.config import config_help
+
+    # Bounds and choices come from the declarations: the help shows them, the check enforces them.
+    assert "(one of: torch, tensor)" in config_help() and "(in [0, 8])" in config_help()
+    with pytest.raises(UserError, match=r"data\.crop_pad=9 must be in \[0, 8\]"):
+        resolve(overrides=["--data.crop_pad=9"])
+    with pytest.raises(UserError, match="data.loader='fast' is not valid; choose one of: torch, tensor"):
+        resolve(overrides=["--data.loader=fast"])
+    # YAML 1.1 reads `no` as false: a Literal key with that choice gets its spelling back.
+    assert resolve(overrides=["--train.mixed_precision=no"]).train.mixed_precision == "no"
+    assert resolve(overrides=["--train.resume=true"]).train.resume == "true"

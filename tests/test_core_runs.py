@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, SMALL, accelerate_cmd, base_env, eval_cmd, run, train_cmd
+from helpers import REPO, SMALL, accelerate_cmd, base_env, eval_cmd, read_metrics, run, train_cmd
 from torch.utils.data import DataLoader
 
 
@@ -45,6 +45,7 @@ def test_train_shards_are_disjoint_and_cover_the_epoch(world):
     assert [int(i) for b in dl for i in b] != shards[0]
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_one_best_checkpoint(tmp_path, data_root):
     run_dir = tmp_path / "ddp"
     p = run(
@@ -58,7 +59,7 @@ def test_ddp_two_processes_one_best_checkpoint(tmp_path, data_root):
         ),
         check=True,
     )
-    rows = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run_dir / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all(r["world_size"] == 2 for r in rows)
     # 400 training images, batch 16 per rank, 2 ranks: 12 full global batches of 32 = 384 per epoch
@@ -70,7 +71,7 @@ def test_ddp_two_processes_one_best_checkpoint(tmp_path, data_root):
         "random_states_1.pkl",
     ]
     assert p.stdout.count("Validation loss decreased") >= 1
-    assert p.stdout.count("model seed_cnn: 541,094 parameters") == 1  # printed by the main process only
+    assert p.stdout.count("model tutorial_cnn: 541,094 parameters") == 1  # printed by the main process only
     ckpt = torch.load(run_dir / "best.pt", weights_only=True)
     assert ckpt["config"]["data"]["name"] == "synthetic" and ckpt["world_size"] == 2
     assert ckpt["classes"][2] == "bird" and ckpt["epoch"] in (1, 2)
@@ -93,6 +94,7 @@ print(f"after run_cli: exit {code}, process group {group}, still alive: {sorted(
 """
 
 
+@pytest.mark.slow
 def test_ddp_run_frees_its_process_group_before_interpreter_exit(tmp_path, data_root):
     """What train.py's process holds when run_cli returns, on each of 2 ranks: no process group and
     no accelerator, model, optimizer or loader left for interpreter shutdown to destroy (the stop
@@ -124,6 +126,7 @@ print("not reached")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world", ["1", "2"])
 @pytest.mark.parametrize("code, status", [("none", 0), ("0", 0), ("143", 143), ("a message", 1)])
 def test_exit_process_keeps_exit_codes_output_and_atexit(tmp_path, world, code, status):
@@ -138,6 +141,7 @@ def test_exit_process_keeps_exit_codes_output_and_atexit(tmp_path, world, code, 
     assert ("a message" in p.stderr) == (code == "a message")
 
 
+@pytest.mark.slow
 def test_evaluate_one_and_two_processes_identical(tmp_path, trained_run):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     # 101 test images, batch 16: 7 batches, 4 on rank 0 and 3 on rank 1, the last one of 5 images
@@ -168,6 +172,7 @@ def test_evaluate_one_and_two_processes_identical(tmp_path, trained_run):
     assert json.loads(v.read_text())["num_samples"] == 100
 
 
+@pytest.mark.slow
 def test_final_fit_without_validation_keeps_the_newest_weights(tmp_path, data_root):
     """data.val_fraction=0 (a final fit on every training image): no validation
     pass, best.pt holds the last epoch's weights (an empty split's loss of 0 must not freeze it at
@@ -187,7 +192,7 @@ def test_final_fit_without_validation_keeps_the_newest_weights(tmp_path, data_ro
     assert "500 train / 0 val / 101 test" in p.stdout
     assert p.stdout.count("No validation split (data.val_fraction=0): saving the epoch") == 2
     assert "Validation Loss" not in p.stdout and "Validation loss decreased" not in p.stdout
-    rows = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run_dir / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [1, 2] and not any("val_loss" in r for r in rows)
     assert rows[0]["train_samples"] == 496  # 500 images, batch 16: 31 full batches (the loader drops the tail)
     ckpt = torch.load(run_dir / "best.pt", weights_only=True)
@@ -206,12 +211,13 @@ def test_final_fit_without_validation_keeps_the_newest_weights(tmp_path, data_ro
     assert "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_flip_tta_on_a_model_trained_without_flips_warns_once(tmp_path, data_root, trained_run):
     """eval.tta averages each image with its mirror; on a model that never saw a mirrored image that
     lowers accuracy, so training, evaluate.py and --print-config each say so in one warning line (once,
     also from 2 processes), and a preset that trains with flips says nothing."""
     warning = "warning: eval.tta=true averages each image's logits with its mirror image's, but data.augment=false"
-    p = run(train_cmd("--preset", "seed_fast", "--data.augment=false", "--print-config"), check=True)
+    p = run(train_cmd("--preset", "tutorial_fast", "--data.augment=false", "--print-config"), check=True)
     assert p.stderr.count(warning) == 1
     assert "warning" not in run(train_cmd("--preset", "fast", "--print-config"), check=True).stderr
     p = run(
@@ -232,6 +238,7 @@ def test_flip_tta_on_a_model_trained_without_flips_warns_once(tmp_path, data_roo
     assert "warning" not in run(eval_cmd("--checkpoint", str(trained_run)), check=True).stderr
 
 
+@pytest.mark.slow
 def test_resume_continues_at_next_epoch(tmp_path, data_root):
     run_dir = tmp_path / "r"
     common = [*SMALL, f"--data.root={data_root}", f"--run.dir={run_dir}", "--run.progress=false"]
@@ -244,13 +251,14 @@ def test_resume_continues_at_next_epoch(tmp_path, data_root):
     p = run(train_cmd(*common, "--train.epochs=2", "--resume"), check=True)
     assert "resumed" in p.stdout and "at epoch 2, step 25" in p.stdout
     assert "Epoch: 1 " not in p.stdout and "Epoch: 2 " in p.stdout
-    rows = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run_dir / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["step"] == 50
     # resuming with a different model/data config is refused
     p = run(train_cmd(*common, "--train.epochs=3", "--resume", "--seed=9"))
     assert p.returncode == 2 and "seed differ" in p.stderr
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path, data_root):
     """Epoch-boundary resume is exact: 1 epoch + resume to 2 gives the same weights as 2 straight."""
     common = [*SMALL, f"--data.root={data_root}", "--run.progress=false", "--optim.momentum=0.9"]
@@ -264,6 +272,7 @@ def test_resume_equals_uninterrupted(tmp_path, data_root):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_missing_cifar10_offline_is_one_line(tmp_path):
     empty = tmp_path / "nodata"
     empty.mkdir()
@@ -275,6 +284,7 @@ def test_missing_cifar10_offline_is_one_line(tmp_path):
     assert "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_collapsed_launch_is_detected(tmp_path, data_root):
     """`accelerate launch --num_processes 2` without a multi-process mode runs ONE process on CPU."""
     p = run(
@@ -306,6 +316,7 @@ def test_collapsed_launch_is_detected(tmp_path, data_root):
 README_SMOKE = ["--data.name=synthetic", "--train.epochs=2", "--optim.momentum=0.9"]
 
 
+@pytest.mark.slow
 def test_readme_command_1_prints_no_launcher_defaults_warning(tmp_path):
     """README command 1 (`accelerate launch train.py`) after the set-up's `accelerate config default`
     prints no warning about defaults the user never chose. Without that config Accelerate warns that
@@ -322,6 +333,7 @@ def test_readme_command_1_prints_no_launcher_defaults_warning(tmp_path):
     assert "--num_processes" not in p.stderr and "accelerate config" not in p.stderr, p.stderr
 
 
+@pytest.mark.slow
 def test_readme_smoke_run_learns(tmp_path):
     """The README's 2-process smoke run: synthetic data, 2 epochs, the tutorial's lr 0.01 and batch 16
     plus momentum 0.9. Measured on 2 loaded cores: 99.8 / 97.1 / 99.2 % test accuracy (seeds 0, 1, 2;

@@ -1,30 +1,32 @@
 """Per-dataset layers of the presets (config.PRESET_DATASET_OVERRIDES) and translate test-time views."""
 
+import pytest
 import torch
-from conftest import run, train_cmd
+from helpers import run, train_cmd
 
 from cifar_dist.config import PRESET_DATASET_OVERRIDES, PRESETS, resolve
 from cifar_dist.evaluation import logits_of
 
 
 def test_a_preset_takes_its_layer_for_the_runs_dataset(tmp_path):
-    layer = PRESET_DATASET_OVERRIDES["seed_fast"]["cifar10"]
-    cifar = resolve("seed_fast", overrides=["--data.name=cifar10"])
-    fashion = resolve("seed_fast", overrides=["--data.name=fashion_mnist"])
+    layer = PRESET_DATASET_OVERRIDES["tutorial_fast"]["cifar10"]
+    cifar = resolve("tutorial_fast", overrides=["--data.name=cifar10"])
+    fashion = resolve("tutorial_fast", overrides=["--data.name=fashion_mnist"])
     for section, keys in layer.items():
         for key, value in keys.items():
             assert getattr(getattr(cifar, section), key) == value
-            assert getattr(getattr(fashion, section), key) == PRESETS["seed_fast"].get(section, {}).get(
+            assert getattr(getattr(fashion, section), key) == PRESETS["tutorial_fast"].get(section, {}).get(
                 key, getattr(getattr(resolve(), section), key)
             )
-    assert resolve("seed_fast", overrides=["--data.name=imagefolder"]).data.crop_pad == cifar.data.crop_pad
+    assert resolve("tutorial_fast", overrides=["--data.name=imagefolder"]).data.crop_pad == cifar.data.crop_pad
     # The command line still beats the layer, and data.name from a YAML file selects it too.
-    assert resolve("seed_fast", overrides=["--data.name=cifar10", "--data.crop_pad=3"]).data.crop_pad == 3
+    assert resolve("tutorial_fast", overrides=["--data.name=cifar10", "--data.crop_pad=3"]).data.crop_pad == 3
     y = tmp_path / "c.yaml"
     y.write_text("data:\n  name: cifar10\n")
-    assert resolve("seed_fast", str(y)) == cifar
+    assert resolve("tutorial_fast", str(y)) == cifar
 
 
+@pytest.mark.slow
 def test_print_config_names_the_layer_it_applied():
     p = run(train_cmd("--preset", "fast", "--data.name=cifar10", "--print-config"), timeout=120)
     assert p.returncode == 0, p.stderr

@@ -9,9 +9,12 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
-from conftest import REPO, base_env, eval_cmd, run
+from helpers import REPO, base_env, eval_cmd, run
 from PIL import Image
+
+pytestmark = pytest.mark.slow  # every test here starts training processes
 
 FRESH = """
 import json, sys
@@ -98,15 +101,15 @@ def test_fresh_process_reproduces_evaluate_logits_exactly(tmp_path, trained_run)
 
 def test_from_pretrained_and_the_model_card(trained_run):
     from cifar_dist.export import load_checkpoint
-    from cifar_dist.models import SeedCNN
+    from cifar_dist.models import TutorialCNN
 
-    model = SeedCNN.from_pretrained(trained_run / "model")
+    model = TutorialCNN.from_pretrained(trained_run / "model")
     assert not model.training
     best = load_checkpoint(trained_run)["model_state"]
     assert best.keys() == model.state_dict().keys()
     assert all(torch.equal(best[k], v) for k, v in model.state_dict().items())
     conf = json.loads((trained_run / "model" / "config.json").read_text())
-    assert conf["architecture"] == "seed_cnn" and conf["input_size"] == [3, 32, 32]
+    assert conf["architecture"] == "tutorial_cnn" and conf["input_size"] == [3, 32, 32]
     assert conf["class_names"][2] == "bird" and len(conf["normalize"]["mean"]) == 3
     card = (trained_run / "model" / "README.md").read_text()
     test = json.loads((trained_run / "test_metrics.json").read_text())

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, SMALL, accelerate_cmd, base_env, eval_cmd, run, train_cmd
+from helpers import REPO, SMALL, accelerate_cmd, base_env, eval_cmd, read_metrics, run, train_cmd
 
 from cifar_dist import augment
 from cifar_dist.tensor_loader import CROP_PAD, rank_augment, rank_batches, steps_per_epoch
@@ -22,7 +22,7 @@ FAST = [*SMALL, "--run.progress=false", "--train.per_device_batch_size=32"]
 
 
 def rows_of(run_dir):
-    return [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return read_metrics(run_dir / "metrics.jsonl")
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -116,7 +116,7 @@ def test_loader_batches_resume_and_normalise(tmp_path):
     from cifar_dist.tensor_loader import TensorTrainLoader
 
     cfg = resolve(
-        "seed_fast",
+        "tutorial_fast",
         None,
         [*SMALL, f"--data.root={tmp_path}", "--train.per_device_batch_size=32", f"--data.crop_pad={CROP_PAD}"],
     )  # the pad the checks below use
@@ -147,15 +147,15 @@ def test_loader_batches_resume_and_normalise(tmp_path):
         TensorTrainLoader(cfg, data, accelerator)
 
 
-def test_seed_cnn_is_the_tutorials_function():
-    """SeedCNN computes relu(pool(conv_without_bias(x)) + bias) (faster); the tutorial writes
+def test_tutorial_cnn_is_the_tutorials_function():
+    """TutorialCNN computes relu(pool(conv_without_bias(x)) + bias) (faster); the tutorial writes
     pool(relu(conv(x))). With the bias added after the convolution in both, the outputs are equal bit
     for bit (max and ReLU commute with adding a per-channel constant, and rounding is monotone); against
     nn.Conv2d's fused bias, and for the gradients (summed in another order), equal to float rounding."""
-    from cifar_dist.models import SeedCNN
+    from cifar_dist.models import TutorialCNN
 
     torch.manual_seed(0)
-    net = SeedCNN(dropout=0.0)
+    net = TutorialCNN(dropout=0.0)
     x = torch.randn(8, 3, 32, 32)
 
     def tutorial_forward(m, x, conv):
@@ -183,10 +183,10 @@ def test_seed_cnn_is_the_tutorials_function():
     assert net.conv1.bias.abs().max() > 1e-3
 
 
-def test_seed_cnn_bn_layers():
+def test_tutorial_cnn_bn_layers():
     from cifar_dist.models import build_model, count_parameters
 
-    m = build_model("seed_cnn_bn", 3, 32, 10, dropout=0.0)
+    m = build_model("tutorial_cnn_bn", 3, 32, 10, dropout=0.0)
     assert count_parameters(m) == 541_094 - 112 + 224  # conv biases out, batch norm weights and shifts in
     convs = [mod for mod in m.modules() if isinstance(mod, torch.nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [
@@ -197,7 +197,7 @@ def test_seed_cnn_bn_layers():
     assert all(c.bias is None for c in convs)
     assert [mod.out_features for mod in m.modules() if isinstance(mod, torch.nn.Linear)] == [500, 10]
     for c, s in ((3, 32), (1, 28)):
-        net = build_model("seed_cnn_bn", c, s, 10).to(memory_format=torch.channels_last)
+        net = build_model("tutorial_cnn_bn", c, s, 10).to(memory_format=torch.channels_last)
         assert net(torch.randn(4, c, s, s).contiguous(memory_format=torch.channels_last)).shape == (4, 10)
 
 
@@ -215,6 +215,7 @@ def test_resnet_fast_shapes_and_channels():
 # --------------------------------------------------------------------------- real runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "switch",
     [
@@ -231,7 +232,7 @@ def test_speed_switch_trains(tmp_path, data_root, switch):
     p = run(
         train_cmd(
             "--preset",
-            "seed_fast",
+            "tutorial_fast",
             *FAST,
             f"--data.root={data_root}",
             "--train.epochs=3",
@@ -254,11 +255,12 @@ def test_speed_switch_trains(tmp_path, data_root, switch):
     assert "Test Accuracy (Overall)" in p.stdout
 
 
+@pytest.mark.slow
 def test_fp16_on_cpu_is_refused(tmp_path, data_root):
     p = run(
         train_cmd(
             "--preset",
-            "seed_fast",
+            "tutorial_fast",
             *FAST,
             f"--data.root={data_root}",
             f"--run.dir={tmp_path / 'r'}",
@@ -270,6 +272,7 @@ def test_fp16_on_cpu_is_refused(tmp_path, data_root):
     assert "fp16 needs a CUDA GPU" in p.stderr and not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_fast_preset_ddp_and_exact_evaluation(tmp_path, data_root):
     """The fast preset (resnet_fast, BN, tensor loader, TTA) trained by 2 real DDP processes; its
     checkpoint evaluated by 1 and by 2 processes gives byte-identical results (101 test images,
@@ -305,6 +308,7 @@ def test_fast_preset_ddp_and_exact_evaluation(tmp_path, data_root):
     assert ckpt["config"]["eval"]["tta"] is True and ckpt["config"]["model"]["name"] == "resnet_fast"
 
 
+@pytest.mark.slow
 def test_mid_epoch_resume_restores_the_data_order(tmp_path, data_root):
     """Stopped by SIGUSR1 inside epoch 2 and resumed, the run ends with the same weights, bit for
     bit, as a run never stopped: same batches, same crops and flips, same dropout."""
@@ -312,12 +316,12 @@ def test_mid_epoch_resume_restores_the_data_order(tmp_path, data_root):
 
     common = [
         "--preset",
-        "seed_fast",
+        "tutorial_fast",
         *FAST,
         f"--data.root={data_root}",
         "--train.epochs=3",
         "--model.dropout=0.3",
-    ]  # seed_fast trains without dropout; this test checks dropout's RNG too
+    ]  # tutorial_fast trains without dropout; this test checks dropout's RNG too
     run(train_cmd(*common, f"--run.dir={tmp_path / 'straight'}"), timeout=300, check=True)
     split = tmp_path / "split"
     proc = subprocess.Popen(
@@ -359,6 +363,7 @@ def test_mixed_precision_no_survives_yaml_parsing(tmp_path):
     assert resolve("fast", None, ["--train.mixed_precision=bf16"]).train.mixed_precision == "bf16"
 
 
+@pytest.mark.slow
 def test_gpu_check_smoke_runs_every_configuration_in_its_own_process(tmp_path):
     """benchmarks/gpu_check.sh --smoke runs the GPU check's sequence of configurations (3 models × fp32/bf16
     × eager/compile, then `fast` on a JPEG archive at widths 16 and 64), tiny, on the CPU: every row has
@@ -376,7 +381,7 @@ def test_gpu_check_smoke_runs_every_configuration_in_its_own_process(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     parts = json.loads((out / "gpu_check.json").read_text())["parts"]
     rows = [(r["model"], r["width"], r["mixed_precision"], r["compile"]) for r in parts if r["part"] == "throughput"]
-    models = [("seed_cnn", None), ("resnet_fast", 16), ("resnet_fast", 64)]
+    models = [("tutorial_cnn", None), ("resnet_fast", 16), ("resnet_fast", 64)]
     expected = [(*m, prec, comp) for comp in (False, True) for prec in ("no", "bf16") for m in models]
     assert sorted(rows, key=str) == sorted(expected, key=str)
     for r in parts:
@@ -388,6 +393,6 @@ def test_gpu_check_smoke_runs_every_configuration_in_its_own_process(tmp_path):
     assert [r["width"] for r in fast] == [16, 64] and all(r["train_pflop"] > 0 and r["train_seconds"] > 0 for r in fast)
     table = (out / "gpu_check.md").read_text()
     assert table.count("| resnet_fast |") == 8 and table.count("| fast |") == 2
-    assert "| - |" not in table.replace("| seed_cnn | - |", ""), "a row without its number"
+    assert "| - |" not in table.replace("| tutorial_cnn | - |", ""), "a row without its number"
     last = p.stdout.strip().splitlines()[-1]
     assert "94.01%" in last and "3.83 s" in last and "0.36 PFLOP" in last

@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, base_env, run
+from helpers import REPO, base_env, run
+
+pytestmark = pytest.mark.slow  # every test here starts training processes
 
 
 def readme_command_1() -> str:

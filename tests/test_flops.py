@@ -10,7 +10,7 @@ import json
 
 import pytest
 import torch
-from conftest import SMALL, run, train_cmd
+from helpers import SMALL, read_metrics, run, train_cmd
 
 from cifar_dist.flops import pflops, train_flops_per_image
 from cifar_dist.models import build_model
@@ -30,7 +30,7 @@ def test_tutorial_cnn_costs_what_its_layers_add_up_to():
     conv1 = conv(3, 16, 3, 32)
     training = 3 * forward - conv1
     assert training == 19_027_248  # FACTS: 0.019 GFLOP per training image
-    assert train_flops_per_image(build_model("seed_cnn", 3, 32, 10), 3, 32) == training
+    assert train_flops_per_image(build_model("tutorial_cnn", 3, 32, 10), 3, 32) == training
 
 
 @pytest.mark.parametrize("width", [16, 32])
@@ -51,7 +51,7 @@ def test_airbench_costs_what_its_layers_add_up_to(width):
 
 def test_counting_changes_neither_the_model_nor_the_random_streams():
     torch.manual_seed(0)
-    net = build_model("seed_cnn_bn", 3, 32, 10)
+    net = build_model("tutorial_cnn_bn", 3, 32, 10)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     rng = torch.get_rng_state()
     train_flops_per_image(net, 3, 32)
@@ -65,6 +65,7 @@ def test_pflops():
     assert pflops(0.708e9, 500_000) == pytest.approx(0.354)  # airbench94's shape, 10 epochs of 50,000
 
 
+@pytest.mark.slow
 def test_a_run_records_its_compute(tmp_path, data_root):
     """metrics.jsonl per epoch, test_metrics.json and the model card: FLOPs per image × images trained."""
     run_dir = tmp_path / "r"
@@ -72,7 +73,7 @@ def test_a_run_records_its_compute(tmp_path, data_root):
         train_cmd(
             *SMALL,
             f"--data.root={data_root}",
-            "--preset=seed_fast",
+            "--preset=tutorial_fast",
             "--train.epochs=2",
             "--train.eval_every_epochs=1",
             f"--run.dir={run_dir}",
@@ -81,7 +82,7 @@ def test_a_run_records_its_compute(tmp_path, data_root):
         ),
         check=True,
     )
-    rows = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run_dir / "metrics.jsonl")
     per_image = 19_027_248  # the tutorial's layers, counted by hand above
     for r in rows:
         assert r["train_flops_per_image"] == per_image
@@ -93,11 +94,12 @@ def test_a_run_records_its_compute(tmp_path, data_root):
     assert f"training compute: {rows[-1]['train_pflops']:.4g} PFLOP" in card
 
 
+@pytest.mark.slow
 def test_frontier_counts_each_presets_compute_and_draws_the_figure(tmp_path):
     import subprocess
     import sys
 
-    from conftest import REPO
+    from helpers import REPO
 
     png = tmp_path / "frontier.png"
     p = subprocess.run(

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import (
+from helpers import (
     CPU_DDP,
     REPO,
     SMALL,
@@ -80,6 +80,7 @@ def _one_line(stderr: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not NO_DRIVER, reason="needs a machine without an NVIDIA driver")
 @pytest.mark.parametrize("config,extra", [("single_gpu.yaml", []), ("multi_gpu.yaml", ["--num_processes", "2"])])
 def test_gpu_launch_on_a_cpu_machine_stops_before_any_work(tmp_path, config, extra):
@@ -92,6 +93,7 @@ def test_gpu_launch_on_a_cpu_machine_stops_before_any_work(tmp_path, config, ext
     _no_run_folder(tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not NO_DRIVER, reason="needs a machine without an NVIDIA driver")
 @pytest.mark.parametrize("how", [["--train.device=cuda"], ["SLURM_GPUS_ON_NODE=2"]])
 def test_gpu_request_without_gpus_exits_2_in_one_line(tmp_path, how):
@@ -105,6 +107,7 @@ def test_gpu_request_without_gpus_exits_2_in_one_line(tmp_path, how):
     _no_run_folder(tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not NO_DRIVER, reason="needs a machine without an NVIDIA driver")
 def test_slurm_launch_sh_counts_granted_gpus_and_never_falls_back(tmp_path):
     """slurm/launch.sh took max(torch.cuda.device_count(), 1): one silent CPU process on a GPU node whose
@@ -133,6 +136,7 @@ def test_the_suite_hides_gpus_from_cpu_tests():
     assert not torch.cuda.is_available()
 
 
+@pytest.mark.slow
 def test_a_one_epoch_run_on_the_gpu(tmp_path, data_root):
     """Needs a GPU: skipped without one. With one: the CUDA path trains and tests end to end."""
     requires_gpu(1)
@@ -141,7 +145,7 @@ def test_a_one_epoch_run_on_the_gpu(tmp_path, data_root):
         train_cmd(
             *SMALL,
             f"--data.root={data_root}",
-            "--preset=seed_fast",
+            "--preset=tutorial_fast",
             "--train.epochs=1",
             "--train.device=cuda",
             f"--run.dir={run_dir}",
@@ -192,7 +196,8 @@ def test_data_path_and_every_model_run_on_the_meta_device():
         assert all(p.grad is not None and p.grad.device.type == "meta" for p in model.parameters()), name
 
 
-@pytest.mark.parametrize("preset", ["seed_fast", "fast"])
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["tutorial_fast", "fast"])
 def test_training_steps_make_no_host_sync_outside_the_log_interval(tmp_path, data_root, preset):
     """Real training steps (trainer.train, 2 epochs of 6 steps) under a TorchFunctionMode that records every
     tensor made from Python data (a host-to-device copy on a GPU) and every device-to-host read (.item(),
@@ -231,7 +236,7 @@ def test_deterministic_sets_torch_and_refuses_a_model_without_deterministic_cuda
     from cifar_dist.errors import UserError
     from cifar_dist.models import build_model
 
-    resnet, seed = build_model("resnet_fast", 3, 32, 10, width=8), build_model("seed_cnn", 3, 32, 10)
+    resnet, seed = build_model("resnet_fast", 3, 32, 10, width=8), build_model("tutorial_cnn", 3, 32, 10)
     assert [n for n in nondeterministic_on_cuda(resnet) if "AdaptiveMaxPool2d" in n]
     assert nondeterministic_on_cuda(seed) == []
     cuda = torch.device("cuda")  # a device object only: nothing runs on it

@@ -11,8 +11,9 @@ import os
 import tarfile
 
 import numpy as np
+import pytest
 import torch
-from conftest import accelerate_cmd, cifar10_jpeg_archive, eval_cmd, run, train_cmd
+from helpers import accelerate_cmd, cifar10_jpeg_archive, eval_cmd, read_metrics, run, train_cmd
 from imagetree import CLASSES, write_image, write_tar, write_tree
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -22,7 +23,9 @@ def load(root, cache, *extra):
     from cifar_dist.config import resolve
     from cifar_dist.imagefolder import load_imagefolder
 
-    cfg = resolve("seed", None, ["--data.name=imagefolder", f"--data.root={root}", f"--data.cache_dir={cache}", *extra])
+    cfg = resolve(
+        "tutorial", None, ["--data.name=imagefolder", f"--data.root={root}", f"--data.cache_dir={cache}", *extra]
+    )
     return load_imagefolder(cfg)
 
 
@@ -151,6 +154,7 @@ def _bad_inputs(tmp_path):
     return cases
 
 
+@pytest.mark.slow
 def test_each_bad_input_is_one_line_exit_2_and_leaves_no_cache(tmp_path):
     """Through the real `python train.py`: one line on stderr naming what is wrong, exit code 2, no
     traceback, no cache folder (finished or temporary) and no run files left behind."""
@@ -175,6 +179,7 @@ def test_each_bad_input_is_one_line_exit_2_and_leaves_no_cache(tmp_path):
         assert not (run_dir / "config.json").exists() and not (run_dir / "metrics.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_train_and_evaluate_on_an_image_folder(tmp_path):
     """2-process CPU DDP through the real `accelerate launch`, the tensor loader, then evaluate.py
     with figures: classes, channels and image size all come from the folders."""
@@ -182,7 +187,7 @@ def test_ddp_two_processes_train_and_evaluate_on_an_image_folder(tmp_path):
     run_dir, cache = tmp_path / "run", tmp_path / "cache"
     p = run(
         train_cmd(
-            "--preset=seed_fast",
+            "--preset=tutorial_fast",
             "--data.name=imagefolder",
             f"--data.root={src}",
             f"--data.cache_dir={cache}",
@@ -196,7 +201,7 @@ def test_ddp_two_processes_train_and_evaluate_on_an_image_folder(tmp_path):
         check=True,
         timeout=400,
     )
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run_dir / "metrics.jsonl")
     assert rows[-1]["world_size"] == 2 and rows[-1]["epoch"] == 2
     assert "imagefolder: 96 train / 24 val / 30 test" in p.stdout
     ckpt = torch.load(run_dir / "best.pt", weights_only=True)
@@ -208,9 +213,10 @@ def test_ddp_two_processes_train_and_evaluate_on_an_image_folder(tmp_path):
     assert "banana" in p.stdout
 
 
+@pytest.mark.slow
 def test_one_epoch_on_the_real_cifar10_jpeg_archive_clears_a_floor(tmp_path):
     """The whole path a user runs (the archive as data.root, unpacked and decoded into a fresh cache,
-    seed_fast, the tensor loader, the test split) on the real images. One epoch of all 50,000 training
+    tutorial_fast, the tensor loader, the test split) on the real images. One epoch of all 50,000 training
     images (data.val_fraction=0: no validation pass; no warm-up: the one-cycle decay spans this epoch)
     reached test accuracy 0.584 and 0.586 (seeds 0, 1; 2 shared cores, torch 2.14.1; 54 s under load).
     The same run fed un-normalised pixels (0-255) stopped with a NaN loss by step 50; labels that do
@@ -221,7 +227,7 @@ def test_one_epoch_on_the_real_cifar10_jpeg_archive_clears_a_floor(tmp_path):
     run_dir = tmp_path / "run"
     run(
         train_cmd(
-            "--preset=seed_fast",
+            "--preset=tutorial_fast",
             "--data.name=imagefolder",
             f"--data.root={archive}",
             f"--data.cache_dir={tmp_path / 'cache'}",

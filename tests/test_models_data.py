@@ -1,4 +1,4 @@
-"""The seed CNN is the tutorial's network; the synthetic data is CIFAR-10's on-disk format, read
+"""The tutorial CNN is the tutorial's network; the synthetic data is CIFAR-10's on-disk format, read
 by torchvision's own reader; the split is seeded; evaluation shards cover each split once."""
 
 import pickle
@@ -13,8 +13,8 @@ from cifar_dist.models import build_model, count_parameters
 from cifar_dist.synthetic import synthetic_class, write_synthetic_cifar10
 
 
-def test_seed_cnn_is_the_tutorial():
-    m = build_model("seed_cnn", 3, 32, 10)
+def test_tutorial_cnn_is_the_tutorial():
+    m = build_model("tutorial_cnn", 3, 32, 10)
     assert count_parameters(m) == 541_094
     shapes = [(n, tuple(p.shape)) for n, p in m.named_parameters()]
     assert shapes == [
@@ -33,8 +33,8 @@ def test_seed_cnn_is_the_tutorial():
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
-def test_seed_cnn_adapts_to_fashion_mnist_and_channels_last():
-    m = build_model("seed_cnn", 1, 28, 10).eval()
+def test_tutorial_cnn_adapts_to_fashion_mnist_and_channels_last():
+    m = build_model("tutorial_cnn", 1, 28, 10).eval()
     assert m.fc1.in_features == 64 * 3 * 3
     x = torch.randn(4, 1, 28, 28)
     ref = m(x)

@@ -13,7 +13,6 @@ same shards, same all-reduce, so the weights must agree to float tolerance.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -24,8 +23,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CPU_DDP, REPO, SMALL, accelerate_cmd, base_env, require, train_cmd
+from helpers import CPU_DDP, REPO, SMALL, accelerate_cmd, base_env, read_metrics, require, train_cmd
 from netns import NamespaceError, two_hosts
+
+pytestmark = pytest.mark.slow  # every test here starts training processes
 
 MULTI_NODE = REPO / "accelerate_configs" / "multi_node.yaml"
 LAUNCH_SH = REPO / "slurm" / "launch.sh"
@@ -127,7 +128,7 @@ def reference(tmp_path_factory, data_root) -> Path:
 
 
 def rows(run_dir: Path) -> list[dict]:
-    return [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return read_metrics(run_dir / "metrics.jsonl")
 
 
 def assert_same_weights(run_dir: Path, reference: Path) -> None:

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, SMALL, accelerate_cmd, base_env, eval_cmd, run, train_cmd
+from helpers import REPO, SMALL, accelerate_cmd, base_env, eval_cmd, read_metrics, run, train_cmd
 
 from cifar_dist.config import resolve
 from cifar_dist.errors import UserError
@@ -83,9 +83,10 @@ def test_config_names_and_kwargs():
     assert resolve(overrides=["--model.name=pkg.mod:make"]).model.name == "pkg.mod:make"
     one_line_error(lambda: resolve(overrides=["--model.name=resnet_fastt"]), "torchvision:NAME")
     one_line_error(lambda: resolve(overrides=["--model.kwargs=[1, 2]"]), "model.kwargs")
-    one_line_error(lambda: resolve(overrides=["--model.kwargs={width: 2}"]), "model.kwargs", "seed_cnn")
+    one_line_error(lambda: resolve(overrides=["--model.kwargs={width: 2}"]), "model.kwargs", "tutorial_cnn")
 
 
+@pytest.mark.slow
 def test_torchvision_resnet18_trains_on_a_small_synthetic_set(tmp_path, data_root):
     run_dir = tmp_path / "run"
     args = [*SMALL, f"--data.root={data_root}", "--data.synthetic_train_size=500"]
@@ -131,6 +132,7 @@ def _weights(run_dir):
     return load_file(run_dir / "last" / "model.safetensors")
 
 
+@pytest.mark.slow
 def test_own_model_trains_ddp_resumes_evaluates_exports_and_loads_with_trust(tmp_path, data_root, user_code):
     # One epoch, then resumed to a second: identical to two epochs without a stop.
     stopped, straight = tmp_path / "stopped", tmp_path / "straight"
@@ -142,8 +144,8 @@ def test_own_model_trains_ddp_resumes_evaluates_exports_and_loads_with_trust(tmp
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rows = [
         [
-            {k: v for k, v in json.loads(line).items() if k not in ("images_per_sec", "epoch_seconds")}
-            for line in (d / "metrics.jsonl").read_text().splitlines()
+            {k: v for k, v in row.items() if k not in ("images_per_sec", "epoch_seconds")}
+            for row in read_metrics(d / "metrics.jsonl")
         ]
         for d in (stopped, straight)
     ]

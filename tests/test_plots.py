@@ -4,12 +4,12 @@ objects must carry the values they claim to show."""
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
+import pytest
 import torch
-from conftest import accelerate_cmd, eval_cmd, run
+from helpers import accelerate_cmd, eval_cmd, read_metrics, run
 from PIL import Image
 
 from cifar_dist.data import normalize_batch
@@ -49,6 +49,7 @@ def assert_png_ok(path, size):
     assert grey.std() > 10, f"{path.name} has almost no contrast"
 
 
+@pytest.mark.slow
 def test_cli_writes_all_six_figures(tmp_path, trained_run):
     out = tmp_path / "figs"
     p = run(eval_cmd("--checkpoint", str(trained_run), "--plots", str(out), "--plots-images", "8"), check=True)
@@ -58,6 +59,7 @@ def test_cli_writes_all_six_figures(tmp_path, trained_run):
     assert p.stdout.count("wrote batch.png") == 1
 
 
+@pytest.mark.slow
 def test_two_ddp_processes_write_once(tmp_path, trained_run):
     """Only the main process draws; the other rank waits for it and both exit 0."""
     out = tmp_path / "figs"
@@ -70,6 +72,7 @@ def test_two_ddp_processes_write_once(tmp_path, trained_run):
         assert_png_ok(out / name, size)
 
 
+@pytest.mark.slow
 def test_unwritable_plots_folder_is_one_line(tmp_path, trained_run):
     blocker = tmp_path / "figs"
     blocker.write_text("a file where the folder should be")
@@ -80,6 +83,7 @@ def test_unwritable_plots_folder_is_one_line(tmp_path, trained_run):
     assert blocker.read_text() == "a file where the folder should be"
 
 
+@pytest.mark.slow
 def test_checkpoint_outside_its_run_folder_skips_curves(tmp_path, trained_run):
     lone = tmp_path / "lone.pt"
     shutil.copy(trained_run / "best.pt", lone)
@@ -166,8 +170,9 @@ def test_prediction_titles_are_green_when_right_and_red_when_wrong():
     assert "2/4 right" in fig.get_suptitle()
 
 
+@pytest.mark.slow
 def test_curves_mark_the_best_epoch(trained_run):
-    rows = [json.loads(s) for s in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(trained_run / "metrics.jsonl")
     best = torch.load(trained_run / "best.pt", weights_only=True)["epoch"]
     fig = curves_figure(rows, best)
     for ax in fig.axes:
@@ -181,11 +186,12 @@ def test_curves_mark_the_best_epoch(trained_run):
     )
 
 
+@pytest.mark.slow
 def test_sparse_validation_is_drawn_where_it_was_measured(trained_run):
-    """train.eval_every_epochs > 1 (seed_fast validates once, at the end): the validation points are
+    """train.eval_every_epochs > 1 (tutorial_fast validates once, at the end): the validation points are
     drawn as large markers and the legend names their epochs, instead of one point that looks like a
     stray mark under the best-epoch star."""
-    rows = [json.loads(s) for s in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(trained_run / "metrics.jsonl")
     last = rows[-1]["epoch"]
     for r in rows[:-1]:  # as a run validating only at its last epoch writes them
         for k in ("val_loss", "val_accuracy", "val_samples", "best"):

@@ -3,18 +3,20 @@ launch` was given (its --config_file's mixed_precision, --mixed_precision, `acce
 an explicit config value wins; the W&B job info and the start line say which precision ran and why.
 fp16 on the CPU is refused in one line however it was asked for."""
 
-import json
 import sys
 
-from conftest import SMALL, run, train_cmd
+import pytest
+from helpers import SMALL, read_metrics, run, train_cmd
 from test_wandb import wandb_env
 
 from cifar_dist.wandb_records import read_run
 
+pytestmark = pytest.mark.slow  # every test here starts training processes
+
 FAST = [
     *SMALL,
     "--preset",
-    "seed_fast",
+    "tutorial_fast",
     "--run.progress=false",
     "--train.per_device_batch_size=32",
     "--eval.per_device_batch_size=128",
@@ -32,7 +34,7 @@ def launcher(tmp_path, precision: str) -> list[str]:
 
 
 def test_the_launchers_bf16_is_used_and_recorded(tmp_path, data_root):
-    """seed_fast says auto (fp32 on a CPU); --train.mixed_precision=launcher hands the choice to the YAML."""
+    """tutorial_fast says auto (fp32 on a CPU); --train.mixed_precision=launcher hands the choice to the YAML."""
     run_dir = tmp_path / "r"
     p = run(
         train_cmd(
@@ -52,7 +54,7 @@ def test_the_launchers_bf16_is_used_and_recorded(tmp_path, data_root):
     job = read_run(run_dir).config["job"]
     assert job["mixed_precision"] == "bf16"
     assert job["mixed_precision_source"] == "the launcher (ACCELERATE_MIXED_PRECISION=bf16)"
-    losses = [json.loads(line)["train_loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train_loss"] for r in read_metrics(run_dir / "metrics.jsonl")]
     assert losses[-1] < losses[0], losses
 
 

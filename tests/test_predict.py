@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import eval_cmd, run
+from helpers import eval_cmd, run
 from PIL import Image
 
 from cifar_dist.data import normalize_batch
@@ -39,6 +39,7 @@ def write_images(folder, rng):
     return folder
 
 
+@pytest.mark.slow
 def test_folder_of_png_and_jpeg_gives_one_row_per_image_in_order(tmp_path, trained_run):
     folder = write_images(tmp_path / "imgs", np.random.default_rng(0))
     out = tmp_path / "pred.json"
@@ -56,6 +57,7 @@ def test_folder_of_png_and_jpeg_gives_one_row_per_image_in_order(tmp_path, train
         assert name in p.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tta", [False, True], ids=["plain", "flip_tta"])
 def test_lossless_32px_files_predict_exactly_like_the_evaluation_path(tmp_path, trained_run, tta):
     """CIFAR test images saved as PNG and predicted by `evaluate.py --images` must get the very
@@ -64,7 +66,7 @@ def test_lossless_32px_files_predict_exactly_like_the_evaluation_path(tmp_path, 
     from cifar_dist.config import from_dict
     from cifar_dist.data import load_data
     from cifar_dist.distributed import build_accelerator
-    from cifar_dist.evaluation import evaluate
+    from cifar_dist.evaluation import EvalSettings, evaluate
 
     ckpt = load_checkpoint(trained_run)
     cfg = from_dict(ckpt["config"])
@@ -89,9 +91,7 @@ def test_lossless_32px_files_predict_exactly_like_the_evaluation_path(tmp_path, 
     )
     doc = json.loads(out.read_text())
     model = build_model_from_checkpoint(ckpt, trained_run)
-    result = evaluate(
-        model, data.test_images[:6], data.test_labels[:6], data.mean, data.std, accelerator, data.classes, tta=tta
-    )
+    result = evaluate(model, data.test_images[:6], data.test_labels[:6], data, accelerator, EvalSettings(tta=tta))
     assert doc["tta"] is tta
     assert [r["class"] for r in doc["predictions"]] == [ckpt["classes"][i] for i in result.predictions.tolist()]
     assert [r["confidence"] for r in doc["predictions"]] == result.confidences.tolist()
@@ -101,6 +101,7 @@ def test_lossless_32px_files_predict_exactly_like_the_evaluation_path(tmp_path, 
     assert torch.equal(plain.values, result.confidences) is not tta
 
 
+@pytest.mark.slow
 def test_non_image_gets_one_line_and_the_others_are_still_predicted(tmp_path, trained_run):
     folder = write_images(tmp_path / "imgs", np.random.default_rng(1))
     notes = tmp_path / "notes.txt"
@@ -151,9 +152,9 @@ def test_grey_model_predicts_colour_files(tmp_path):
     sizes are converted to grey and predicted."""
     torch.manual_seed(0)
     classes = [f"c{i}" for i in range(10)]
-    model = build_model("seed_cnn", 1, 28, 10).eval()
+    model = build_model("tutorial_cnn", 1, 28, 10).eval()
     ckpt = {
-        "model": {"name": "seed_cnn", "in_channels": 1, "image_size": 28, "num_classes": 10},
+        "model": {"name": "tutorial_cnn", "in_channels": 1, "image_size": 28, "num_classes": 10},
         "classes": classes,
         "normalize": {"mean": [0.286], "std": [0.353]},
     }
@@ -164,6 +165,7 @@ def test_grey_model_predicts_colour_files(tmp_path):
     assert doc["input"] == {"channels": 1, "size": 28}
 
 
+@pytest.mark.slow
 def test_folder_without_images_is_a_user_error(tmp_path, trained_run):
     (tmp_path / "empty").mkdir()
     ckpt = load_checkpoint(trained_run)
@@ -171,6 +173,7 @@ def test_folder_without_images_is_a_user_error(tmp_path, trained_run):
         predict_files(build_model_from_checkpoint(ckpt, trained_run), ckpt, [str(tmp_path / "empty")])
 
 
+@pytest.mark.slow
 def test_a_single_bad_file_is_exactly_one_error(tmp_path, trained_run, capsys):
     bad = tmp_path / "cat.png"
     bad.write_text("not a png")

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import require
+from helpers import require
 from imagetree import write_tar, write_tree
 
 DEBIAN = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
@@ -68,7 +68,7 @@ def prepare(kind: str, root: str, extra: dict) -> tuple[Path, str]:
 
         source = root / ("src.tar.xz" if kind == "tar" else "src")
         cfg = resolve(
-            "seed", None, ["--data.name=imagefolder", f"--data.root={source}", f"--data.cache_dir={root / 'cache'}"]
+            "tutorial", None, ["--data.name=imagefolder", f"--data.root={source}", f"--data.cache_dir={root / 'cache'}"]
         )
         arrays = load_imagefolder(cfg)
         [folder] = [p for p in (root / "cache" / "imagefolder").iterdir() if not p.name.startswith(".")]
@@ -113,6 +113,7 @@ def leftovers(root: Path) -> list[str]:
     return [str(p.relative_to(root)) for p in root.rglob(".*.tmp-*")]
 
 
+@pytest.mark.slow  # starts several preparing processes at once (tens of seconds under load)
 @pytest.mark.parametrize("kind", KINDS)
 def test_jobs_started_together_prepare_once_and_read_the_same_files(tmp_path, kind):
     extra = fresh_source(kind, tmp_path)
@@ -136,6 +137,7 @@ def _build_and_wait(kind: str, root: str, extra: dict) -> None:
     prepare(kind, root, extra)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["imagefolder", "synthetic"])
 def test_a_job_killed_halfway_leaves_nothing_taken_for_finished_data(tmp_path, kind):
     """SIGKILL a job while its temporary folder exists (mid-build): no finished folder appears, the
@@ -158,6 +160,7 @@ def test_a_job_killed_halfway_leaves_nothing_taken_for_finished_data(tmp_path, k
     assert (folder / ".complete").is_file() and leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_a_folder_without_its_marker_is_rebuilt_and_a_waiting_job_waits(tmp_path):
     """A target without .complete (a copy cut short, a crash of older code) is rebuilt; while another
     job holds the lock, a job waits for it instead of building alongside."""

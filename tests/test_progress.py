@@ -6,7 +6,10 @@ import pty
 import re
 import subprocess
 
-from conftest import REPO, SMALL, base_env, eval_cmd, run, train_cmd
+import pytest
+from helpers import REPO, SMALL, base_env, eval_cmd, run, train_cmd
+
+pytestmark = pytest.mark.slow  # every test here starts training processes
 
 LINE = re.compile(r"^epoch (\d+)/2 step (\d+)/25 \((\d+)%\) loss (\d+\.\d{4}) (\d+|nan) img/s ETA \d+:\d\d:\d\d$")
 

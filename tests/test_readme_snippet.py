@@ -9,7 +9,8 @@ import re
 import subprocess
 import sys
 
-from conftest import REPO, base_env, eval_cmd, run
+import pytest
+from helpers import REPO, base_env, eval_cmd, run
 from PIL import Image
 
 
@@ -20,11 +21,12 @@ def readme_model_snippet() -> str:
     return code
 
 
+@pytest.mark.slow
 def test_readme_model_snippet_runs_and_agrees_with_evaluate_images(tmp_path, trained_run):
-    from cifar_dist.checkpoint import load_checkpoint
     from cifar_dist.config import from_dict
     from cifar_dist.data import load_data
     from cifar_dist.distributed import build_accelerator
+    from cifar_dist.export import load_checkpoint
 
     folder = trained_run / "model"
     cfg = from_dict(load_checkpoint(folder)["config"])
@@ -56,8 +58,8 @@ def test_readme_model_snippet_runs_and_agrees_with_evaluate_images(tmp_path, tra
 def test_model_classes_import_from_the_package_top_level_lazily():
     code = (
         "import sys, cifar_dist; assert 'torch' not in sys.modules, 'import cifar_dist loaded torch'; "
-        "from cifar_dist import SeedCNN, ResNetFast; from cifar_dist.models import SeedCNN as S; "
-        "assert SeedCNN is S; print('ok')"
+        "from cifar_dist import TutorialCNN, ResNetFast; from cifar_dist.models import TutorialCNN as S; "
+        "assert TutorialCNN is S; print('ok')"
     )
     p = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=base_env(), capture_output=True, text=True, timeout=120

@@ -7,7 +7,7 @@ per-epoch metrics and test metrics identical to one uninterrupted run with the s
 The stops are asynchronous, as in production: the test waits for visible progress (the periodic
 state save at step 10; the first epoch's metrics line) and then signals the process, so the stop
 lands somewhere after it; the test reads from the saved state where it landed and checks that it
-really was mid-epoch. The seed CNN has dropout, so the RNG has to be restored exactly, not just the
+really was mid-epoch. The tutorial CNN has dropout, so the RNG has to be restored exactly, not just the
 weights and the data order.
 """
 
@@ -19,8 +19,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import torch
-from conftest import MEDIUM, REPO, base_env, run, train_cmd
+from helpers import MEDIUM, REPO, base_env, read_metrics, run, train_cmd
+
+pytestmark = pytest.mark.slow  # every test here starts training processes
 
 STEPS_PER_EPOCH = 100  # 2,000 synthetic images -> 1,600 train; 1,600 / 16 per batch
 # A hang guard only: each run here takes 10-40 s; reaching it fails the test.
@@ -47,7 +50,7 @@ def saved_state(run_dir: Path) -> dict:
 
 
 def metric_rows(run_dir: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(run_dir / "metrics.jsonl")
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 

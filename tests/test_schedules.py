@@ -4,7 +4,7 @@
 import math
 
 import pytest
-from conftest import SMALL, run, train_cmd
+from helpers import SMALL, run, train_cmd
 
 from cifar_dist.config import resolve
 from cifar_dist.errors import UserError
@@ -40,12 +40,13 @@ def test_onecycle_is_a_deprecated_alias_of_linear_to_1pct():
     assert [lr_at(s, T, LR, "onecycle", W) for s in range(T + 1)] == [
         lr_at(s, T, LR, "linear_to_1pct", W) for s in range(T + 1)
     ]
-    assert resolve("seed_fast").optim.schedule == "linear_to_1pct"
+    assert resolve("tutorial_fast").optim.schedule == "linear_to_1pct"
     assert resolve(overrides=["--optim.schedule=onecycle"]).optim.schedule == "onecycle"  # accepted as given
     with pytest.raises(UserError, match="choose one of: constant, linear, linear_to_1pct, cosine$"):
         resolve(overrides=["--optim.schedule=cosin"])
 
 
+@pytest.mark.slow
 def test_onecycle_warns_once_per_job(tmp_path, data_root):
     """A real 2-step run asked for `onecycle`: it trains, and stderr holds the one warning line once."""
     p = run(

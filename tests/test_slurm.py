@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MEDIUM, REPO, base_env, require
+from helpers import MEDIUM, REPO, base_env, read_metrics, require
 
 SLURM_DIR = REPO / "slurm"
 TEMPLATES = sorted(SLURM_DIR.glob("*.sbatch"))
@@ -59,6 +59,7 @@ def train_args(data_root: Path, *extra: str) -> list[str]:
 # ----------------------------------------------------------------------------------------- no cluster
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "path", [*TEMPLATES, SLURM_DIR / "job.sh", SLURM_DIR / "launch.sh", DEV_CLUSTER], ids=lambda p: p.name
 )
@@ -183,7 +184,7 @@ def baseline(cluster, data_root_medium, tmp_path_factory) -> Path:
 
 
 def metric_rows(run_dir: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(run_dir / "metrics.jsonl")
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
@@ -196,6 +197,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert json.loads((a / "test_metrics.json").read_text()) == json.loads((b / "test_metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_sbatch_test_only_accepts_every_template(cluster, tmp_path):
     # The node has 2 CPUs and 8 counted GPUs: the GPU templates ask for 32/64 CPUs per task and
     # multinode for 2 nodes, so those two numbers are brought down to this node; the rest as written.
@@ -211,6 +213,7 @@ def test_sbatch_test_only_accepts_every_template(cluster, tmp_path):
         assert p.returncode == 0 and "to start at" in p.stderr, f"{name}: {p.stderr}"
 
 
+@pytest.mark.slow
 def test_cpu_sbatch_two_processes_leaves_one_best_checkpoint(baseline):
     log = baseline.parent.parent / "logs" / f"{baseline.name}.out"  # logs/<job name>-<job id>.out
     text = log.read_text()
@@ -223,6 +226,7 @@ def test_cpu_sbatch_two_processes_leaves_one_best_checkpoint(baseline):
     assert json.loads((baseline / "test_metrics.json").read_text())["num_samples"] == 101
 
 
+@pytest.mark.slow
 def test_warning_signal_requeues_and_resumes_exactly(cluster, baseline, data_root_medium, tmp_path):
     """SLURM's warning (USR1 to the batch shell, as --signal=B:USR1@N sends it) in the middle of the
     run: all ranks save, the job requeues itself, its restart resumes in the same run.dir and the
@@ -257,6 +261,7 @@ def test_warning_signal_requeues_and_resumes_exactly(cluster, baseline, data_roo
     assert_same_run(baseline, run_dir)
 
 
+@pytest.mark.slow
 def test_multinode_template_on_one_node(cluster, baseline, data_root_medium, tmp_path):
     job_id = cluster.submit(
         tmp_path,

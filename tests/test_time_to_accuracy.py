@@ -5,7 +5,7 @@ import re
 import sys
 
 import pytest
-from conftest import REPO, SMALL, run
+from helpers import REPO, SMALL, run
 
 LINE = re.compile(
     r"^target=(?P<target>[0-9.]+) tutorial_seconds=(?P<t>>?[0-9.]+) ours_seconds=(?P<o>>?[0-9.]+) "
@@ -39,6 +39,7 @@ def _bench(data_root, *args):
     return m, epochs
 
 
+@pytest.mark.slow
 def test_each_side_stops_at_the_first_epoch_that_reaches_the_target(data_root):
     m, epochs = _bench(data_root, "--target=0")
     # Target 0: both reach it after one epoch and stop there, although both were given 2 (ours through the
@@ -54,6 +55,7 @@ def test_each_side_stops_at_the_first_epoch_that_reaches_the_target(data_root):
     assert float(m["target"]) == 0
 
 
+@pytest.mark.slow
 def test_a_target_never_reached_prints_lower_bounds(data_root):
     m, epochs = _bench(data_root, "--target=1.01")
     assert [e[0] for e in epochs["tutorial"]] == [1, 2] and [e[0] for e in epochs["ours"]] == [1, 2]
@@ -78,34 +80,35 @@ def test_bounds_when_only_one_side_reaches_the_target():
     )
 
 
-def test_the_baseline_is_the_tutorials_net_and_the_same_function_as_seed_cnn():
-    """The baseline runs the tutorial's forward as written (ReLU then pool, nn.Conv2d's bias); SeedCNN
+def test_the_baseline_is_the_tutorials_net_and_the_same_function_as_tutorial_cnn():
+    """The baseline runs the tutorial's forward as written (ReLU then pool, nn.Conv2d's bias); TutorialCNN
     computes the same function in a cheaper order, from the same initial weights for a seed."""
     import torch
 
     sys.path.insert(0, str(REPO / "benchmarks"))
     from time_to_accuracy import TutorialNet
 
-    from cifar_dist.models import SeedCNN
+    from cifar_dist.models import TutorialCNN
 
     for c, s in ((3, 32), (1, 28)):
         torch.manual_seed(0)
         tutorial = TutorialNet(c, s, 10, dropout=0.3).eval()
         torch.manual_seed(0)
-        ours = SeedCNN(c, s, 10, dropout=0.3).eval()
+        ours = TutorialCNN(c, s, 10, dropout=0.3).eval()
         assert all(torch.equal(a, b) for a, b in zip(tutorial.state_dict().values(), ours.state_dict().values()))
         x = torch.randn(4, c, s, s)
         assert torch.allclose(tutorial(x), ours(x), rtol=1e-5, atol=1e-6)
-        assert type(tutorial).forward is not SeedCNN.forward
+        assert type(tutorial).forward is not TutorialCNN.forward
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_benchmark_after_our_run(data_root):
     """train() puts the previous signal handlers back when it returns: the tutorial phase that follows
     in the same process dies on SIGTERM (before, the trainer's stop handler swallowed it for good)."""
     import signal
     import subprocess
 
-    from conftest import base_env
+    from helpers import base_env
 
     cmd = [
         sys.executable,

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, SMALL, base_env, run, train_cmd
+from helpers import REPO, SMALL, base_env, run, train_cmd
 
 from cifar_dist.wait_policy import DEFAULT
 
@@ -36,6 +36,7 @@ def test_importing_the_package_leaves_the_environment_alone():
     assert result["modules"] > 20 and result["changed"] == [], result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("given", [None, "ACTIVE"], ids=["unset", "user-set"])
 def test_a_run_chooses_the_default_unless_told_and_says_so(tmp_path, data_root, given):
     env = base_env()

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SMALL, accelerate_cmd, base_env, run, train_cmd
+from helpers import REPO, SMALL, accelerate_cmd, base_env, read_metrics, run, train_cmd
 
 from cifar_dist.wandb_records import RecordFileError, find_run_files, read_run
 
@@ -79,6 +79,7 @@ def ddp_run(tmp_path_factory, data_root):
     }
 
 
+@pytest.mark.slow
 def test_ddp_job_writes_one_complete_offline_run(ddp_run):
     run_dir, files = ddp_run["run_dir"], ddp_run["files"]
     # Exactly one run for the 2-process job, offline, inside run.dir.
@@ -119,6 +120,10 @@ def test_ddp_job_writes_one_complete_offline_run(ddp_run):
             ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
         ).stdout.strip()
         assert job["git"]["commit"] == head
+    # Provenance is one record, built once: W&B, best.pt and model/config.json hold it identically.
+    exported = json.loads((run_dir / "model" / "config.json").read_text())["training"]
+    for k in ("versions", "git", "command"):
+        assert job[k] == best[k] == exported[k], k
 
     # Per-step train loss, lr and images/s every LOG_EVERY steps.
     steps = 2 * STEPS_PER_EPOCH_2P
@@ -129,7 +134,7 @@ def test_ddp_job_writes_one_complete_offline_run(ddp_run):
         assert hist[s]["train/lr"] == 0.01 and hist[s]["train/images_per_sec"] > 0 and hist[s]["train/loss"] > 0
 
     # Per-epoch metrics: the very values of metrics.jsonl.
-    rows = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run_dir / "metrics.jsonl")
     assert rec.epoch_rows() == rows
     assert [hist[r["step"]]["epoch/epoch"] for r in rows] == [1, 2]
     assert {"name": "", "glob_name": "epoch/*", "step_metric": "epoch/epoch"} in rec.metrics
@@ -178,6 +183,7 @@ def test_ddp_job_writes_one_complete_offline_run(ddp_run):
     assert not (REPO / "wandb").exists(), "wandb wrote into the repository instead of run.dir"
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_run(ddp_run, data_root):
     run_dir = ddp_run["run_dir"]
     first = read_run(ddp_run["files"][0])
@@ -204,7 +210,7 @@ def test_resume_continues_the_same_run(ddp_run, data_root):
     assert second.run_id == first.run_id
     assert second.exit_code == 0
     # It continues: only epoch 3, at steps after the first job's, equal to metrics.jsonl.
-    rows = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run_dir / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert second.epoch_rows() == rows[2:]
     assert min(r["_step"] for r in second.history) > max(r["_step"] for r in first.history)
@@ -216,6 +222,7 @@ def test_resume_continues_the_same_run(ddp_run, data_root):
     assert set(second.artifact("model")["aliases"]) >= {"best", "latest"}
 
 
+@pytest.mark.slow
 def test_failed_online_start_falls_back_to_offline(tmp_path, data_root):
     """tracking.mode=online without a key: wandb.init refuses; the job goes on offline, and the
     WANDB_* variables the config leaves open (project, tags) are honoured."""
@@ -253,6 +260,7 @@ def _children(pid: int) -> dict[int, str]:
     return out
 
 
+@pytest.mark.slow
 def test_wandb_dying_mid_run_does_not_stop_training(tmp_path, data_root):
     """The real failure: the wandb-core service process is SIGKILLed after the first epoch."""
     run_dir = tmp_path / "run"
@@ -289,7 +297,7 @@ def test_wandb_dying_mid_run_does_not_stop_training(tmp_path, data_root):
     assert killed, f"the run ended before wandb-core was killed\n{out[-2000:]}\n{err[-2000:]}"
     assert proc.returncode == 0, f"{out[-2000:]}\n{err[-3000:]}"
     assert "Traceback" not in err, err[-3000:]
-    rows = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run_dir / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == list(range(1, 13))
     assert json.loads((run_dir / "test_metrics.json").read_text())["epochs"] == 12
     warned = [s for s in out.splitlines() if s.startswith("W&B:") and "training continues without W&B" in s]
@@ -345,6 +353,7 @@ def test_mode_decision(clean_env, tmp_path):
 
 
 # -- the record reader (wandb's own `wandb leet inspect`) on damaged files -----------------------
+@pytest.mark.slow
 def test_reader_refuses_corrupt_and_foreign_files(ddp_run, tmp_path):
     raw = bytearray(ddp_run["files"][0].read_bytes())
     assert read_run(ddp_run["files"][0]).exit_code == 0
@@ -359,6 +368,7 @@ def test_reader_refuses_corrupt_and_foreign_files(ddp_run, tmp_path):
         read_run(foreign)
 
 
+@pytest.mark.slow
 def test_reader_cli(ddp_run):
     p = subprocess.run(
         [sys.executable, "-m", "cifar_dist.wandb_records", str(ddp_run["run_dir"]), "--json"],
@@ -374,8 +384,9 @@ def test_reader_cli(ddp_run):
     assert runs[0]["config"]["job"]["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_sparse_validation_logs_only_what_was_measured(tmp_path, data_root):
-    """A run that validates every 3rd epoch (seed_fast validates once, at the end): the W&B epochs
+    """A run that validates every 3rd epoch (tutorial_fast validates once, at the end): the W&B epochs
     without validation carry no val_* entry at all, and the reader prints none (no `val_loss None`)."""
     run_dir = tmp_path / "run"
     run(
@@ -406,12 +417,13 @@ def test_sparse_validation_logs_only_what_was_measured(tmp_path, data_root):
     assert ["val_loss" in line for line in epoch_lines] == [False, False, True], p.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["python", "accelerate-launch-q"])
 def test_ctrl_c_with_wandb_offline_ends_in_one_line(tmp_path, data_root_medium, launcher):
     """Ctrl-C (SIGINT to the terminal's process group, which holds wandb's service too) in the middle of
     a run tracked offline: exit 130 after the one line `interrupted`, nothing from wandb's exit hooks,
     and the offline run is closed with that exit code, so `wandb sync` uploads a finished run."""
-    from conftest import MEDIUM
+    from helpers import MEDIUM
 
     run_dir = tmp_path / "run"
     cmd = train_cmd(

@@ -1,7 +1,7 @@
 """The Checkpointer: when and how a run saves. Two kinds, both written atomically (files.py):
 
 - `best.pt`: the best-validation model, written by the main process only; its format (weights,
-  resolved config, epoch, validation metrics, model metadata and provenance) is export.py's, which
+  resolved config, epoch, validation metrics, model metadata and provenance) is export/'s, which
   also writes the same model as `model/`. A run without a validation split (data.val_fraction=0)
   keeps its newest weights there instead.
 - `last/`: the full training state (`accelerator.save_state`: model, optimizer, RNG of every rank,

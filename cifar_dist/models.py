@@ -5,7 +5,7 @@ CIFAR (3×32×32) and Fashion-MNIST (1×28×28).
     model = build_model("tutorial_cnn", in_channels=3, image_size=32, num_classes=10)
 
 The classes are Hugging Face Hub mixins: `TutorialCNN.from_pretrained("runs/<run>/model")` reads an
-exported model folder (export.py) and returns the network in eval mode, its weights checked strictly.
+exported model folder (cifar_dist/export/) and returns the network in eval mode, its weights checked strictly.
 
     tutorial_cnn      the tutorial's CNN, layer for layer (541,094 parameters for CIFAR)
     tutorial_cnn_bn   the same layers with batch norm after each pool (541,206)

@@ -3,7 +3,7 @@
 runs/<name>/
   best.pt             the best-validation model: weights, config, metadata (checkpoint.py)
   model/              the same model for use outside the toolkit: model.safetensors, config.json,
-                      README.md (export.py; `cifar_dist.load_model("runs/<name>/model")`)
+                      README.md (export/; `cifar_dist.load_model("runs/<name>/model")`)
   last/               the full training state (Accelerate's save_state); what --resume reads
   last.old/           the previous last/, kept only while a newer one is renamed into place
   last.tmp-<step>/    a state being written; a crash may leave one, the next save removes it

@@ -13,10 +13,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "cifar_dist"
 
 
 def _functions():
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in sorted(PACKAGE.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                yield f"{path.name}:{node.name}", node.end_lineno - node.lineno + 1
+                yield f"{path.relative_to(PACKAGE)}:{node.name}", node.end_lineno - node.lineno + 1
 
 
 def test_no_function_over_80_lines():
@@ -31,7 +31,7 @@ def test_train_reads_as_a_short_story():
 
 def test_no_module_imports_another_modules_private_names():
     private = []
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in sorted(PACKAGE.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module != "__future__":
                 private += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
@@ -53,43 +53,64 @@ def documented_layers() -> dict[str, int]:
     return layers
 
 
-def _is_main_guard(node) -> bool:
-    return (
-        isinstance(node, ast.If)
-        and isinstance(node.test, ast.Compare)
-        and isinstance(node.test.left, ast.Name)
-        and node.test.left.id == "__name__"
-    )
+def package_modules() -> dict[str, Path]:
+    """module name -> file, for every module of the package: `config` for cifar_dist/config.py, `export`
+    for cifar_dist/export/__init__.py, `export.__main__` for cifar_dist/export/__main__.py."""
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+        if parts[-1] == "__init__" and len(parts) > 1:
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
 
 
-def _imported_modules(node, own: str, modules: set[str]) -> set[str]:
+def _base_package(name: str, path: Path, level: int) -> str:
+    """The package a relative import of `level` dots starts from, as a module name ("" = cifar_dist)."""
+    package = name if path.name == "__init__.py" and name != "__init__" else name.rpartition(".")[0]
+    parts = package.split(".") if package else []
+    return ".".join(parts[: len(parts) - (level - 1)])
+
+
+def _owner(dotted: str, modules) -> str | None:
+    """The package module a dotted name (relative to cifar_dist) lives in: the longest known prefix."""
+    parts = dotted.split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in modules:
+            return ".".join(parts[:n])
+    return None
+
+
+def _imported_modules(node, name: str, path: Path, modules) -> set[str]:
     """The package modules one import statement names (relative or absolute, any depth)."""
-    out = set()
+    targets = []
     if isinstance(node, ast.ImportFrom):
-        if node.level == 1 or (node.module or "").startswith("cifar_dist"):
-            base = node.module or "" if node.level == 1 else (node.module or "").removeprefix("cifar_dist")
-            base = base.strip(".")
-            if base:
-                out.add(base.split(".")[0])
-            else:  # from . import x / from cifar_dist import x
-                out |= {a.name for a in node.names if a.name in modules}
+        if node.level:
+            base = _base_package(name, path, node.level)
+        elif (node.module or "").split(".")[0] == "cifar_dist":
+            base, node_module = "", node.module.removeprefix("cifar_dist").strip(".")
+            targets += [f"{node_module}.{a.name}".strip(".") for a in node.names] + [node_module]
+            base = None
+        else:
+            return set()
+        if base is not None:
+            module = ".".join(p for p in (base, node.module or "") if p)
+            targets += [f"{module}.{a.name}".strip(".") for a in node.names] + [module]
     elif isinstance(node, ast.Import):
-        out |= {a.name.split(".")[1] for a in node.names if a.name.startswith("cifar_dist.")}
-    return out - {own}
+        targets += [a.name.removeprefix("cifar_dist.") for a in node.names if a.name.startswith("cifar_dist.")]
+    found = {_owner(t, modules) for t in targets if t}
+    return {m for m in found if m and m != name}
 
 
 def import_graph() -> dict[str, set[str]]:
-    """module -> the package modules it imports, at module level or inside functions. The imports of
-    an `if __name__ == "__main__":` block belong to the entry point `<module>:__main__`."""
-    modules = {p.stem for p in PACKAGE.glob("*.py")}
+    """module -> the package modules it imports anywhere in its file: at module level, inside
+    functions and in an `if __name__ == "__main__":` block alike."""
+    modules = package_modules()
     graph: dict[str, set[str]] = {}
-    for path in sorted(PACKAGE.glob("*.py")):
-        tree = ast.parse(path.read_text())
-        graph.setdefault(path.stem, set())
-        for top in tree.body:
-            owner = f"{path.stem}:__main__" if _is_main_guard(top) else path.stem
-            for node in ast.walk(top):
-                graph.setdefault(owner, set()).update(_imported_modules(node, path.stem, modules))
+    for name, path in modules.items():
+        graph[name] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            graph[name] |= _imported_modules(node, name, path, modules)
     return graph
 
 
@@ -118,7 +139,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_every_module_has_a_documented_layer():
     layers = documented_layers()
-    modules = {p.stem for p in PACKAGE.glob("*.py")}
+    modules = set(package_modules())
     assert not modules - set(layers), f"add these to docs/architecture.md's table: {sorted(modules - set(layers))}"
     assert not set(layers) - modules, f"docs/architecture.md names modules that do not exist: {set(layers) - modules}"
 
@@ -133,7 +154,7 @@ def test_no_module_imports_from_a_layer_above():
     top = max(layers.values())
     upward = []
     for source, targets in import_graph().items():
-        level = top if source.endswith(":__main__") else layers.get(source, top)
+        level = layers.get(source, top)
         upward += [f"{source} (layer {level}) -> {t} (layer {layers[t]})" for t in targets if layers.get(t, 0) > level]
     assert not upward, upward
 
@@ -142,10 +163,11 @@ def test_the_graph_sees_imports_inside_functions_and_main_blocks():
     # The checks above are only as good as the graph: imports inside functions and __main__ blocks count.
     graph = import_graph()
     assert "trainer" in graph["cli"]  # cli imports the trainer inside a function
-    assert "cli" in graph["export:__main__"] and "cli" not in graph["export"]
+    assert "cli" in graph["export.__main__"] and "export" in graph["export.__main__"]  # in its __main__ block
+    assert "run_dir" in graph["export"] and "cli" not in graph["export"]  # from ..run_dir, in a package
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 
 def test_no_module_over_400_lines():
-    long = {p.name: n for p in PACKAGE.glob("*.py") if (n := len(p.read_text().splitlines())) > 400}
+    long = {p.name: n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
     assert not long, f"split these modules: {long}"

@@ -176,7 +176,8 @@ def test_the_command_line_entry_returns_its_status(tmp_path, capsys):
 
 
 def test_python_m_cifar_dist_takes_train_and_eval(tmp_path):
-    """`python -m cifar_dist` (cifar_dist/__main__.py): train by default, `eval` as its first word."""
+    """`python -m cifar_dist` (cifar_dist/__main__.py): train by default, `eval` as its first word; and
+    `python -m cifar_dist.export` / `.wandb_records`."""
     import subprocess
     import sys
 
@@ -191,3 +192,8 @@ def test_python_m_cifar_dist_takes_train_and_eval(tmp_path):
     assert p.returncode == 0 and "name: tutorial_cnn" in p.stdout, p.stderr
     p = main("eval", "--checkpoint", str(tmp_path / "nothing"))
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("error: checkpoint "), p.stderr
+    # The commands of the export and wandb_records packages (their __main__.py) leave through cli too.
+    for module, line in (("export", "error: checkpoint "), ("wandb_records", "error: no run-*.wandb file under ")):
+        cmd = [sys.executable, "-m", f"cifar_dist.{module}", str(tmp_path / "nothing")]
+        p = subprocess.run(cmd, cwd=REPO, env=base_env(), capture_output=True, text=True)
+        assert p.returncode == 2 and p.stderr.strip().splitlines() == [p.stderr.strip()] and p.stderr.startswith(line)

@@ -14,7 +14,6 @@ Loading needs torch, safetensors and this package, not the toolkit's config.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -23,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError, first_line
-from .files import atomic_write_bytes, fsync_dir
-from .run_dir import RunDir, run_dir_of
+from ..errors import UserError, first_line
+from ..files import atomic_write_bytes, fsync_dir
+from ..run_dir import RunDir
 
 CHECKPOINT_FORMAT = "cifar-dist-checkpoint"  # best.pt
 CHECKPOINT_FORMAT_VERSION = 1
@@ -56,7 +55,7 @@ def _provenance(source: dict) -> dict:
 # -- best.pt: what a model is, written once, read once ---------------------------------------------
 def model_metadata(cfg, data) -> dict:
     """What rebuilding the network needs, stored in best.pt (and, reshaped, in model/config.json)."""
-    from .models import model_source
+    from ..models import model_source
 
     keys = BUILTIN_MODEL_ARGS if model_source(cfg.model.name) == "builtin" else ("kwargs",)
     return {
@@ -92,7 +91,7 @@ def checkpoint_dict(weights: dict, cfg, meta: dict, epoch: int, state, val_metri
 def build_model_from_checkpoint(ckpt: dict, source="the checkpoint", trust_code: bool = False) -> torch.nn.Module:
     """The network a checkpoint (load_checkpoint's dict) describes, with its weights, in eval mode.
     A model from a user's package.module:factory is imported only with trust_code=True."""
-    from .models import build_model
+    from ..models import build_model
 
     m = ckpt["model"]
     try:
@@ -140,7 +139,7 @@ def load_checkpoint(path: str | Path) -> dict:
 def model_config(ckpt: dict) -> dict:
     """config.json: the model's own arguments at the top level (what `from_pretrained` passes to the
     class), then what a user needs to feed it and read its output, then where it came from."""
-    from .models import model_source
+    from ..models import model_source
 
     m = ckpt["model"]
     args = {k: v for k, v in m.items() if k != "name"}
@@ -342,31 +341,3 @@ def push_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:
             f"nothing uploaded; the model is in {folder}"
         ) from None
     return str(getattr(info, "commit_url", info))
-
-
-def main(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(
-        prog="python -m cifar_dist.export",
-        allow_abbrev=False,
-        description="Write a run's best model as model/ and optionally upload it.",
-    )
-    p.add_argument("checkpoint", help="a run folder, its best.pt, or its model/ folder")
-    p.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="upload model/ to this Hub repository")
-    p.add_argument("--private", action="store_true", help="create the Hub repository as private")
-    args = p.parse_args(argv)
-    path = Path(args.checkpoint)
-    run = RunDir(run_dir_of(path))
-    if not (path / WEIGHTS).exists():  # from best.pt: (re)write model/, with the test results if there
-        ckpt = load_checkpoint(path)
-        ckpt.setdefault("command", "")
-        test = json.loads(run.test_metrics.read_text()) if run.test_metrics.exists() else None
-        print(f"wrote {write_model_folder(run, ckpt, test)}")
-    folder = path if (path / WEIGHTS).exists() else run.model
-    if args.push_to_hub:
-        print(f"uploaded {folder} to {args.push_to_hub}: {push_to_hub(folder, args.push_to_hub, args.private)}")
-
-
-if __name__ == "__main__":  # an entry point: the command line's way out, like train.py's
-    from .cli import main as run_command
-
-    run_command(main, None)

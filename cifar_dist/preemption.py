@@ -47,8 +47,8 @@ class StopRequest:
 
     def close(self) -> None:
         """Training is over: put the previous handlers back, so a process that goes on after train()
-        (a benchmark, a notebook) can be stopped again; measured: without this, SIGTERM was swallowed
-        for the rest of benchmarks/time_to_accuracy.py. A request that came after the last step (during
+        (a benchmark, a notebook) can be stopped again (without it, SIGTERM is swallowed for the rest of
+        the process; docs/results.md). A request that came after the last step (during
         the test) stays ignored, as before: the run has finished and written everything."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)

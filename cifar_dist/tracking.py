@@ -269,8 +269,8 @@ class WandbTracker:
         self._warn(f"{what} failed ({type(e).__name__}: {first[:200]})")
         self.run = None
         self._drop_tracker()
-        # Measured: after the wandb-core service dies every call raises ConnectionResetError, and
-        # wandb's atexit hook would print a traceback at exit; tearing down now unregisters it.
+        # After the wandb-core service dies every call raises, and wandb's atexit hook would print a
+        # traceback at exit (docs/results.md); tearing down now unregisters it.
         try:
             import wandb
 

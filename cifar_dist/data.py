@@ -167,10 +167,13 @@ def _offline_message(cls, root: Path, label: str, e: OSError) -> str:
 
 def _check_download(cls, root: Path, label: str, timeout_s: float = 20) -> None:
     """One HEAD request to the archive's URL (through the proxies urllib honours, as the download)."""
+    import urllib.error
     import urllib.request
 
     try:
         urllib.request.urlopen(urllib.request.Request(cls.url, method="HEAD"), timeout=timeout_s).close()
+    except urllib.error.HTTPError:  # the server answered (a refused HEAD, say): online; the download decides
+        return
     except OSError as e:
         raise UserError(_offline_message(cls, root, label, e)) from None
 

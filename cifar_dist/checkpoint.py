@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .collectives import gather_per_rank, raise_if_any, reduce_sum
+from .collectives import broadcast_object, gather_per_rank, raise_if_any, reduce_sum
 from .errors import UserError, first_line
 from .export import checkpoint_dict, write_model_folder
 from .faults import write_failure
@@ -50,20 +50,52 @@ class Checkpointer:
             self.state.best_epoch = epoch
             self.accelerator.print(f"No validation split (data.val_fraction=0): saving the epoch {epoch} model ...")
             val_metrics = {}
-        elif val_metrics["val_loss"] < self.state.best_val_loss:
-            previous = self.state.best_val_loss
+        elif self.improved(val_metrics):
+            what = self.cfg.train.best_metric
+            previous = self.state.best_val_loss if what == "val_loss" else self.state.best_val_accuracy
             self.state.best_val_loss = val_metrics["val_loss"]
+            self.state.best_val_accuracy = val_metrics["val_accuracy"]
             self.state.best_epoch = epoch
+            self.state.validations_since_best = 0
             self.accelerator.print(
                 f"Validation loss decreased ({previous:.6f} --> {val_metrics['val_loss']:.6f}).  Saving model ..."
+                if what == "val_loss"
+                else f"Validation accuracy increased ({max(previous, 0):.4f} --> {val_metrics['val_accuracy']:.4f}).  "
+                "Saving model ..."
             )
         else:
+            self.state.validations_since_best += 1
             return False
         error = None
         if self.accelerator.is_main_process:
             error = self._write_best(model, epoch, val_metrics)
         raise_if_any(self.accelerator, error)  # collective: every rank stops, none waits for the writer
         return True
+
+    def improved(self, val_metrics: dict) -> bool:
+        """train.best_metric: a lower validation loss (the tutorial's rule) or a higher accuracy."""
+        if self.cfg.train.best_metric == "val_accuracy":
+            return val_metrics["val_accuracy"] > self.state.best_val_accuracy
+        return val_metrics["val_loss"] < self.state.best_val_loss
+
+    def should_stop_early(self) -> bool:
+        """train.early_stop_patience validations in a row without improving train.best_metric. The same
+        answer on every rank: validation metrics are reduced over ranks exactly, and the main process's
+        answer is broadcast anyway, so no rank leaves the loop while another waits in a collective."""
+        patience = self.cfg.train.early_stop_patience
+        stop = broadcast_object(self.accelerator, bool(patience) and self.state.validations_since_best >= patience)
+        if stop:
+            self.state.stopped_early = True
+            best = (
+                f"validation loss {self.state.best_val_loss:.6f}"
+                if self.cfg.train.best_metric == "val_loss"
+                else f"validation accuracy {self.state.best_val_accuracy:.4f}"
+            )
+            self.accelerator.print(
+                f"Early stop: {self.cfg.train.best_metric} has not improved for {patience} validation(s) "
+                f"(best {best} at epoch {self.state.best_epoch})"
+            )
+        return stop
 
     def _write_best(self, model, epoch: int, val_metrics: dict) -> str | None:
         weights = {k: v.detach().cpu() for k, v in self.accelerator.unwrap_model(model).state_dict().items()}

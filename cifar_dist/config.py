@@ -153,6 +153,16 @@ class TrainConfig:
     deterministic: bool = key(
         False, "PyTorch's deterministic algorithms (bit-exact reruns on a GPU, slower); false: cudnn.benchmark on GPUs"
     )
+    best_metric: Literal["val_loss", "val_accuracy"] = key(
+        "val_loss", "what picks best.pt (and early stopping): val_loss (lower) or val_accuracy (higher)"
+    )
+    early_stop_patience: int = key(0, "stop after N validations in a row without a better best_metric; 0: off", ge=0)
+    ema_decay: float = key(
+        0.0,
+        "0: off; else an EMA of weights and BatchNorm buffers (e.g. 0.999) for validation, best, test, export",
+        ge=0,
+        lt=1,
+    )
 
 
 @dataclass
@@ -172,7 +182,9 @@ class RunConfig:
 
 @dataclass
 class TrackingConfig:
-    backend: Literal["none", "wandb"] = key("wandb", "wandb (offline by itself without a key or server) or none")
+    backend: Literal["none", "wandb", "tensorboard", "mlflow"] = key(
+        "wandb", "wandb (offline by itself without a key or server), tensorboard, mlflow (both into run.dir) or none"
+    )
     project: str = key("cifar-dist", "W&B project (WANDB_PROJECT wins over this default)")
     entity: str = key("", "W&B team or user; empty: your default entity")
     run_name: str = key("", "W&B run name; empty: the run folder's name")

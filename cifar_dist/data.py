@@ -288,10 +288,12 @@ def _synthetic(cfg, main_process_first, transform) -> RawData:
 
 @register_dataset("imagefolder")
 def _imagefolder(cfg, main_process_first, transform) -> RawData:
+    from accelerate import PartialState  # the process this is: only the main one says what was skipped
+
     from .imagefolder import ImageArrayDataset, load_imagefolder
 
     with main_process_first():  # one rank decodes into the cache (other jobs wait on its lock); the others read
-        tr_x, tr_y, te_x, te_y, classes = load_imagefolder(cfg)
+        tr_x, tr_y, te_x, te_y, classes = load_imagefolder(cfg, announce=PartialState().is_main_process)
     return RawData(ImageArrayDataset(tr_x, tr_y, classes, transform), tr_x, tr_y, te_x, te_y, classes)
 
 

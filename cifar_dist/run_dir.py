@@ -49,6 +49,7 @@ RESUME_FIXED = [
     ("model", "width"),
     ("model", "kwargs"),
     ("train", "per_device_batch_size"),
+    ("train", "ema_decay"),  # last/ holds the EMA only when it is on
 ]
 
 

@@ -67,9 +67,17 @@ def end_interrupted(exit_code: int) -> None:
             close()
 
 
-def accelerator_log_with(cfg):
-    """What to pass as Accelerator(log_with=...)."""
-    return "wandb" if cfg.tracking.backend == "wandb" else None
+def accelerator_tracking(cfg) -> dict:
+    """Accelerator(log_with=..., project_dir=...) for tracking.backend: TensorBoard's tracker wants a
+    logging folder up front (scalar_trackers points it into run.dir once that is known)."""
+    if cfg.tracking.backend in ("tensorboard", "mlflow"):
+        from .scalar_trackers import require
+
+        require(cfg.tracking.backend)  # a one-line error before any work
+    return {
+        "log_with": None if cfg.tracking.backend == "none" else cfg.tracking.backend,
+        "project_dir": "." if cfg.tracking.backend == "tensorboard" else None,
+    }
 
 
 # -- deciding the mode (main process only: it may touch the network) ------------------------------
@@ -167,6 +175,10 @@ def run_config(cfg, accelerator, run_dir: Path, provenance: dict) -> dict:
 def build_tracker(cfg, accelerator, run_dir, state, provenance: dict):
     """Collective (every rank calls it): decides the mode and the run id on the main process and
     shares the id, which goes into TrainState and so into every checkpoint."""
+    if cfg.tracking.backend in ("tensorboard", "mlflow"):
+        from .scalar_trackers import ScalarTracker
+
+        return ScalarTracker(cfg, accelerator, Path(run_dir), state, provenance)
     if cfg.tracking.backend != "wandb":
         return NullTracker()
     decided = None

@@ -21,13 +21,24 @@ class TrainState:
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps completed in total
     step_in_epoch: int = 0  # steps completed in the current epoch (mid-epoch saves)
-    best_val_loss: float = float("inf")
+    best_val_loss: float = float("inf")  # the best epoch's validation loss (whichever train.best_metric picks it)
+    best_val_accuracy: float = -1.0  # and its validation accuracy
     best_epoch: int = -1
+    validations_since_best: int = 0  # for train.early_stop_patience
+    stopped_early: bool = False  # train.early_stop_patience ended the run: a --resume does not train on
     tracker_run_id: str = ""
     config: dict = field(default_factory=dict)  # the resolved config, so last/ is self-describing too
     rng_state: list | None = None  # per rank: torch CPU RNG at the save point (restored after the loader skips)
     cuda_rng_state: list | None = None
     partial: dict = field(default_factory=dict)  # running train sums of a partly done epoch
+
+    def epochs_left(self, cfg) -> bool:
+        """Train another epoch? Not after train.epochs, train.max_steps or an early stop."""
+        return (
+            self.epoch < cfg.train.epochs
+            and not (cfg.train.max_steps and self.step >= cfg.train.max_steps)
+            and not self.stopped_early
+        )
 
     @property
     def best_val_loss_or_none(self) -> float | None:

@@ -24,6 +24,7 @@ from .config import Config, config_warnings, format_config
 from .data import DataBundle, load_data
 from .devices import check_deterministic_model
 from .distributed import build_accelerator, mixed_precision_source
+from .ema import EMA
 from .evaluation import EvalSettings, evaluate_split, print_report
 from .export import add_test_results, load_checkpoint, model_metadata
 from .files import atomic_write_bytes
@@ -37,7 +38,7 @@ from .progress import TrainProgress
 from .provenance import collect as collect_provenance
 from .run_dir import RunDir, prepare_run_dir
 from .schedules import lr_at, scaled_lr
-from .tracking import accelerator_log_with, build_tracker
+from .tracking import accelerator_tracking, build_tracker
 from .train_state import TrainState, check_finite
 from .wait_policy import describe_wait_policy
 
@@ -54,7 +55,7 @@ def train(cfg: Config, after_epoch=None) -> dict:
     (collective). Returning True ends training there, as if train.epochs had been reached. For benchmarks
     (benchmarks/time_to_accuracy.py: test accuracy after every epoch, stop at a target).
     """
-    accelerator = build_accelerator(cfg, log_with=accelerator_log_with(cfg))
+    accelerator = build_accelerator(cfg, **accelerator_tracking(cfg))
     # Handlers first: a stop request during start-up (data, model, resume) is kept and honoured at
     # the first step; under slurm/launch.sh USR1 is ignored until this line.
     stop = StopRequest(accelerator)
@@ -69,9 +70,7 @@ def train(cfg: Config, after_epoch=None) -> dict:
     # Build: model, optimizer, loader (in this order: each draws from the seeded RNG).
     job = build(cfg, accelerator, data)
     state = TrainState(config=cfg.to_dict())
-    accelerator.register_for_checkpointing(state)
-    if job.lookahead is not None:  # its slow weights travel in last/ too: resume is exact
-        accelerator.register_for_checkpointing(job.lookahead)
+    accelerator.register_for_checkpointing(state, *job.extra_state())  # last/custom_checkpoint_<i>.pkl
     provenance = broadcast_object(accelerator, collect_provenance())  # one record, the same everywhere
     checkpointer = Checkpointer(accelerator, run, cfg, {**model_metadata(cfg, job.data), **provenance}, state)
     metrics_log = MetricsLog(run.metrics, accelerator)
@@ -90,17 +89,19 @@ def train(cfg: Config, after_epoch=None) -> dict:
     with TrainProgress(
         accelerator.is_main_process and cfg.run.progress, len(job.loader), cfg.train.epochs, accelerator.num_processes
     ) as progress:
-        while state.epoch < cfg.train.epochs and not (cfg.train.max_steps and state.step >= cfg.train.max_steps):
+        while state.epochs_left(cfg):
             row = train_epoch(job, state, run, checkpointer, stop, tracker, progress)
             if row is None:  # a stop request: the full state is saved, --resume continues there
                 return {"stopped_at_step": state.step, "exit_code": stop.exit_code()}
+            stopping = False
             if state.epoch % cfg.train.eval_every_epochs == 0 or state.epoch == cfg.train.epochs:
                 val_metrics = validate(job, row)
-                row["best"] = checkpointer.maybe_save_best(job.model, state.epoch, val_metrics)
+                row["best"] = checkpointer.maybe_save_best(job.eval_model, state.epoch, val_metrics)
+                row["early_stop"] = stopping = checkpointer.should_stop_early()  # collective
             metrics_log.append(row)
             tracker.log({f"epoch/{k}": v for k, v in row.items()}, state.step)
             checkpointer.maybe_save(epoch_end=True)
-            if after_epoch is not None and after_epoch(state.epoch, row, job.evaluate_split):
+            if stopping or (after_epoch is not None and after_epoch(state.epoch, row, job.evaluate_split)):
                 break
 
     # Test: the tutorial tests the best-validation model, not the last one.
@@ -130,6 +131,17 @@ class Job:
     warmup_steps: int
     flops_per_image: float  # training FLOPs (forward + backward) per image: flops.py
     lookahead: object = None  # airbench.Lookahead when optim.lookahead
+    ema: EMA | None = None  # train.ema_decay > 0
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """What validation, best.pt, the test and the export use: the EMA network when it is on."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def extra_state(self) -> list:
+        """What travels in last/ besides TrainState, so resume is exact: Lookahead's slow weights
+        (optim.lookahead), then the EMA (train.ema_decay; custom_checkpoint_1.pkl without Lookahead)."""
+        return [obj for obj in (self.lookahead, self.ema) if obj is not None]
 
     def images_trained(self, steps: int) -> int:
         """Every step trains a whole global batch (both loaders drop the last partial one)."""
@@ -147,7 +159,7 @@ class Job:
 
     def evaluate_split(self, split: str):
         """Collective: the current weights on a whole split ("val" or "test"), with the run's eval settings."""
-        return evaluate_split(self.model, self.data, split, self.accelerator, EvalSettings.from_config(self.cfg))
+        return evaluate_split(self.eval_model, self.data, split, self.accelerator, EvalSettings.from_config(self.cfg))
 
 
 def build(cfg: Config, accelerator, data: DataBundle) -> Job:
@@ -176,12 +188,15 @@ def build(cfg: Config, accelerator, data: DataBundle) -> Job:
         f"mixed precision {accelerator.mixed_precision} ({mixed_precision_source(cfg, accelerator)}); "
         f"{torch.get_num_threads()} threads, {describe_wait_policy()}; "
         f"training compute {flops_per_image / 1e9:.4g} GFLOP per image (forward + backward)"
+        + (f"; EMA of the weights, decay {cfg.train.ema_decay}" if cfg.train.ema_decay else "")
     )
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     base_lr = scaled_lr(cfg, accelerator.num_processes)  # optim.reference_batch_size: lr given per that batch
     optimizer = build_optimizer(model, cfg.optim, base_lr, fused=accelerator.device.type in ("cpu", "cuda"))
     model, optimizer = accelerator.prepare(model, optimizer)
+    # The EMA starts from the initial weights, on the training device, before any compile wrapper.
+    ema = EMA(accelerator.unwrap_model(model), cfg.train.ema_decay, accelerator) if cfg.train.ema_decay else None
     if cfg.train.compile:
         model = torch.compile(model)
     loader = build_train_loader(cfg, data, accelerator)
@@ -203,6 +218,7 @@ def build(cfg: Config, accelerator, data: DataBundle) -> Job:
         warmup_steps=int(cfg.optim.warmup_epochs * steps_per_epoch),
         flops_per_image=flops_per_image,
         lookahead=lookahead,
+        ema=ema,
     )
 
 
@@ -290,6 +306,8 @@ def train_step(job: Job, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[t
     job.optimizer.zero_grad(set_to_none=True)
     job.accelerator.backward(loss)
     job.optimizer.step()
+    if job.ema is not None:
+        job.ema.update(job.accelerator.unwrap_model(job.model, keep_torch_compile=False))
     return logits, loss
 
 
@@ -328,7 +346,7 @@ def test_best(job: Job, state: TrainState, run: RunDir) -> tuple[dict, object]:
     accelerator.wait_for_everyone()
     # best.pt holds the bare module's keys; with train.compile the unwrapped model would still be
     # the compile wrapper (its keys start with _orig_mod.), so unwrap that too.
-    net = accelerator.unwrap_model(job.model, keep_torch_compile=False)
+    net = accelerator.unwrap_model(job.eval_model, keep_torch_compile=False)
     if broadcast_object(accelerator, run.best.exists()):
         if accelerator.is_main_process:
             net.load_state_dict(load_checkpoint(run.best)["model_state"])
@@ -339,6 +357,8 @@ def test_best(job: Job, state: TrainState, run: RunDir) -> tuple[dict, object]:
         **test.to_json(),
         "best_epoch": state.best_epoch,
         "best_val_loss": state.best_val_loss_or_none,
+        "best_metric": job.cfg.train.best_metric,
+        "stopped_early": state.stopped_early,
         "epochs": state.epoch,
         "steps": state.step,
         "world_size": accelerator.num_processes,

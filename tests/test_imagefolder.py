@@ -139,8 +139,8 @@ def _bad_inputs(tmp_path):
         ["name different classes", "only in train/: cherry", "only in test/: cherries"],
     )
     root = tree("not_image")
-    (root / "train" / "banana" / "notes.txt").write_text("not an image")
-    cases["not an image"] = (root, [], [f"{root / 'train' / 'banana' / 'notes.txt'} is not an image"])
+    (root / "train" / "banana" / "broken.jpg").write_text("named like an image, but not one")
+    cases["not an image"] = (root, [], [f"{root / 'train' / 'banana' / 'broken.jpg'} is not an image"])
     root = tree("sizes")
     write_image(root / "test" / "apple" / "big.png", 0, np.random.default_rng(0), size=10)
     cases["different sizes"] = (root, [], ["differ in size", "is 8×8", "big.png is 10×10", "--data.image_size="])
@@ -152,6 +152,24 @@ def _bad_inputs(tmp_path):
         ["cannot write", "data.cache_dir"],
     )
     return cases
+
+
+def test_files_that_are_not_images_by_extension_are_skipped_and_counted(tmp_path, capsys):
+    """What torchvision's ImageFolder skips (by extension) is skipped here too, in one stderr line, for a
+    folder and for an archive of it; the images are the same as without those files."""
+    clean = write_tree(tmp_path / "clean", n_train=2, n_test=1)
+    messy = write_tree(tmp_path / "messy", n_train=2, n_test=1)
+    for junk in ("train/apple/Thumbs.db", "train/banana/desktop.ini", "test/cherry/notes.txt"):
+        (messy / junk).write_bytes(b"\x00 not an image")
+    expected = load(clean, tmp_path / "cache-clean")
+    capsys.readouterr()
+    for root in (messy, write_tar(messy, tmp_path / "messy.tar.xz")):
+        got = load(root, tmp_path / f"cache-{root.name}")
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and "skipped 3 file(s)" in lines[0] and "Thumbs.db" in lines[0], lines
+        assert all(torch.equal(a, b) for a, b in zip(got[:4], expected[:4])) and got[4] == expected[4]
+    load(messy, tmp_path / "cache-messy")  # from the cache: still said, once
+    assert capsys.readouterr().err.count("skipped 3 file(s)") == 1
 
 
 @pytest.mark.slow

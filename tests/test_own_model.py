@@ -118,6 +118,9 @@ def _train(run_dir, data_root, user_code, *extra):
         "--model.name=my_model:small_cnn",
         "--model.kwargs={width: 8}",
         "--optim.momentum=0.9",
+        # with an EMA of weights and BatchNorm buffers: resumed exactly only if every rank holds the same EMA
+        "--train.ema_decay=0.9",
+        "--eval.per_device_batch_size=16",  # both ranks validate (one batch of 500 would go to rank 0 alone)
         f"--run.dir={run_dir}",
         "--run.progress=false",
         "--tracking.backend=none",
@@ -150,6 +153,10 @@ def test_own_model_trains_ddp_resumes_evaluates_exports_and_loads_with_trust(tmp
         for d in (stopped, straight)
     ]
     assert rows[0] == rows[1] and len(rows[0]) == 2
+    ema = [
+        torch.load(d / "last" / "custom_checkpoint_1.pkl", weights_only=False)["module"] for d in (stopped, straight)
+    ]
+    assert all(torch.equal(ema[0][k], ema[1][k]) for k in ema[0])
 
     # config.json names the factory and its arguments
     conf = json.loads((stopped / "model" / "config.json").read_text())

@@ -54,11 +54,11 @@ def metric_rows(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
-def stop_when(run_dir: Path, ready, sig: int, log: Path) -> tuple[int, str]:
+def stop_when(run_dir: Path, ready, sig: int, log: Path, extra: tuple = ()) -> tuple[int, str]:
     """Start a resumable run, wait until ready(run_dir) is true, send `sig`, wait for the exit."""
     with open(log, "w+") as out:
         p = subprocess.Popen(
-            train_cmd(*args(run_dir.parent / "data", run_dir, "--train.resume=auto")),
+            train_cmd(*args(run_dir.parent / "data", run_dir, "--train.resume=auto", *extra)),
             cwd=REPO,
             env=base_env(),
             stdout=out,
@@ -79,14 +79,37 @@ def stop_when(run_dir: Path, ready, sig: int, log: Path) -> tuple[int, str]:
         return code, out.read()
 
 
-def test_stopped_twice_mid_epoch_resumes_bit_exact(tmp_path, data_root_medium):
+# The tutorial's SGD; and AdamW with a cosine schedule, decay exempting norms and biases, and an EMA of
+# the weights and BatchNorm buffers (seed_cnn_bn: dropout and BatchNorm), whose state must come back too.
+RECIPES = {
+    "sgd": (),
+    "adamw_cosine_ema": (
+        "--model.name=seed_cnn_bn",
+        "--optim.name=adamw",
+        "--optim.lr=0.002",
+        "--optim.weight_decay=0.05",
+        "--optim.no_decay_norm_bias=true",
+        "--optim.schedule=cosine",
+        "--optim.warmup_epochs=0.5",
+        "--train.ema_decay=0.95",
+    ),
+}
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_stopped_twice_mid_epoch_resumes_bit_exact(tmp_path, data_root_medium, recipe):
+    extra = RECIPES[recipe]
     (tmp_path / "data").symlink_to(data_root_medium)
     full, interrupted = tmp_path / "full", tmp_path / "interrupted"
-    run(train_cmd(*args(tmp_path / "data", full)), timeout=GUARD_S, check=True)
+    run(train_cmd(*args(tmp_path / "data", full, *extra)), timeout=GUARD_S, check=True)
 
     # 1. SIGUSR1 (SLURM's warning) once the step-10 state exists: save at the next step, exit 0.
     code, out = stop_when(
-        interrupted, lambda d: (d / "last" / "custom_checkpoint_0.pkl").exists(), signal.SIGUSR1, tmp_path / "leg1.log"
+        interrupted,
+        lambda d: (d / "last" / "custom_checkpoint_0.pkl").exists(),
+        signal.SIGUSR1,
+        tmp_path / "leg1.log",
+        extra,
     )
     assert code == 0, out[-3000:]
     assert "stop requested: full state saved" in out, out[-3000:]
@@ -96,7 +119,9 @@ def test_stopped_twice_mid_epoch_resumes_bit_exact(tmp_path, data_root_medium):
     assert s1["partial"]["seen"] == 16 * s1["step_in_epoch"]
 
     # 2. Resumed; SIGTERM (scancel) once epoch 1 is logged: save at the next step, exit 143.
-    code, out = stop_when(interrupted, lambda d: (d / "metrics.jsonl").exists(), signal.SIGTERM, tmp_path / "leg2.log")
+    code, out = stop_when(
+        interrupted, lambda d: (d / "metrics.jsonl").exists(), signal.SIGTERM, tmp_path / "leg2.log", extra
+    )
     assert f"resumed {interrupted} at epoch 1, step {s1['step']}" in out, out[-3000:]
     assert code == 143, out[-3000:]
     assert "stop requested: full state saved" in out, out[-3000:]
@@ -104,7 +129,9 @@ def test_stopped_twice_mid_epoch_resumes_bit_exact(tmp_path, data_root_medium):
     assert s2["epoch"] == 1 and 0 < s2["step_in_epoch"] < STEPS_PER_EPOCH, s2
 
     # 3. Resumed to the end.
-    p = run(train_cmd(*args(tmp_path / "data", interrupted, "--train.resume=auto")), timeout=GUARD_S, check=True)
+    p = run(
+        train_cmd(*args(tmp_path / "data", interrupted, "--train.resume=auto", *extra)), timeout=GUARD_S, check=True
+    )
     assert f"at epoch 2, step {s2['step']}" in p.stdout
 
     from safetensors.torch import load_file
@@ -116,6 +143,12 @@ def test_stopped_twice_mid_epoch_resumes_bit_exact(tmp_path, data_root_medium):
     oa = torch.load(full / "last" / "optimizer.bin", weights_only=False)
     ob = torch.load(interrupted / "last" / "optimizer.bin", weights_only=False)
     assert oa["param_groups"] == ob["param_groups"]
+    assert all(torch.equal(x, y) for k in oa["state"] for x, y in zip(oa["state"][k].values(), ob["state"][k].values()))
+    if "--train.ema_decay=0.95" in extra:  # the EMA: restored exactly, and what best.pt holds
+        ea = torch.load(full / "last" / "custom_checkpoint_1.pkl", weights_only=False)["module"]
+        eb = torch.load(interrupted / "last" / "custom_checkpoint_1.pkl", weights_only=False)["module"]
+        assert all(torch.equal(ea[k], eb[k]) for k in ea)
+        assert not all(torch.equal(ea[k], a[k]) for k in a)  # the average is not the last weights
     best_a = torch.load(full / "best.pt", weights_only=True)["model_state"]
     best_b = torch.load(interrupted / "best.pt", weights_only=True)["model_state"]
     assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)

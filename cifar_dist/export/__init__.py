@@ -45,6 +45,7 @@ _PROVENANCE = {
     "versions": {},
     "git": {},
     "command": "",
+    "weights": "trained",  # or "ema <decay>": the moving average of the weights (train.ema_decay)
 }
 
 
@@ -85,6 +86,8 @@ def checkpoint_dict(weights: dict, cfg, meta: dict, epoch: int, state, val_metri
         "world_size": accelerator.num_processes,
         "tracker_run_id": state.tracker_run_id,
         **meta,
+        # which weights these are: the EMA's (train.ema_decay > 0) or the optimizer's own
+        "weights": f"ema {cfg.train.ema_decay}" if cfg.train.ema_decay else "trained",
     }
 
 
@@ -237,7 +240,7 @@ def model_card(conf: dict, test: dict | None = None) -> str:
             f"- dataset: {data}, validation fraction {cfg.get('data', {}).get('val_fraction')}, "
             f"preset {cfg.get('preset')}, seed {cfg.get('seed')}"
         ),
-        f"- best epoch: {t.get('epoch')} ({_validation(t.get('val_metrics'))})",
+        f"- best epoch: {t.get('epoch')} ({_validation(t.get('val_metrics'))}); weights: {t.get('weights')}",
         f"- training command: `{t.get('command') or 'unknown'}` on {t.get('world_size')} process(es)",
     ]
     if test is None:

@@ -153,16 +153,9 @@ class TrainConfig:
     deterministic: bool = key(
         False, "PyTorch's deterministic algorithms (bit-exact reruns on a GPU, slower); false: cudnn.benchmark on GPUs"
     )
-    best_metric: Literal["val_loss", "val_accuracy"] = key(
-        "val_loss", "what picks best.pt (and early stopping): val_loss (lower) or val_accuracy (higher)"
-    )
+    best_metric: Literal["val_loss", "val_accuracy"] = key("val_loss", "what picks best.pt (and early stopping)")
     early_stop_patience: int = key(0, "stop after N validations in a row without a better best_metric; 0: off", ge=0)
-    ema_decay: float = key(
-        0.0,
-        "0: off; else an EMA of weights and BatchNorm buffers (e.g. 0.999) for validation, best, test, export",
-        ge=0,
-        lt=1,
-    )
+    ema_decay: float = key(0.0, "0: off; else EMA of weights + BN buffers (e.g. 0.999) for val/test", ge=0, lt=1)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .distributed import broadcast_object
+from .collectives import broadcast_object
 from .errors import UserError
 
 EXTRAS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow")}  # module, extra
@@ -53,9 +53,8 @@ class ScalarTracker:
     """The trainer's tracker interface (log, log_test, finish) over Accelerate's TensorBoard or MLflow
     tracker. Collective to build (the run id is shared); the rest runs on the main process."""
 
-    def __init__(self, cfg, accelerator, run_dir: Path, state, provenance: dict):
-        from .tracking import run_config
-
+    def __init__(self, cfg, accelerator, run_dir: Path, state, config: dict):
+        """`config`: tracking.run_config's dict (the resolved config plus the job's facts)."""
         self.backend, self.accelerator, self.state = cfg.tracking.backend, accelerator, state
         self.last_step = state.step
         run_dir = Path(run_dir).resolve()
@@ -73,8 +72,7 @@ class ScalarTracker:
                     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
                 mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or (run_dir / "mlruns").as_uri())
             kwargs = {"run_name": cfg.tracking.run_name or run_dir.name, "run_id": state.tracker_run_id or None}
-        config = flat_config(run_config(cfg, accelerator, run_dir, provenance))
-        accelerator.init_trackers(cfg.tracking.project, config=config, init_kwargs={self.backend: kwargs})
+        accelerator.init_trackers(cfg.tracking.project, config=flat_config(config), init_kwargs={self.backend: kwargs})
         run_id = ""
         if self.backend == "mlflow" and accelerator.is_main_process:
             run_id = accelerator.get_tracker("mlflow", unwrap=True).info.run_id

@@ -68,16 +68,13 @@ def end_interrupted(exit_code: int) -> None:
 
 
 def accelerator_tracking(cfg) -> dict:
-    """Accelerator(log_with=..., project_dir=...) for tracking.backend: TensorBoard's tracker wants a
-    logging folder up front (scalar_trackers points it into run.dir once that is known)."""
+    """Accelerator(log_with, project_dir): TensorBoard wants a folder up front (scalar_trackers moves it)."""
     if cfg.tracking.backend in ("tensorboard", "mlflow"):
         from .scalar_trackers import require
 
         require(cfg.tracking.backend)  # a one-line error before any work
-    return {
-        "log_with": None if cfg.tracking.backend == "none" else cfg.tracking.backend,
-        "project_dir": "." if cfg.tracking.backend == "tensorboard" else None,
-    }
+    b = cfg.tracking.backend
+    return {"log_with": None if b == "none" else b, "project_dir": "." if b == "tensorboard" else None}
 
 
 # -- deciding the mode (main process only: it may touch the network) ------------------------------
@@ -178,7 +175,7 @@ def build_tracker(cfg, accelerator, run_dir, state, provenance: dict):
     if cfg.tracking.backend in ("tensorboard", "mlflow"):
         from .scalar_trackers import ScalarTracker
 
-        return ScalarTracker(cfg, accelerator, Path(run_dir), state, provenance)
+        return ScalarTracker(cfg, accelerator, Path(run_dir), state, run_config(cfg, accelerator, run_dir, provenance))
     if cfg.tracking.backend != "wandb":
         return NullTracker()
     decided = None

@@ -14,6 +14,7 @@ from cifar_dist.config import resolve
 from cifar_dist.errors import UserError
 
 
+@pytest.mark.slow
 def test_two_processes_stop_together_when_accuracy_stalls(tmp_path, data_root):
     run_dir = tmp_path / "run"
     p = run(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from accelerate import Accelerator
 from helpers import SMALL, eval_cmd, run, train_cmd
@@ -39,6 +40,7 @@ def test_update_is_the_exponential_average_of_weights_and_buffers():
     )
 
 
+@pytest.mark.slow
 def test_a_run_validates_saves_and_exports_the_ema(tmp_path, data_root):
     run_dir = tmp_path / "run"
     args = [*SMALL, f"--data.root={data_root}", "--model.name=seed_cnn_bn", "--train.ema_decay=0.9"]

@@ -30,6 +30,7 @@ def _train(run_dir, data_root, backend, *extra, env=None):
     )
 
 
+@pytest.mark.slow
 def test_tensorboard_event_files_hold_metrics_config_and_test(tmp_path, data_root):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -51,6 +52,7 @@ def test_tensorboard_event_files_hold_metrics_config_and_test(tmp_path, data_roo
     assert "optim.lr: 0.01" in hparams and "job.world_size: 2" in hparams
 
 
+@pytest.mark.slow
 def test_mlflow_file_store_holds_metrics_params_test_and_model(tmp_path, data_root, monkeypatch):
     pytest.importorskip("mlflow", reason="the dev extra installs mlflow")
     run_dir = tmp_path / "run"

@@ -52,7 +52,7 @@ def preset_compute(preset: str, overrides: list[str]) -> tuple[float, int]:
     if cfg.model.whiten:  # frozen: the first layer runs no backward at all
         model.whiten.weight.requires_grad_(False)
     train = CIFAR10_TRAIN - int(round(CIFAR10_TRAIN * cfg.data.val_fraction))
-    batch = cfg.train.per_device_batch_size
+    batch = cfg.train.global_batch_size or cfg.train.per_device_batch_size  # one process: the whole batch
     return train_flops_per_image(model, 3, 32), cfg.train.epochs * (train // batch) * batch
 
 

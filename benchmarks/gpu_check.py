@@ -106,13 +106,13 @@ def throughput(args) -> dict:
             _, loss = train_step(job, *next(batches), job.base_lr)
         loss.item()
         seconds, clock = time.perf_counter() - t, "wall clock"
-    images = timed * cfg.train.per_device_batch_size
+    images = timed * job.plan.per_device * job.plan.accumulation
     peak, peak_kind = peak_memory_gib(device)
     return {
         "part": "throughput",
         "model": args.model,
         "width": args.width if args.model == "resnet_fast" else None,
-        "batch": cfg.train.per_device_batch_size,
+        "batch": job.plan.per_device,
         "mixed_precision": accelerator.mixed_precision,
         "compile": args.compile,
         "images_per_sec": images / seconds,
@@ -170,7 +170,7 @@ def fast(args) -> dict:
         "preset": "fast",
         "width": cfg.model.width,
         "epochs": cfg.train.epochs,
-        "batch": cfg.train.per_device_batch_size,
+        "batch": cfg.train.global_batch_size or cfg.train.per_device_batch_size,
         "mixed_precision": resolve_mixed_precision(cfg.train.mixed_precision, use_cpu=device.type != "cuda"),
         "test_accuracy": summary["accuracy"],
         "train_seconds": sum(r["epoch_seconds"] for r in rows),

@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
 
     model = build_model(args.model, 3, 32, 10, width=cfg.model.width, dropout=cfg.model.dropout).to(device)
-    batch = cfg.train.per_device_batch_size
+    batch = cfg.train.global_batch_size or cfg.train.per_device_batch_size  # one process: the whole batch
     flops = train_flops_per_image(
         model, torch.randn(batch, 3, 32, 32, device=device), torch.randint(0, 10, (batch,), device=device)
     )

@@ -98,8 +98,16 @@ def exit_process(code) -> None:
 
 
 # --help's first keys, in this order; every key follows after the options.
-MOST_USED_KEYS = ("optim.lr", "train.per_device_batch_size", "train.epochs", "data.name", "data.root", "run.dir")
-PROCESSES_HELP = """processes (not a config key: the launcher starts them; global batch = per-device batch × processes):
+MOST_USED_KEYS = (
+    "optim.lr",
+    "train.per_device_batch_size",
+    "train.global_batch_size",
+    "train.epochs",
+    "data.name",
+    "data.root",
+    "run.dir",
+)
+PROCESSES_HELP = """processes (not a config key: the launcher starts them; each takes global_batch_size / processes):
   accelerate launch --num_processes N train.py ...          N GPUs of this machine (or num_processes in
                                                             `accelerate config` / a --config_file YAML)
   accelerate launch --config_file accelerate_configs/cpu_ddp.yaml train.py ...   2 CPU processes (DDP)"""

@@ -127,7 +127,15 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     epochs: int = key(30, "epochs to train", ge=1)
-    per_device_batch_size: int = key(16, "images per step on each process (global batch = this × processes)", ge=1)
+    per_device_batch_size: int = key(
+        16, "images per step on each process (global batch = this × processes); 0 with global_batch_size", ge=0
+    )
+    global_batch_size: int = key(
+        0, "images per optimizer step over all processes (each takes its share); 0: per_device_batch_size rules", ge=0
+    )
+    max_per_device_batch_size: int = key(
+        0, "largest micro-batch per process; a larger share is split and its gradients accumulated; 0: no limit", ge=0
+    )
     # auto: continue if run.dir/last exists, else start fresh
     resume: Literal["false", "true", "auto"] = key(
         "false", "false: a new run; true: continue run.dir's state; auto: continue if there is one"
@@ -273,6 +281,11 @@ def validate(cfg: Config) -> Config:
         raise UserError(f"{keys} apply to model.name=airbench only, not {cfg.model.name}; set --model.name=airbench")
     if cfg.data.alternate_flip and not cfg.data.augment:
         raise UserError("data.alternate_flip=true needs data.augment=true (it orders the training flips)")
+    if (cfg.train.per_device_batch_size > 0) == (cfg.train.global_batch_size > 0):
+        raise UserError(
+            f"train.per_device_batch_size={cfg.train.per_device_batch_size} and train.global_batch_size="
+            f"{cfg.train.global_batch_size}: set exactly one of them above 0 (the other 0)"
+        )
     if cfg.data.augment and cfg.data.loader != "tensor":
         raise UserError("data.augment=true needs data.loader=tensor (the tutorial loader has no augmentation)")
     return cfg
@@ -342,6 +355,7 @@ def resolve(preset: str | None = None, config_file: str | None = None, overrides
     cfg.preset = preset
     for tree, source in layers:
         apply_tree(cfg, tree, source)
+        _batch_layer(cfg, tree)
     return validate(cfg)
 
 
@@ -356,6 +370,19 @@ def canonical_names(tree: dict) -> dict:
     if "preset" in tree:
         tree["preset"] = PRESET_ALIASES.get(tree["preset"], tree["preset"])
     return tree
+
+
+def _batch_layer(cfg: Config, tree: dict) -> None:
+    """A layer that sets one of train.per_device_batch_size / train.global_batch_size switches the other off:
+    `--preset fast --train.per_device_batch_size=64` means 64 per process, not a contradiction."""
+    train = tree.get("train")
+    if not isinstance(train, dict):
+        return
+    per, glob = "per_device_batch_size" in train, "global_batch_size" in train
+    if per and not glob:
+        cfg.train.global_batch_size = 0
+    elif glob and not per:
+        cfg.train.per_device_batch_size = 0
 
 
 def from_dict(tree: dict) -> Config:

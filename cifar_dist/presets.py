@@ -27,7 +27,7 @@ PRESETS: dict[str, dict] = {
         },
         "train": {
             "epochs": 18,
-            "per_device_batch_size": 128,
+            "global_batch_size": 128,  # whatever the process count (cifar_dist/batching.py)
             "channels_last": True,
             "mixed_precision": "auto",
             "eval_every_epochs": 3,
@@ -51,7 +51,7 @@ PRESETS: dict[str, dict] = {
         },
         "train": {
             "epochs": 13,
-            "per_device_batch_size": 256,
+            "global_batch_size": 256,
             "channels_last": True,
             "mixed_precision": "auto",
             "eval_every_epochs": 13,
@@ -81,7 +81,7 @@ PRESETS: dict[str, dict] = {
         },
         "train": {
             "epochs": 10,
-            "per_device_batch_size": 512,
+            "global_batch_size": 512,
             "channels_last": True,
             "mixed_precision": "auto",
             "eval_every_epochs": 10,

@@ -50,6 +50,8 @@ RESUME_FIXED = [
     ("model", "kwargs"),
     ("train", "per_device_batch_size"),
     ("train", "ema_decay"),  # last/ holds the EMA only when it is on
+    ("train", "global_batch_size"),
+    ("train", "max_per_device_batch_size"),
 ]
 
 

@@ -46,15 +46,17 @@ def lr_at(step: int, total_steps: int, base_lr: float, schedule: str = "constant
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
-def scaled_lr(cfg, world_size: int) -> float:
-    """optim.lr at the run's global batch (per_device_batch_size × processes).
+def scaled_lr(cfg, global_batch: int) -> float:
+    """optim.lr at the run's global batch (images per optimizer step over all processes; batching.py).
 
     With optim.reference_batch_size = R > 0, optim.lr and optim.weight_decay are the values for a
     global batch of R images, and lr is scaled linearly: lr × G / R at global batch G. PyTorch's SGD
     decays by lr · weight_decay per step, so the decay per step grows by G / R while the steps per
     epoch shrink by R / G: weight decay per epoch (per image seen) stays what it was at batch R.
-    Example: lr 0.2 at R = 256, run on 4 processes × 256 -> lr 0.8, decay per step 4×, 4× fewer steps.
+    Example: lr 0.2 at R = 256, run at global batch 1,024 -> lr 0.8, decay per step 4×, 4× fewer steps.
+    With train.global_batch_size (the presets) G does not change with the process count, so neither does
+    the lr; with train.per_device_batch_size it is that × processes, and the lr follows.
     R = 0 uses optim.lr as given, whatever the batch.
     """
     ref = cfg.optim.reference_batch_size
-    return cfg.optim.lr * cfg.train.per_device_batch_size * world_size / ref if ref else cfg.optim.lr
+    return cfg.optim.lr * global_batch / ref if ref else cfg.optim.lr

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .augment import draw_crop_flip, gather_crop_flip, mirrored_padded
+from .batching import plan_batches
 from .data import norm_stats, normalize_batch
 from .errors import UserError
 
@@ -71,10 +72,17 @@ def first_epoch_flips(n: int, seed: int) -> torch.Tensor:
 
 
 class TensorTrainLoader:
-    def __init__(self, cfg, data, accelerator):
+    """With gradient accumulation (A micro-batches per optimizer step, batching.py) the rank's share of a
+    step is split into A consecutive blocks: micro-batch j of rank r is block r·A + j of the step's W·A
+    blocks, so the images of an optimizer step, and their crops, do not depend on W or A."""
+
+    def __init__(self, cfg, data, accelerator, batch: int | None = None, accumulation: int = 1):
         self.device = accelerator.device
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
-        self.batch = cfg.train.per_device_batch_size
+        if batch is None:  # built on its own (tests): the run's plan for this world size
+            plan = plan_batches(cfg, self.world)
+            batch, accumulation = plan.per_device, plan.accumulation
+        self.batch, self.accumulation = batch, accumulation
         self.seed = cfg.seed
         self.augment = cfg.data.augment
         self.pad = cfg.data.crop_pad
@@ -83,10 +91,11 @@ class TensorTrainLoader:
         self.mean, self.std = norm_stats(data.mean, data.std, self.device)  # once, not per batch
         self.n = len(data.train_labels)
         self.size = data.image_size
-        if steps_per_epoch(self.n, self.batch, self.world) == 0:
+        if len(self) == 0:
+            g = self.batch * self.world * self.accumulation
             raise UserError(
-                f"train.per_device_batch_size={self.batch} × {self.world} processes = {self.batch * self.world} "
-                f"exceeds the {self.n} training samples; lower the batch size"
+                f"the global batch ({self.batch} per process × {self.world} processes × {self.accumulation} "
+                f"accumulation steps = {g}) exceeds the {self.n} training samples; lower the batch size"
             )
         images = data.train_images
         # With augmentation: [padded, padded+mirrored], so a batch is gathered, cropped and flipped in one op.
@@ -95,30 +104,40 @@ class TensorTrainLoader:
         self.epoch = 0
 
     def __len__(self) -> int:
-        return steps_per_epoch(self.n, self.batch, self.world)
+        """Optimizer steps per epoch."""
+        return steps_per_epoch(self.n, self.batch, self.world * self.accumulation)
 
     @property
     def samples_per_epoch(self) -> int:
         """Samples trained on by all ranks together in one epoch."""
-        return len(self) * self.batch * self.world
+        return len(self) * self.batch * self.world * self.accumulation
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _blocks(self, fn, *extra):
+        """fn's (steps, batch) tensors for this rank's A micro-batch blocks, interleaved step by step:
+        (steps · A, batch). A = 1: fn for this rank, as is."""
+        a, n = self.accumulation, self.n
+        parts = [fn(n, self.batch, self.world * a, self.rank * a + j, self.seed, self.epoch, *extra) for j in range(a)]
+        if a == 1:
+            return parts[0]
+        if isinstance(parts[0], torch.Tensor):
+            return torch.stack(parts, dim=1).flatten(0, 1)
+        return tuple(torch.stack([p[k] for p in parts], dim=1).flatten(0, 1) for k in range(len(parts[0])))
+
     def iterate(self, skip: int = 0):
-        """This rank's batches for the current epoch, normalised, on the device, the first `skip`
-        left out (mid-epoch resume lands on the exact batch: the order and the crops are recomputed)."""
-        order = rank_batches(self.n, self.batch, self.world, self.rank, self.seed, self.epoch).to(self.device)
+        """This rank's micro-batches for the current epoch (A per optimizer step), normalised, on the device,
+        those of the first `skip` optimizer steps left out (mid-epoch resume lands on the exact batch: the
+        order and the crops are recomputed)."""
+        order = self._blocks(rank_batches).to(self.device)
         if self.augment:
-            dy, dx, flip = (
-                p.to(self.device)
-                for p in rank_augment(self.n, self.batch, self.world, self.rank, self.seed, self.epoch, self.pad)
-            )
+            dy, dx, flip = (p.to(self.device) for p in self._blocks(rank_augment, self.pad))
             if self.flips is not None:  # by image, not by position: see airbench.alternating_flip
                 from .airbench import alternating_flip
 
                 flip = alternating_flip(self.flips.to(self.device), self.epoch)[order]
-        for i in range(skip, len(order)):
+        for i in range(skip * self.accumulation, len(order)):
             index = order[i]
             if self.augment:
                 x = gather_crop_flip(self.images, index, dy[i], dx[i], flip[i], self.size)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .airbench import Lookahead, whiten_from_data
+from .batching import BatchPlan, plan_batches
 from .checkpoint import Checkpointer
 from .collectives import broadcast_module, broadcast_object, reduce_sum, seed_each_rank
 from .config import Config, config_warnings, format_config
@@ -122,6 +123,7 @@ class Job:
     cfg: Config
     accelerator: object
     data: DataBundle
+    plan: BatchPlan
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     loader: object
@@ -145,7 +147,7 @@ class Job:
 
     def images_trained(self, steps: int) -> int:
         """Every step trains a whole global batch (both loaders drop the last partial one)."""
-        return steps * self.cfg.train.per_device_batch_size * self.accelerator.num_processes
+        return steps * self.plan.global_batch
 
     def compute(self, steps: int) -> dict:
         """The compute spent after `steps` optimizer steps (metrics.jsonl, W&B, test_metrics.json)."""
@@ -192,15 +194,18 @@ def build(cfg: Config, accelerator, data: DataBundle) -> Job:
     )
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    base_lr = scaled_lr(cfg, accelerator.num_processes)  # optim.reference_batch_size: lr given per that batch
+    plan = plan_batches(cfg, accelerator.num_processes)
+    base_lr = scaled_lr(cfg, plan.global_batch)  # optim.reference_batch_size: lr given per that batch
+    accelerator.gradient_accumulation_steps = plan.accumulation
+    accelerator.print(f"{plan.describe()}, lr {base_lr:g}")
     optimizer = build_optimizer(model, cfg.optim, base_lr, fused=accelerator.device.type in ("cpu", "cuda"))
     model, optimizer = accelerator.prepare(model, optimizer)
     # The EMA starts from the initial weights, on the training device, before any compile wrapper.
     ema = EMA(accelerator.unwrap_model(model), cfg.train.ema_decay, accelerator) if cfg.train.ema_decay else None
     if cfg.train.compile:
         model = torch.compile(model)
-    loader = build_train_loader(cfg, data, accelerator)
-    steps_per_epoch = len(loader)
+    loader = build_train_loader(cfg, data, accelerator, plan)
+    steps_per_epoch = len(loader)  # optimizer steps
     lookahead = None
     if cfg.optim.lookahead:
         net = accelerator.unwrap_model(model, keep_torch_compile=False)
@@ -209,6 +214,7 @@ def build(cfg: Config, accelerator, data: DataBundle) -> Job:
         cfg,
         accelerator,
         data,
+        plan,
         model,
         optimizer,
         loader,
@@ -241,7 +247,8 @@ def train_epoch(job: Job, state: TrainState, run: RunDir, checkpointer, stop, tr
     correct = torch.tensor(carry.get("correct", 0), dtype=torch.int64, device=accelerator.device)
     seen = carry.get("seen", 0)
     t0, seen_at_t0 = time.perf_counter(), seen
-    for x, y in batches:
+    accumulation = job.plan.accumulation
+    for micro, (x, y) in enumerate(batches, start=1):
         if restore_rng:
             state.restore_rng(accelerator.process_index)
             restore_rng = False
@@ -251,6 +258,8 @@ def train_epoch(job: Job, state: TrainState, run: RunDir, checkpointer, stop, tr
         loss_sum += loss.detach().double() * y.shape[0]
         correct += (logits.detach().argmax(1) == y).sum()
         seen += y.shape[0]
+        if micro % accumulation:  # gradients accumulate; the optimizer steps after the last micro-batch
+            continue
         state.step += 1
         state.step_in_epoch += 1
         if job.lookahead is not None:
@@ -295,18 +304,22 @@ def train_epoch(job: Job, state: TrainState, run: RunDir, checkpointer, stop, tr
 
 
 def train_step(job: Job, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step at learning rate `lr`; returns (logits, loss), not yet synchronised."""
+    """One micro-batch at learning rate `lr`: forward and backward, and with the step's last micro-batch the
+    optimizer step (Accelerate's accumulate: the loss is divided by the accumulation steps; DDP's all-reduce
+    and the prepared optimizer's step and zero_grad run only then). Returns (logits, loss), not synchronised.
+    With one micro-batch per step this is the plain step; gradients are zeroed after it, not before."""
     for group in job.optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
     if job.cfg.train.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with job.accelerator.autocast():
-        logits = job.model(x)
-        loss = job.criterion(logits, y)
-    job.optimizer.zero_grad(set_to_none=True)
-    job.accelerator.backward(loss)
-    job.optimizer.step()
-    if job.ema is not None:
+    with job.accelerator.accumulate(job.model):
+        with job.accelerator.autocast():
+            logits = job.model(x)
+            loss = job.criterion(logits, y)
+        job.accelerator.backward(loss)
+        job.optimizer.step()
+        job.optimizer.zero_grad(set_to_none=True)
+    if job.ema is not None and job.accelerator.sync_gradients:  # after a real optimizer step only
         job.ema.update(job.accelerator.unwrap_model(job.model, keep_torch_compile=False))
     return logits, loss
 

@@ -56,13 +56,13 @@ def test_reference_batch_size_scales_lr_and_keeps_decay_per_epoch():
     from cifar_dist.schedules import scaled_lr
 
     cfg = resolve("fast", None, ["--optim.reference_batch_size=256", "--train.per_device_batch_size=256"])
-    assert scaled_lr(cfg, 1) == pytest.approx(cfg.optim.lr)
-    assert scaled_lr(cfg, 4) == pytest.approx(4 * cfg.optim.lr)
+    assert scaled_lr(cfg, 256) == pytest.approx(cfg.optim.lr)
+    assert scaled_lr(cfg, 4 * 256) == pytest.approx(4 * cfg.optim.lr)
     n = 256 * 4 * 47  # divisible by every global batch here, so steps per epoch are exact
-    decay_per_epoch = [(n // (256 * w)) * scaled_lr(cfg, w) * cfg.optim.weight_decay for w in (1, 2, 4)]
+    decay_per_epoch = [(n // (256 * w)) * scaled_lr(cfg, 256 * w) * cfg.optim.weight_decay for w in (1, 2, 4)]
     assert decay_per_epoch == pytest.approx([decay_per_epoch[0]] * 3, rel=1e-12)
     cfg.optim.reference_batch_size = 0  # off: lr as given, whatever the batch
-    assert scaled_lr(cfg, 4) == cfg.optim.lr
+    assert scaled_lr(cfg, 4 * 256) == cfg.optim.lr
     from cifar_dist.errors import UserError
 
     with pytest.raises(UserError, match="optim.reference_batch_size"):

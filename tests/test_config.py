@@ -34,9 +34,7 @@ def test_layering_order(tmp_path):
     assert cfg.optim.lr == 0.3  # override beats YAML
     assert cfg.optim.momentum == 0.5  # YAML beats preset (0.9)
     assert cfg.train.epochs == 7
-    assert (
-        cfg.train.per_device_batch_size == PRESETS["tutorial_fast"]["train"]["per_device_batch_size"]
-    )  # preset beats default
+    assert cfg.train.global_batch_size == PRESETS["tutorial_fast"]["train"]["global_batch_size"]  # preset beats default
     assert cfg.seed == 5
 
 
@@ -57,7 +55,7 @@ def test_type_coercion():
         (["--optimizer.lr=0.1"], "unknown key 'optimizer'"),
         (["--optim.lr=-1"], "optim.lr=-1.0 must be > 0"),
         (["--optim.lr=fast"], "optim.lr must be a number"),
-        (["--train.per_device_batch_size=0"], "train.per_device_batch_size=0 must be >= 1"),
+        (["--train.per_device_batch_size=0"], "set exactly one of them above 0"),
         (["--train.epochs=2.5"], "train.epochs must be an integer"),
         (["--data.val_fraction=1"], "data.val_fraction=1.0 must be in [0, 1)"),
         (["--data.name=imagenet"], "choose one of: cifar10, cifar100, fashion_mnist, synthetic"),

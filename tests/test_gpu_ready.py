@@ -311,3 +311,74 @@ def test_nccl_watchdog_is_asked_to_raise_in_python():
     assert "TORCH_NCCL_ASYNC_ERROR_HANDLING=2" in p.stdout
     p = run([sys.executable, "-c", probe], env=base_env(TORCH_NCCL_ASYNC_ERROR_HANDLING="1"), check=True)
     assert "TORCH_NCCL_ASYNC_ERROR_HANDLING=1" in p.stdout
+
+
+# --------------------------------------------------------------------------- the same recipe at any world size
+
+
+def test_batch_plan_and_the_layering_of_the_two_batch_keys():
+    from cifar_dist.batching import plan_batches
+    from cifar_dist.errors import UserError
+    from cifar_dist.schedules import scaled_lr
+
+    fast = resolve("fast", None, [])
+    assert (fast.train.global_batch_size, fast.train.per_device_batch_size) == (256, 0)
+    for world in (1, 2, 4, 8):  # finding 5: the lr no longer grows with the process count
+        plan = plan_batches(fast, world)
+        assert plan.global_batch == 256 and plan.per_device == 256 // world and plan.accumulation == 1
+        assert scaled_lr(fast, plan.global_batch) == fast.optim.lr
+    capped = resolve("fast", None, ["--train.max_per_device_batch_size=100"])
+    assert (
+        plan_batches(capped, 1).describe() == "processes 1, per-device batch 64, accumulation steps 4, global batch 256"
+    )
+    assert plan_batches(capped, 2).accumulation == 2 and plan_batches(capped, 4).accumulation == 1
+    with pytest.raises(UserError, match="does not split evenly over 3 processes"):
+        plan_batches(fast, 3)
+    own = resolve("fast", None, ["--train.per_device_batch_size=64"])  # the older way: per process
+    assert (own.train.global_batch_size, plan_batches(own, 4).global_batch) == (0, 256)
+    with pytest.raises(UserError, match="set exactly one"):
+        resolve(None, None, ["--train.per_device_batch_size=16", "--train.global_batch_size=64"])
+
+
+@pytest.mark.slow
+def test_one_process_accumulation_and_two_processes_give_the_same_losses(tmp_path, data_root):
+    """The tutorial CNN (no BatchNorm; dropout 0, since each rank draws its own masks) at global batch 64:
+    one process, one process with 2 accumulation steps of 32, two processes of 32: the same per-epoch
+    training and validation losses to 1e-5 relative."""
+    import json
+
+    common = [
+        *SMALL,
+        f"--data.root={data_root}",
+        "--data.loader=tensor",
+        "--model.dropout=0",
+        "--optim.lr=0.05",
+        "--optim.momentum=0.9",
+        "--train.global_batch_size=64",
+        "--train.epochs=3",
+        "--run.progress=false",
+        "--tracking.backend=none",
+    ]
+    runs = {
+        "one": ([], None),
+        "accumulate": (["--train.max_per_device_batch_size=32"], None),
+        "two": ([], accelerate_cmd()),
+    }
+    losses = {}
+    for name, (extra, launch) in runs.items():
+        p = run(train_cmd(*common, *extra, f"--run.dir={tmp_path / name}", launch=launch), timeout=400, check=True)
+        rows = [json.loads(s) for s in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = [(r["train_loss"], r["val_loss"]) for r in rows]
+        want = {
+            "one": "processes 1, per-device batch 64, accumulation steps 1",
+            "two": "processes 2, per-device batch 32, accumulation steps 1",
+            "accumulate": "processes 1, per-device batch 32, accumulation steps 2",
+        }
+        assert want[name] + ", global batch 64, lr 0.05" in p.stdout, p.stdout[-2000:]
+    assert len(losses["one"]) == 3 and losses["one"][-1][0] < losses["one"][0][0]
+    for name in ("accumulate", "two"):
+        for (a_train, a_val), (b_train, b_val) in zip(losses["one"], losses[name]):
+            assert a_train == pytest.approx(b_train, rel=1e-5) and a_val == pytest.approx(b_val, rel=1e-5), (
+                name,
+                losses,
+            )

@@ -123,8 +123,10 @@ def _remove_stale() -> None:
 
 
 @contextmanager
-def two_hosts():
-    """Yield (host0, host1): 10.231.0.1 and 10.231.0.2 on `veth0`, joined by one virtual cable."""
+def two_hosts(aliases: tuple[str, str] | None = None):
+    """Yield (host0, host1): 10.231.0.1 and 10.231.0.2 on `veth0`, joined by one virtual cable.
+    `aliases` gives each host a second name in both hosts files (a cluster's node name that is not
+    the machine's hostname); the hostname stays first on the line, so it is the canonical name."""
     reason = unavailable_reason()
     if reason:
         raise NamespaceError(reason)
@@ -138,7 +140,8 @@ def two_hosts():
         a, b = hosts
         # Both ends are born inside their namespaces: nothing appears in the machine's own namespace.
         _ip("link", "add", a.ifname, "netns", a.hostname, "type", "veth", "peer", "name", b.ifname, "netns", b.hostname)
-        hosts_file = "127.0.0.1 localhost\n" + "".join(f"{h.address} {h.hostname}\n" for h in hosts)
+        extra = [f" {a}" for a in aliases] if aliases else ["", ""]
+        hosts_file = "127.0.0.1 localhost\n" + "".join(f"{h.address} {h.hostname}{x}\n" for h, x in zip(hosts, extra))
         for h in hosts:
             _ip("-n", h.hostname, "addr", "add", f"{h.address}/24", "dev", h.ifname)
             _ip("-n", h.hostname, "link", "set", "lo", "up")

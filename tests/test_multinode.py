@@ -147,15 +147,20 @@ def assert_same_weights(run_dir: Path, reference: Path) -> None:
 
 
 def assert_one_job_written_by_host0(run_name: str, own: list[Path], reference: Path, outputs: list[str]) -> None:
-    head, other = own[0] / run_name, own[1] / run_name
+    assert_one_job_written_by(0, run_name, own, reference, outputs)
+
+
+def assert_one_job_written_by(writer: int, run_name: str, own: list[Path], reference: Path, outputs: list[str]) -> None:
+    """The result files are on host `writer`'s disk only, and they are the 1-host run's."""
+    head, other = own[writer] / run_name, own[1 - writer] / run_name
     r = rows(head)
     assert [x["epoch"] for x in r] == [1, 2]
     assert all(x["world_size"] == 2 for x in r), r
     assert [x["train_samples"] for x in r] == [x["train_samples"] for x in rows(reference)]
     assert sorted(p.name for p in head.iterdir() if p.suffix == ".pt") == ["best.pt"]
     assert torch.load(head / "best.pt", weights_only=True)["world_size"] == 2
-    # Host 1 wrote no result files: they exist only on host 0's disk (host 1 may hold its own
-    # rank's RNG file from save_state, which is per rank by design).
+    # The other host wrote no result files: they exist only on the writer's disk (the other may hold
+    # its own rank's RNG file from save_state, which is per rank by design).
     written_by_1 = {p.name for p in other.rglob("*")} if other.exists() else set()
     assert not written_by_1 & {"best.pt", "metrics.jsonl", "test_metrics.json", "config.json", "model.safetensors"}, (
         written_by_1
@@ -202,10 +207,9 @@ def slurm_env(host, rank: int, nodelist: str, slurm_conf: Path, **extra) -> dict
         SLURM_LOCALID=0,
         SLURM_JOB_ID=4242,
         SLURM_JOB_NODELIST=nodelist,
-        SLURMD_NODENAME=host.hostname,
         SLURM_CONF=slurm_conf,
         USE_CPU=1,
-        **extra,
+        **{"SLURMD_NODENAME": host.hostname, **extra},
     )
 
 
@@ -245,6 +249,51 @@ def test_two_hosts_through_slurm_launch_script(hosts, reference, data_root, tmp_
             -3000:
         ]
     assert_one_job_written_by_host0("job", own, reference, [t for _, t in results])
+
+
+@pytest.mark.parametrize("rdzv", ["static", "c10d"])
+def test_which_node_writes_when_node_names_are_not_hostnames(rdzv, reference, data_root, tmp_path):
+    """slurm/launch.sh on each host with SLURM node names that are not the hostnames, ordered so
+    that the head (first in SLURM_JOB_NODELIST, SLURM_NODEID 0) is the host whose hostname sorts
+    LAST. static: machine rank = SLURM_NODEID, so the head writes. c10d (slurm/multinode.sbatch):
+    torchrun gives node rank 0 to the agent whose address (socket.getfqdn(), the hostname) sorts
+    first, so the other host writes: what docs/multinode.md says."""
+    require_scontrol()
+    names = ("nodeb", "nodea")  # host 0's and host 1's SLURM node names; the head is nodea = host 1
+    try:
+        with two_hosts(aliases=names) as hosts:
+            assert sorted(h.hostname for h in hosts)[0] == hosts[0].hostname  # host 0's hostname sorts first
+            runs, own = disks(tmp_path)
+            conf = slurm_conf(tmp_path)
+            train = train_cmd(*SMALL, f"--data.root={data_root}", *TRAIN, f"--run.dir={runs / 'job'}")[1:]
+            node_id = {0: 1, 1: 0}  # SLURM numbers the nodes in node-list order: nodea (host 1) is 0
+            jobs = [
+                (
+                    h,
+                    ["bash", LAUNCH_SH, *train],
+                    slurm_env(
+                        h,
+                        node_id[i],
+                        "nodea,nodeb",
+                        conf,
+                        SLURMD_NODENAME=names[i],
+                        RDZV_BACKEND=rdzv,
+                        RDZV_TIMEOUT=60,
+                    ),
+                    (own[i], runs),
+                )
+                for i, h in enumerate(hosts)
+            ]
+            results = run_hosts(jobs, tmp_path, rdzv)
+            check(results)
+    except NamespaceError as e:
+        require(False, f"cannot make network namespaces for the two test hosts: {e}")
+    for i, (h, (_, text)) in enumerate(zip(hosts, results)):
+        assert f"launch.sh: host {h.hostname} machine_rank={node_id[i]}/2 processes=2 head=nodea:24242" in text, text[
+            -3000:
+        ]
+    writer = 1 if rdzv == "static" else 0  # the head, or the host whose hostname sorts first
+    assert_one_job_written_by(writer, "job", own, reference, [t for _, t in results])
 
 
 def test_unreachable_head_fails_within_the_rendezvous_timeout(hosts, data_root, tmp_path):

@@ -92,8 +92,8 @@ SlurmdPidFile=$dir/slurmd.pid
 SlurmctldLogFile=$dir/slurmctld.log
 SlurmdLogFile=$dir/slurmd.log
 PlugStackConfig=$dir/plugstack.conf
-# GPUs are counted, not real (nothing enforced): so the GPU templates' --gpus-per-node lines are
-# accepted here (sbatch --test-only, runs with --cpus-per-task=2). A job that gets them runs on the CPU.
+# GPUs are counted, not real (nothing enforced): so the GPU templates' GPU lines are accepted here
+# (runs with --cpus-per-task=2); a job granted them launches one process per GPU, which stops with the no-GPU line.
 GresTypes=gpu
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:$gpus State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP

@@ -276,3 +276,27 @@ def test_multinode_template_on_one_node(cluster, baseline, data_root_medium, tmp
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", tail(log)
     assert "machine_rank=0/1 processes=2" in log.read_text(), tail(log)
     assert_same_run(baseline, tmp_path / "runs" / f"cifar-mn-{job_id}")
+
+
+@pytest.mark.slow
+def test_gpu_template_with_fake_gres_launches_two_then_stops_in_one_line(cluster, tmp_path):
+    """`sbatch --gres=gpu:2 slurm/train.sbatch` on the dev cluster's counted GPUs: the command-line
+    --gres replaces the template's, launch.sh starts one process per granted GPU, and each stops at
+    once with devices.py's one line (torch sees no GPU here), before any run folder exists."""
+    job_id = cluster.submit(
+        tmp_path,
+        "train.sbatch",
+        ["--gres=gpu:2", "--cpus-per-task=2"],  # the template's 32 CPUs per task do not fit this node
+        ["--data.name=synthetic", "--train.epochs=1", "--tracking.backend=none"],
+    )
+    log = tmp_path / "logs" / f"cifar-{job_id}.out"
+    info = cluster.wait(job_id, log)
+    text = log.read_text()
+    assert info["JobState"] == "FAILED", f"{info['JobState']}\n{tail(log)}"
+    assert re.search(r"TresPerNode=gres:gpu:2\b", cluster.cmd(["scontrol", "show", "job", str(job_id)]).stdout)
+    assert "machine_rank=0/1 processes=2 " in text, tail(log)
+    errors = {s for s in text.splitlines() if s.startswith("error: ")}
+    assert len(errors) == 1, errors  # the same line from both processes
+    [error] = errors
+    assert "SLURM (SLURM_GPUS_ON_NODE=2)" in error and "asked for 2 GPU(s)" in error and "sees 0" in error, error
+    assert not (tmp_path / "runs" / f"cifar-{job_id}").exists()

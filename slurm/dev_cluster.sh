@@ -96,7 +96,13 @@ PlugStackConfig=$dir/plugstack.conf
 # (runs with --cpus-per-task=2); a job granted them launches one process per GPU, which stops with the no-GPU line.
 GresTypes=gpu
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:$gpus State=UNKNOWN
-PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
+# Preemption as clusters do it: a job in 'high' (PriorityTier=2) that needs the node requeues the jobs of
+# 'low' (PreemptMode=REQUEUE: SIGTERM, then back to the queue with the same id). 'debug' is never preempted.
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=OFF
+PartitionName=low Nodes=$host MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE
+PartitionName=high Nodes=$host MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
 EOF
   export SLURM_CONF=$conf
   # Without -D both daemonize and write their pid files into $dir.

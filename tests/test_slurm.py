@@ -300,3 +300,40 @@ def test_gpu_template_with_fake_gres_launches_two_then_stops_in_one_line(cluster
     [error] = errors
     assert "SLURM (SLURM_GPUS_ON_NODE=2)" in error and "asked for 2 GPU(s)" in error and "sees 0" in error, error
     assert not (tmp_path / "runs" / f"cifar-{job_id}").exists()
+
+
+@pytest.mark.slow
+def test_preemption_with_preempt_mode_requeue_resumes_exactly(cluster, baseline, data_root_medium, tmp_path):
+    """docs/slurm.md's claim: a job that SLURM preempts with PreemptMode=REQUEUE (the dev cluster's
+    'low' partition, preempted by a job in 'high' that needs the node) gets SIGTERM, saves, is put
+    back in the queue by SLURM itself with the same id, and its restart resumes in the same run.dir
+    and ends exactly where the uninterrupted job ended."""
+    job_id = cluster.submit(tmp_path, "cpu.sbatch", ["--partition=low"], train_args(data_root_medium))
+    log = tmp_path / "logs" / f"cifar-cpu-{job_id}.out"
+    run_dir = tmp_path / "runs" / f"cifar-cpu-{job_id}"
+    t0 = time.monotonic()
+    while not (run_dir / "last").exists():  # the step-10 save: training is under way
+        assert cluster.job(job_id)["JobState"] in ("PENDING", "RUNNING"), tail(log)
+        assert time.monotonic() - t0 < JOB_GUARD_S, tail(log)
+        time.sleep(0.2)
+    p = cluster.cmd(
+        ["sbatch", "--parsable", "--partition=high", "--cpus-per-task=2", "-o", "logs/high-%j.out", "--wrap=sleep 2"],
+        cwd=tmp_path,
+    )
+    assert p.returncode == 0, p.stderr
+    while True:  # PREEMPTED/REQUEUED/PENDING are on the way back, not the end
+        info = cluster.job(job_id)
+        if info["JobState"] in FINISHED - {"PREEMPTED"} and info["Restarts"] != "0":
+            break
+        assert time.monotonic() - t0 < JOB_GUARD_S, f"{info['JobState']}\n{tail(log)}"
+        time.sleep(0.5)
+    text = log.read_text()
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0" and info["Restarts"] == "1", text[-4000:]
+    assert "DUE TO PREEMPTION" in text, text[-4000:]  # slurmstepd's own line: SLURM preempted it
+    assert "requeueing" not in text  # SLURM requeued it, not the template
+    saved = re.findall(r"stop requested: full state saved at step (\d+)", text)
+    assert len(saved) == 1, text[-4000:]
+    step = int(saved[0])
+    assert "restart 1" in text and "resume=auto" in text
+    assert re.search(rf"resumed {re.escape(str(run_dir))} at epoch \d+, step {step}\b", text), text[-4000:]
+    assert_same_run(baseline, run_dir)

@@ -164,7 +164,8 @@ def wait_for_launcher_stop(grace_s: float = LAUNCHER_GRACE_S) -> None:
 
 
 def _train(argv: list[str]) -> int | None:
-    from .config import PRESET_ALIASES, PRESETS, config_help, config_warnings, config_yaml, resolve
+    from .config import PRESET_ALIASES, PRESETS, config_help, config_yaml, resolve
+    from .config_rules import config_warnings
     from .keys import reject_unknown_options
 
     p = argparse.ArgumentParser(

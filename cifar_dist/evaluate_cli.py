@@ -66,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _config(ckpt: dict, args, rest: list[str]):
     """The checkpoint's config with this command's --data/--eval/--train overrides, validated."""
-    from .config import apply_overrides, from_dict, validate
+    from .config import apply_overrides, from_dict
+    from .config_rules import validate
 
     cfg = from_dict(ckpt["config"])
     apply_overrides(cfg, rest, sections=EVAL_SECTIONS, who="evaluate.py")
@@ -92,7 +93,7 @@ def _predict_images(model, ckpt: dict, cfg, args) -> None:
 def _evaluate_split(model, ckpt: dict, cfg, args) -> None:
     """Collective: evaluate a whole split, print the report, write --json and --plots."""
     from .collectives import raise_if_any
-    from .config import config_warnings
+    from .config_rules import config_warnings
     from .data import load_data
     from .distributed import build_accelerator
     from .evaluation import EvalSettings, evaluate_split, print_report

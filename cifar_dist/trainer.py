@@ -21,7 +21,8 @@ from .airbench import Lookahead, whiten_from_data
 from .batching import BatchPlan, plan_batches
 from .checkpoint import Checkpointer
 from .collectives import broadcast_module, broadcast_object, reduce_sum, seed_each_rank
-from .config import Config, config_warnings, format_config
+from .config import Config, format_config
+from .config_rules import config_warnings
 from .data import DataBundle, load_data
 from .devices import check_deterministic_model
 from .distributed import build_accelerator, mixed_precision_source

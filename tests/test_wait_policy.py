@@ -37,7 +37,7 @@ def test_importing_the_package_leaves_the_environment_alone():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("given", [None, "ACTIVE"], ids=["unset", "user-set"])
+@pytest.mark.parametrize("given", [None, "PASSIVE"], ids=["unset", "user-set"])  # PASSIVE: not the default
 def test_a_run_chooses_the_default_unless_told_and_says_so(tmp_path, data_root, given):
     env = base_env()
     env.pop("OMP_WAIT_POLICY")

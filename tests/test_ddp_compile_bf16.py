@@ -6,10 +6,8 @@ never under DDP. Two real gloo processes on the CPU (cpu_ddp.yaml), the tutorial
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from helpers import SMALL, accelerate_cmd, run, train_cmd
+from helpers import SMALL, accelerate_cmd, read_metrics, run, train_cmd
 
 # Stated tolerances on the mean training loss of each epoch (3 epochs of 12 steps of 32 images; the loss
 # falls from 2.30 to ~1.33 in epoch 3, where small differences grow). Measured here (torch 2.14.1, 2 loaded
@@ -41,7 +39,7 @@ def _losses(tmp_path, data_root, name: str, *extra: str) -> list[float]:
         timeout=600,
         check=True,
     )
-    rows = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run_dir / "metrics.jsonl")
     assert all(r["world_size"] == 2 for r in rows), p.stdout[-2000:]
     print(name, [r["train_loss"] for r in rows])
     return [r["train_loss"] for r in rows]

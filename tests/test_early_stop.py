@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from helpers import SMALL, accelerate_cmd, run, train_cmd
+from helpers import SMALL, accelerate_cmd, read_metrics, run, train_cmd
 
 from cifar_dist.config import resolve
 from cifar_dist.errors import UserError
@@ -36,7 +36,7 @@ def test_two_processes_stop_together_when_accuracy_stalls(tmp_path, data_root):
     )
     assert "world size 2" in p.stdout
     assert "Early stop: val_accuracy has not improved for 2 validation(s)" in p.stdout
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run_dir / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [1, 2, 3]  # epoch 1 sets the best; 2 and 3 do not beat it
     assert [r["early_stop"] for r in rows] == [False, False, True]
     assert len({r["val_accuracy"] for r in rows}) == 1
@@ -61,7 +61,7 @@ def test_two_processes_stop_together_when_accuracy_stalls(tmp_path, data_root):
         check=True,
     )
     assert "Epoch: 4" not in again.stdout
-    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3
+    assert len(read_metrics(run_dir / "metrics.jsonl")) == 3
 
 
 def test_best_metric_choices():

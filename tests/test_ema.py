@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 from accelerate import Accelerator
-from helpers import SMALL, eval_cmd, run, train_cmd
+from helpers import SMALL, eval_cmd, read_metrics, run, train_cmd
 from torch import nn
 
 from cifar_dist.ema import EMA
@@ -65,7 +65,7 @@ def test_a_run_validates_saves_and_exports_the_ema(tmp_path, data_root):
     assert all(torch.equal(exported[k], ema[k]) for k in ema)
     # The epoch's validation loss is the EMA network's: evaluate.py on best.pt gives the same number,
     # and the run's test is that network's test.
-    row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    row = read_metrics(run_dir / "metrics.jsonl")[0]
     val = tmp_path / "val.json"
     run(eval_cmd(f"--checkpoint={run_dir}", "--split=val", f"--json={val}"), check=True)
     assert json.loads(val.read_text())["loss"] == row["val_loss"]

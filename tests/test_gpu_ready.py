@@ -19,6 +19,7 @@ from helpers import (
     base_env,
     free_port,
     gpu_env,
+    read_metrics,
     requires_gpu,
     run,
     train_cmd,
@@ -345,7 +346,6 @@ def test_one_process_accumulation_and_two_processes_give_the_same_losses(tmp_pat
     """The tutorial CNN (no BatchNorm; dropout 0, since each rank draws its own masks) at global batch 64:
     one process, one process with 2 accumulation steps of 32, two processes of 32: the same per-epoch
     training and validation losses to 1e-5 relative."""
-    import json
 
     common = [
         *SMALL,
@@ -367,7 +367,7 @@ def test_one_process_accumulation_and_two_processes_give_the_same_losses(tmp_pat
     losses = {}
     for name, (extra, launch) in runs.items():
         p = run(train_cmd(*common, *extra, f"--run.dir={tmp_path / name}", launch=launch), timeout=400, check=True)
-        rows = [json.loads(s) for s in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        rows = read_metrics(tmp_path / name / "metrics.jsonl")
         losses[name] = [(r["train_loss"], r["val_loss"]) for r in rows]
         want = {
             "one": "processes 1, per-device batch 64, accumulation steps 1",

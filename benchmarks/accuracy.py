@@ -77,6 +77,10 @@ def main(argv: list[str] | None = None) -> dict:
         "train_seconds_max": max(secs),
         "train_pflops_median": statistics.median(compute),
     }
+    for key in ("val_accuracy_best_epoch", "val_accuracy_raw_best_epoch"):
+        vals = [r[key] for r in results if r[key] is not None]
+        if len(vals) == len(results):
+            summary[key.replace("best_epoch", "median")] = statistics.median(vals)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
     print(
@@ -85,6 +89,14 @@ def main(argv: list[str] | None = None) -> dict:
         + f"; mean {summary['test_accuracy_mean']:.4f} ± {summary['test_accuracy_std']:.4f} (sample std), "
         f"range {min(acc):.4f}–{max(acc):.4f}; train seconds " + " ".join(f"{t:.0f}" for t in secs)
     )
+    if "val_accuracy_raw_median" in summary:  # train.ema_decay: the EMA's weights against the trained ones
+        print(
+            "validation accuracy, EMA weights "
+            + " ".join(f"{r['val_accuracy_best_epoch']:.4f}" for r in results)
+            + " (median {:.4f}); trained weights ".format(summary["val_accuracy_median"])
+            + " ".join(f"{r['val_accuracy_raw_best_epoch']:.4f}" for r in results)
+            + " (median {:.4f})".format(summary["val_accuracy_raw_median"])
+        )
     print(
         f"test_accuracy={summary['test_accuracy_median']:.4f} train_seconds={summary['train_seconds_median']:.1f} "
         f"pflops={summary['train_pflops_median']:.4g}"
@@ -121,6 +133,8 @@ def run_one(args, seed: int, overrides: list[str], run_dir: str | None, json_pat
         "test_loss": summary["loss"],
         "best_epoch": summary["best_epoch"],
         "val_accuracy_best_epoch": rows[summary["best_epoch"] - 1].get("val_accuracy"),
+        # with train.ema_decay: the trained weights' validation in the same run (the EMA's is val_accuracy)
+        "val_accuracy_raw_best_epoch": rows[summary["best_epoch"] - 1].get("val_accuracy_raw"),
         "train_seconds": wall,
         "train_loop_seconds": loop,
         "train_flops_per_image": summary["train_flops_per_image"],
@@ -142,7 +156,8 @@ def run_one(args, seed: int, overrides: list[str], run_dir: str | None, json_pat
     val = result["val_accuracy_best_epoch"]
     print(
         f"best epoch {summary['best_epoch']} "
-        + (f"(validation accuracy {val:.4f}); " if val is not None else "(no validation split: data.val_fraction=0); ")
+        + (f"(validation accuracy {val:.4f}" if val is not None else "(no validation split: data.val_fraction=0")
+        + (f", trained weights without EMA {raw:.4f}); " if (raw := result["val_accuracy_raw_best_epoch"]) else "); ")
         + f"training loop {loop:.1f} s of {wall:.1f} s wall; "
         + f"{summary['train_flops_per_image'] / 1e9:.4g} GFLOP per training image, {summary['train_pflops']:.4g} PFLOP"
     )

@@ -341,11 +341,17 @@ def validate(job: Job, row: dict) -> dict | None:
     """Collective: validation metrics into `row`, the tutorial's epoch line; None when the run has no
     validation split (data.val_fraction=0: a final fit, nothing to validate on)."""
     val = job.evaluate_split("val") if len(job.data.val_labels) else None
+    raw = None
     if val is not None:
         row.update({"val_loss": val.loss, "val_accuracy": val.accuracy, "val_samples": val.num_samples})
+        if job.ema is not None:  # the trained weights too: EMA's gain read off one run, one trajectory
+            settings = EvalSettings.from_config(job.cfg)
+            raw = evaluate_split(job.model, job.data, "val", job.accelerator, settings)
+            row.update({"val_loss_raw": raw.loss, "val_accuracy_raw": raw.accuracy})
     job.accelerator.print(
         f"Epoch: {row['epoch']} \tTraining Loss: {row['train_loss']:.6f} \t"
         + (f"Validation Loss: {val.loss:.6f} \t(val acc {val.accuracy:.4f}, " if val else "(")
+        + (f"without EMA {raw.accuracy:.4f}, " if raw else "")
         + f"{row['images_per_sec']:.0f} img/s)"
     )
     return {"val_loss": val.loss, "val_accuracy": val.accuracy} if val else None

@@ -74,3 +74,12 @@ def test_a_run_validates_saves_and_exports_the_ema(tmp_path, data_root):
     assert (
         json.loads(test.read_text())["accuracy"] == json.loads((run_dir / "test_metrics.json").read_text())["accuracy"]
     )
+    # The row also holds the trained (non-EMA) weights' validation: the EMA never steers training, so
+    # those equal a run without the EMA, and the EMA's gain is read off one run.
+    off_dir = tmp_path / "off"
+    off_args = [*args[:-1], "--train.epochs=1", f"--run.dir={off_dir}", "--run.progress=false"]
+    run(train_cmd(*off_args, "--tracking.backend=none"), check=True)
+    off = read_metrics(off_dir / "metrics.jsonl")[0]
+    assert "val_loss_raw" not in off
+    assert (row["val_loss_raw"], row["val_accuracy_raw"]) == (off["val_loss"], off["val_accuracy"])
+    assert row["val_loss_raw"] != row["val_loss"]

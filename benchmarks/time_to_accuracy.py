@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from cifar_dist.config import resolve  # noqa: E402 (after the path insert)
 from cifar_dist.models import TutorialCNN  # noqa: E402
+from cifar_dist.rows import gathered  # noqa: E402
 
 # tutorial_fast's recipe on a 3-epoch schedule with the tutorial's layers plus batch norm (model tutorial_cnn_bn),
 # flip only, lr 0.2 after 0.3 epochs of warm-up. Chosen on CIFAR-10's validation split (docs/results.md,
@@ -111,9 +112,8 @@ def run_tutorial(data, target: float, max_epochs: int, seed: int) -> dict:
     torch.manual_seed(seed)
     c = data.in_channels
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,) * c, (0.5,) * c)])
-    train_loader = DataLoader(
-        TutorialImages(data.train_images, data.train_labels, transform), batch_size=16, shuffle=True, num_workers=0
-    )
+    images = TutorialImages(gathered(data.train_images), data.train_labels, transform)
+    train_loader = DataLoader(images, batch_size=16, shuffle=True, num_workers=0)
     model = TutorialNet(c, data.image_size, data.num_classes, dropout=0.3)
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)

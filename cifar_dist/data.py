@@ -23,6 +23,7 @@ from torch.utils.data import Dataset, Subset
 
 from .errors import UserError, first_line
 from .prepare import build_once, has_marker
+from .rows import Rows, channel_stats
 from .synthetic import ensure_synthetic, synthetic_class
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -42,9 +43,9 @@ class DataBundle:
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    train_images: torch.Tensor  # uint8 (N, C, H, W), the training part of the split
+    train_images: Rows | torch.Tensor  # uint8 (N, C, H, W), the training part of the split
     train_labels: torch.Tensor  # int64 (N,)
-    val_images: torch.Tensor
+    val_images: Rows | torch.Tensor
     val_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
@@ -56,8 +57,9 @@ class DataBundle:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(uint8 images, labels) of the "train", "val" or "test" split: the one place a split is picked."""
+    def split(self, name: str) -> tuple[Rows | torch.Tensor, torch.Tensor]:
+        """(uint8 images, labels) of the "train", "val" or "test" split: the one place a split is picked.
+        Images index like a tensor (rows.Rows): `images[lo:hi]` is a tensor."""
         if name not in ("train", "val", "test"):
             raise ValueError(f"no split {name!r}; train, val or test")
         return getattr(self, f"{name}_images"), getattr(self, f"{name}_labels")
@@ -324,9 +326,7 @@ def load_data(cfg, accelerator) -> DataBundle:
     if cfg.data.normalize == "half":
         mean, std = (0.5,) * c, (0.5,) * c
     else:  # per-channel statistics of the training part of the split only (never the test set)
-        x = tr_x[train_idx].float().div_(255)
-        mean = tuple(x.mean(dim=(0, 2, 3)).tolist())
-        std = tuple(x.std(dim=(0, 2, 3)).tolist())
+        mean, std = channel_stats(Rows(tr_x, train_idx))
     train_ds.transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
     return DataBundle(
         name=cfg.data.name,
@@ -335,9 +335,10 @@ def load_data(cfg, accelerator) -> DataBundle:
         image_size=tr_x.shape[-1],
         mean=mean,
         std=std,
-        train_images=tr_x[train_idx],
+        # Rows, not tr_x[idx]: no rank copies the split (an image-folder cache is memory-mapped and shared)
+        train_images=Rows(tr_x, train_idx),
         train_labels=tr_y[train_idx],
-        val_images=tr_x[val_idx],
+        val_images=Rows(tr_x, val_idx),
         val_labels=tr_y[val_idx],
         test_images=te_x,
         test_labels=te_y,

@@ -288,7 +288,9 @@ def load_imagefolder(
     line = skipped_line(meta.get("skipped", []))
     if line and announce:
         print(line, file=sys.stderr, flush=True)
-    images = torch.from_numpy(np.load(target / "images.npy"))
+    # Memory-mapped, not read: the ranks of a machine (and its other jobs) share the page cache's one copy.
+    # Copy-on-write ("c"), so the tensor is writable as torch wants; nothing writes to it.
+    images = torch.from_numpy(np.load(target / "images.npy", mmap_mode="c"))
     labels = torch.from_numpy(np.load(target / "labels.npy"))
     n = meta["n_train"]
     return images[:n], labels[:n], images[n:], labels[n:], meta["classes"]

@@ -140,6 +140,13 @@ def test_loader_batches_resume_and_normalise(tmp_path):
         want = augment.random_flip(augment.random_crop(data.train_images[index], CROP_PAD, dy, dx), flip)
         assert torch.equal(full[i][0], normalize_batch(want, data.mean, data.std))
         assert torch.equal(full[i][1], data.train_labels[index])
+    # The GPU's way (the split on the device, padded and mirrored, one fused gather) gives the same batches
+    # as the host's (gathered from the shared rows, then cropped and flipped), so a CPU run proves it.
+    stacked = TensorTrainLoader(cfg, data, accelerator, device_stack=True)
+    assert stacked.stack is not None and loader.stack is None
+    stacked.set_epoch(2)
+    for a, b in zip(stacked.iterate(), full, strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     loader.set_epoch(3)
     assert not torch.equal(next(loader.iterate())[1], y)
     cfg.train.per_device_batch_size = 500  # larger than the split: one clear error

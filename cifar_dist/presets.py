@@ -103,13 +103,7 @@ _TUTORIAL_FAST_PHOTOS = {
     "train": {"epochs": 30, "eval_every_epochs": 30},
     "eval": {"tta_translate": 1},
 }
-# fast: crop pad 2, 6-view TTA and 26 epochs (what fits 600 s on 2 quiet cores). The figures behind both
-# layers: docs/results.md, "Measurements behind the code".
-_FAST_PHOTOS = {
-    "data": {"crop_pad": 2},
-    "train": {"epochs": 30, "eval_every_epochs": 30},
-    "eval": {"tta_translate": 1},
-}
+# The figures behind both layers: docs/results.md, "Measurements behind the code".
 # fast: crop pad 2 (validation 0.8771 with flip TTA, train 0.913; pad 4: 0.8721), 6-view TTA (0.8818), and
 # 26 epochs, what fits 600 s on 2 quiet cores (13 took 286 s, validation 0.8779; 26: 564 s, 0.8887, seed 0).
 _FAST_PHOTOS = {

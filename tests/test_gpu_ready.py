@@ -382,3 +382,19 @@ def test_one_process_accumulation_and_two_processes_give_the_same_losses(tmp_pat
                 name,
                 losses,
             )
+
+
+def test_bf16_matrix_units_are_read_from_the_cpu():
+    """cpu_has_bf16_matrix_units says what /proc/cpuinfo's flags say (AMX tiles and AVX512-BF16 both), and
+    `auto` stays fp32 on the CPU either way (bf16 there is asked for by name)."""
+    from cifar_dist.distributed import cpu_has_bf16_matrix_units, resolve_mixed_precision
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo")
+    flags = set()
+    for line in cpuinfo.read_text().splitlines():
+        if line.startswith("flags"):
+            flags |= set(line.split(":", 1)[1].split())
+    assert cpu_has_bf16_matrix_units() == ({"amx_tile", "avx512_bf16"} <= flags)
+    assert resolve_mixed_precision("auto", use_cpu=True) == "no"

@@ -152,7 +152,7 @@ class TensorTrainLoader:
         for i in range(skip * self.accumulation, len(order)):
             index = order[i]
             if self.stack is None:
-                x = self.images[index.cpu()]
+                x = self.images[index]  # on the host already: this path runs only there
                 if self.augment:
                     x = random_flip(random_crop(x, self.pad, dy[i], dx[i]), flip[i])
             elif self.augment:

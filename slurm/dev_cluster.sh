@@ -12,6 +12,8 @@
 # online CPUs; not `nproc`, which reports OMP_NUM_THREADS when it is set and made a 1-CPU node).
 # `up` prints only the `export SLURM_CONF=...` line on stdout; progress goes to stderr.
 set -euo pipefail
+# The daemons and runuser live in /usr/sbin, which a non-login or `env -i` shell may not have on its PATH.
+PATH="$PATH:/usr/sbin:/sbin"
 cmd=${1:-}
 dir=${SLURM_DEV_DIR:-/tmp/cifar-dist-slurm}
 conf=$dir/slurm.conf

@@ -153,11 +153,11 @@ def run_one(args, seed: int, overrides: list[str], run_dir: str | None, json_pat
             f"Test Accuracy of {name:>12s}: {100 * pc['correct'] / max(pc['total'], 1):5.1f}% "
             f"({pc['correct']}/{pc['total']})"
         )
-    val = result["val_accuracy_best_epoch"]
+    val, raw = result["val_accuracy_best_epoch"], result["val_accuracy_raw_best_epoch"]
     print(
         f"best epoch {summary['best_epoch']} "
         + (f"(validation accuracy {val:.4f}" if val is not None else "(no validation split: data.val_fraction=0")
-        + (f", trained weights without EMA {raw:.4f}); " if (raw := result["val_accuracy_raw_best_epoch"]) else "); ")
+        + (f", trained weights without EMA {raw:.4f}); " if raw is not None else "); ")
         + f"training loop {loop:.1f} s of {wall:.1f} s wall; "
         + f"{summary['train_flops_per_image'] / 1e9:.4g} GFLOP per training image, {summary['train_pflops']:.4g} PFLOP"
     )

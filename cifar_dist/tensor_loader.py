@@ -102,7 +102,9 @@ class TensorTrainLoader:
                 f"the global batch ({self.batch} per process × {self.world} processes × {self.accumulation} "
                 f"accumulation steps = {g}) exceeds the {self.n} training samples; lower the batch size"
             )
-        if not (self.device.type != "cpu" if device_stack is None else device_stack):
+        if device_stack is None:
+            device_stack = self.device.type != "cpu"
+        if not device_stack:
             # On the host a batch is gathered from the split's rows when drawn: the ranks of a machine share
             # the dataset's (memory-mapped) images rather than each holding a padded copy, 2·(1 + 2p/H)² × the
             # bytes (311 MB for CIFAR-10's 40,000 at pad 2); the same pixels as the fused path below.

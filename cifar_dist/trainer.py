@@ -160,9 +160,11 @@ class Job:
     def lr(self, step: int) -> float:
         return lr_at(step, self.total_steps, self.base_lr, self.cfg.optim.schedule, self.warmup_steps)
 
-    def evaluate_split(self, split: str):
-        """Collective: the current weights on a whole split ("val" or "test"), with the run's eval settings."""
-        return evaluate_split(self.eval_model, self.data, split, self.accelerator, EvalSettings.from_config(self.cfg))
+    def evaluate_split(self, split: str, model: torch.nn.Module | None = None):
+        """Collective: the current weights (eval_model's, or `model`'s) on a whole split ("val" or "test"),
+        with the run's eval settings."""
+        net = self.eval_model if model is None else model
+        return evaluate_split(net, self.data, split, self.accelerator, EvalSettings.from_config(self.cfg))
 
 
 def build(cfg: Config, accelerator, data: DataBundle) -> Job:
@@ -345,13 +347,12 @@ def validate(job: Job, row: dict) -> dict | None:
     if val is not None:
         row.update({"val_loss": val.loss, "val_accuracy": val.accuracy, "val_samples": val.num_samples})
         if job.ema is not None:  # the trained weights too: EMA's gain read off one run, one trajectory
-            settings = EvalSettings.from_config(job.cfg)
-            raw = evaluate_split(job.model, job.data, "val", job.accelerator, settings)
+            raw = job.evaluate_split("val", model=job.model)
             row.update({"val_loss_raw": raw.loss, "val_accuracy_raw": raw.accuracy})
     job.accelerator.print(
         f"Epoch: {row['epoch']} \tTraining Loss: {row['train_loss']:.6f} \t"
         + (f"Validation Loss: {val.loss:.6f} \t(val acc {val.accuracy:.4f}, " if val else "(")
-        + (f"without EMA {raw.accuracy:.4f}, " if raw else "")
+        + (f"without EMA {raw.accuracy:.4f}, " if raw is not None else "")
         + f"{row['images_per_sec']:.0f} img/s)"
     )
     return {"val_loss": val.loss, "val_accuracy": val.accuracy} if val else None

@@ -116,8 +116,18 @@ def run_one(args, seed: int, overrides: list[str], run_dir: str | None, json_pat
 
     t = time.perf_counter()
     out = io.StringIO()
-    with contextlib.redirect_stdout(out) if args.quiet else contextlib.nullcontext():
-        summary = train(cfg)
+    try:
+        with contextlib.redirect_stdout(out) if args.quiet else contextlib.nullcontext():
+            summary = train(cfg)
+    except BaseException:
+        if not keep:  # a failed run leaves no temporary folder behind
+            shutil.rmtree(run_dir.parent, ignore_errors=True)
+        raise
+    if "stopped_at_step" in summary:  # SIGUSR1/SIGTERM: the run saved its state and stopped, untested
+        if not keep:
+            shutil.rmtree(run_dir.parent, ignore_errors=True)
+        again = f"its state is kept in {run_dir}" if keep else "run it again"
+        sys.exit(f"accuracy.py: the run stopped at step {summary['stopped_at_step']} before its test; {again}")
     wall = time.perf_counter() - t
     rows = read_metrics(run_dir / "metrics.jsonl")
     loop = sum(r["epoch_seconds"] for r in rows)

@@ -200,3 +200,44 @@ def test_independent_runs_can_prepare_one_fashion_mnist_root_at_once(tmp_path):
         assert (raw / f).read_bytes() == gzip.decompress((DEBIAN.parent / f"{f}.gz").read_bytes())
     # no temporary file left behind; the marker prepare.build_once writes last
     assert sorted(p.name for p in raw.iterdir()) == sorted([*FASHION_FILES, ".complete"])
+
+
+@pytest.mark.slow
+def test_a_stopped_run_ends_in_one_line_and_leaves_no_temporary_folder(tmp_path, data_root):
+    """SIGUSR1 (a scheduler's warning) stops the training run inside accuracy.py: there is no test result
+    to print, so it exits non-zero with one line saying so, and its temporary run folder is removed.
+    Before, it died in a KeyError traceback and left the folder (and the saved state) in /tmp."""
+    import signal
+    import subprocess
+    import time
+
+    from helpers import SMALL, base_env
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "accuracy.py"),
+        "--preset=tutorial_fast",
+        *SMALL,
+        f"--data.root={data_root}",
+        "--train.epochs=200",
+        "--train.log_every_steps=1",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=base_env(TMPDIR=str(temp), PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if proc.stdout.readline().startswith("step "):  # training has started
+                break
+        proc.send_signal(signal.SIGUSR1)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0 and "Traceback" not in err, err[-3000:]
+    assert "the run stopped at step" in err.strip().splitlines()[-1] and "run it again" in err
+    assert not list(temp.glob("accuracy-*")), "the temporary run folder was left behind"

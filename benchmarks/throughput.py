@@ -49,7 +49,7 @@ from cifar_dist.metrics import read_metrics  # noqa: E402
 from cifar_dist.models import build_model  # noqa: E402
 from cifar_dist.synthetic import ensure_synthetic, synthetic_class  # noqa: E402
 
-PRESET_FOR = {"tutorial_cnn": "tutorial_fast", "resnet_fast": "fast"}
+PRESET_FOR = {"tutorial_cnn": "tutorial_fast", "resnet_fast": "resnet_fast"}
 
 
 def sync(device: torch.device) -> None:

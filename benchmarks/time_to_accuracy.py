@@ -40,7 +40,6 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from cifar_dist.config import resolve  # noqa: E402 (after the path insert)
-from cifar_dist.distributed import cpu_has_bf16_matrix_units  # noqa: E402
 from cifar_dist.models import TutorialCNN  # noqa: E402
 from cifar_dist.rows import gathered  # noqa: E402
 
@@ -56,10 +55,9 @@ DEFAULT_OURS = [
     "--optim.lr=0.2",
     "--optim.warmup_epochs=0.3",
 ]
-# On a CPU with bf16 matrix units (AMX) bf16 autocast trains this network 1.5x faster (docs/performance.md);
-# the tutorial's side stays in fp32, as written. --train.mixed_precision=no on the command line undoes it.
-if not torch.cuda.is_available() and cpu_has_bf16_matrix_units():
-    DEFAULT_OURS.append("--train.mixed_precision=bf16")
+# tutorial_fast's mixed_precision=auto trains our side in bf16 where the GPU or CPU multiplies bf16 (on an AMX
+# CPU 1.5x faster than fp32; docs/performance.md); the tutorial's side stays in fp32, as written.
+# --train.mixed_precision=no on the command line makes ours fp32 too.
 
 
 class TutorialNet(TutorialCNN):

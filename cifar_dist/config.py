@@ -146,7 +146,7 @@ class TrainConfig:
     eval_every_epochs: int = key(1, "validate (and maybe save best.pt) every N epochs and after the last", ge=1)
     log_every_steps: int = key(50, "log the running training loss to the tracker every N steps", ge=1)
     # launcher: what `accelerate launch` was given (--mixed_precision, its config file, `accelerate config`);
-    # auto: bf16 on a CUDA GPU that supports it, else no. Details: distributed.choose_mixed_precision.
+    # auto: bf16 on a CUDA GPU or CPU that multiplies bf16 in hardware, else no. Details: distributed.py.
     mixed_precision: Literal["launcher", "no", "bf16", "fp16", "auto"] = key(
         "launcher", "launcher (accelerate's setting, else no), no, bf16, fp16 (CUDA) or auto"
     )

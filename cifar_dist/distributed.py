@@ -84,13 +84,15 @@ def cpu_has_bf16_matrix_units() -> bool:
 
 
 def resolve_mixed_precision(requested: str, use_cpu: bool) -> str:
-    """`auto`: bf16 autocast on a CUDA GPU with bf16 (Ampere and newer), otherwise fp32. fp32 on every CPU:
-    without bf16 units bf16 autocast trains about 15x slower (docs/results.md); with them
-    (cpu_has_bf16_matrix_units) it is faster but not yet checked for accuracy on every preset, so it is
-    asked for with --train.mixed_precision=bf16."""
+    """`auto`: bf16 autocast where the hardware multiplies bf16: a CUDA GPU with bf16 (Ampere and newer) or
+    a CPU with bf16 matrix units (cpu_has_bf16_matrix_units: 1.5-2.6x faster than fp32 there, accuracy
+    within a seed's noise; docs/performance.md). fp32 on other CPUs, where bf16 autocast trains about 15x
+    slower (docs/results.md). Any other value is returned as asked."""
     if requested != "auto":
         return requested
-    return "bf16" if not use_cpu and torch.cuda.is_bf16_supported() else "no"
+    if use_cpu:
+        return "bf16" if cpu_has_bf16_matrix_units() else "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "no"
 
 
 LAUNCHER_PRECISIONS = ("no", "bf16", "fp16")
@@ -123,7 +125,7 @@ def choose_mixed_precision(requested: str, use_cpu: bool) -> tuple[str | None, s
     chosen = resolve_mixed_precision(requested, use_cpu)
     why = f"train.mixed_precision={requested}"
     if requested == "auto":
-        why += " (bf16 on a CUDA GPU that has it, else no)"
+        why += " (bf16 where the GPU or CPU multiplies bf16, else no)"
     if env and env != chosen:
         why += f"; the launcher's {env} is overridden"
     return chosen, why

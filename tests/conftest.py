@@ -9,6 +9,18 @@ import pytest
 from helpers import SMALL, run, synthetic_root, train_cmd
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Accelerate keeps one AcceleratorState per process, and a second Accelerator with another precision
+    raises. In-process tests train with different ones (`auto` is bf16 on a CPU with bf16 units), so each
+    test starts without it, as Accelerate's own AccelerateTestCase does in its tearDown."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
 @pytest.fixture(scope="session")
 def data_root_medium(tmp_path_factory) -> Path:
     """The synthetic CIFAR-10 that MEDIUM names (2,000 training, 101 test images)."""

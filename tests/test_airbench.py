@@ -229,20 +229,23 @@ def test_airbench_switches_on_another_network_are_one_line_errors(override):
     from cifar_dist.errors import UserError
 
     with pytest.raises(UserError, match="model.name=airbench"):
-        resolve("fast", None, [override])
+        resolve("resnet_fast", None, [override])
 
 
-def test_switches_are_off_by_default_and_on_in_the_airbench_preset():
+def test_switches_are_off_by_default_and_on_in_the_airbench_presets():
     from cifar_dist.config import resolve
 
-    for preset in ("seed", "tutorial_fast", "fast"):
+    for preset in ("seed", "tutorial_fast", "resnet_fast"):
         cfg = resolve(preset)
         assert not (cfg.model.whiten or cfg.model.dirac_init or cfg.optim.lookahead or cfg.data.alternate_flip)
         assert cfg.model.bn_learn_scale and cfg.optim.bias_lr_scale == 1.0
-    cfg = resolve("airbench")
-    assert cfg.model.whiten and cfg.model.dirac_init and not cfg.model.bn_learn_scale
-    assert cfg.optim.lookahead and cfg.data.alternate_flip and cfg.optim.bias_lr_scale == 64.0
-    assert cfg.optim.label_smoothing == 0.2 and cfg.eval.tta and cfg.eval.tta_translate == 1
+    for preset in ("airbench", "fast"):  # one recipe; fast trains it longer
+        cfg = resolve(preset)
+        assert cfg.model.whiten and cfg.model.dirac_init and not cfg.model.bn_learn_scale
+        assert cfg.optim.lookahead and cfg.data.alternate_flip and cfg.optim.bias_lr_scale == 64.0
+        assert cfg.optim.label_smoothing == 0.2 and cfg.eval.tta and cfg.eval.tta_translate == 1
+    assert resolve("fast").train.epochs > resolve("airbench").train.epochs
+    assert resolve("fast").to_dict()["optim"] == resolve("airbench").to_dict()["optim"]
 
 
 @pytest.mark.slow

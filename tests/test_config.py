@@ -168,11 +168,12 @@ def test_help_lists_every_config_key():
     assert "--train.epochs=INT  (default: 30)" in train_help
 
 
-def test_mixed_precision_auto_is_fp32_on_cpu():
-    from cifar_dist.distributed import resolve_mixed_precision
+def test_mixed_precision_auto_on_cpu_is_bf16_only_with_bf16_units():
+    from cifar_dist.distributed import cpu_has_bf16_matrix_units, resolve_mixed_precision
 
     assert resolve(overrides=["--train.mixed_precision=auto"]).train.mixed_precision == "auto"
-    assert resolve_mixed_precision("auto", use_cpu=True) == "no"
+    assert resolve_mixed_precision("auto", use_cpu=True) == ("bf16" if cpu_has_bf16_matrix_units() else "no")
+    assert resolve_mixed_precision("no", use_cpu=True) == "no"
     assert resolve_mixed_precision("bf16", use_cpu=True) == "bf16"  # asked for by name: honoured
 
 

@@ -28,13 +28,13 @@ def test_a_preset_takes_its_layer_for_the_runs_dataset(tmp_path):
 
 @pytest.mark.slow
 def test_print_config_names_the_layer_it_applied():
-    p = run(train_cmd("--preset", "fast", "--data.name=cifar10", "--print-config"), timeout=120)
+    p = run(train_cmd("--preset", "resnet_fast", "--data.name=cifar10", "--print-config"), timeout=120)
     assert p.returncode == 0, p.stderr
     first = p.stdout.splitlines()[0]  # a YAML comment: --config reads the output back unchanged
-    assert first.startswith("# preset fast with its cifar10 layer: ") and "data.crop_pad=" in first
-    assert "preset: fast" in p.stdout.splitlines()
-    p = run(train_cmd("--preset", "fast", "--data.name=fashion_mnist", "--print-config"), timeout=120)
-    assert not p.stdout.startswith("#") and "preset: fast" in p.stdout.splitlines()
+    assert first.startswith("# preset resnet_fast with its cifar10 layer: ") and "data.crop_pad=" in first
+    assert "preset: resnet_fast" in p.stdout.splitlines()
+    p = run(train_cmd("--preset", "resnet_fast", "--data.name=fashion_mnist", "--print-config"), timeout=120)
+    assert not p.stdout.startswith("#") and "preset: resnet_fast" in p.stdout.splitlines()
 
 
 def test_translate_tta_averages_six_views_with_airbench_weights():

@@ -280,15 +280,15 @@ def test_fp16_on_cpu_is_refused(tmp_path, data_root):
 
 
 @pytest.mark.slow
-def test_fast_preset_ddp_and_exact_evaluation(tmp_path, data_root):
-    """The fast preset (resnet_fast, BN, tensor loader, TTA) trained by 2 real DDP processes; its
+def test_resnet_fast_preset_ddp_and_exact_evaluation(tmp_path, data_root):
+    """The resnet_fast preset (BN, tensor loader, TTA) trained by 2 real DDP processes; its
     checkpoint evaluated by 1 and by 2 processes gives byte-identical results (101 test images,
     batch 16: uneven shards)."""
     run_dir = tmp_path / "ddp"
     run(
         train_cmd(
             "--preset",
-            "fast",
+            "resnet_fast",
             *FAST,
             f"--data.root={data_root}",
             "--model.width=4",
@@ -373,7 +373,7 @@ def test_mixed_precision_no_survives_yaml_parsing(tmp_path):
 @pytest.mark.slow
 def test_gpu_check_smoke_runs_every_configuration_in_its_own_process(tmp_path):
     """benchmarks/gpu_check.sh --smoke runs the GPU check's sequence of configurations (3 models × fp32/bf16
-    × eager/compile, then `fast` on a JPEG archive at widths 16 and 64), tiny, on the CPU: every row has
+    × eager/compile, then `fast` and `airbench` at width 64 on a JPEG archive), tiny, on the CPU: every row has
     its number. On main before issue 27 all configurations shared one process, and every one after the
     first precision failed with "AcceleratorState has already been initialized"."""
     from imagetree import write_tar, write_tree
@@ -397,9 +397,10 @@ def test_gpu_check_smoke_runs_every_configuration_in_its_own_process(tmp_path):
         numbers = ("images_per_sec", "tflops_per_sec") if throughput else ("test_accuracy", "eval_seconds")
         assert all(r[k] is not None and r[k] >= 0 for k in (*numbers, "peak_mem_gib")), r
     fast = [r for r in parts if r["part"] == "fast"]
-    assert [r["width"] for r in fast] == [16, 64] and all(r["train_pflop"] > 0 and r["train_seconds"] > 0 for r in fast)
+    assert [(r["preset"], r["width"]) for r in fast] == [("fast", 32), ("airbench", 64)]
+    assert all(r["train_pflop"] > 0 and r["train_seconds"] > 0 for r in fast)
     table = (out / "gpu_check.md").read_text()
-    assert table.count("| resnet_fast |") == 8 and table.count("| fast |") == 2
+    assert table.count("| resnet_fast |") == 8 and table.count("| fast | 32 |") == table.count("| airbench | 64 |") == 1
     assert "| - |" not in table.replace("| tutorial_cnn | - |", ""), "a row without its number"
     last = p.stdout.strip().splitlines()[-1]
     assert "94.01%" in last and "3.83 s" in last and "0.36 PFLOP" in last

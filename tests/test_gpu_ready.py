@@ -198,7 +198,7 @@ def test_data_path_and_every_model_run_on_the_meta_device():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["tutorial_fast", "fast"])
+@pytest.mark.parametrize("preset", ["tutorial_fast", "fast", "resnet_fast"])
 def test_training_steps_make_no_host_sync_outside_the_log_interval(tmp_path, data_root, preset):
     """Real training steps (trainer.train, 2 epochs of 6 steps) under a TorchFunctionMode that records every
     tensor made from Python data (a host-to-device copy on a GPU) and every device-to-host read (.item(),
@@ -212,6 +212,7 @@ def test_training_steps_make_no_host_sync_outside_the_log_interval(tmp_path, dat
         preset,
         *SMALL,
         f"--data.root={data_root}",
+        "--data.val_fraction=0.2",  # fast's final fit trains on all 500: 400 for every preset here
         "--train.per_device_batch_size=64",  # 400 training images: 6 steps an epoch
         "--train.epochs=2",
         f"--train.log_every_steps={log_every}",
@@ -322,20 +323,20 @@ def test_batch_plan_and_the_layering_of_the_two_batch_keys():
     from cifar_dist.errors import UserError
     from cifar_dist.schedules import scaled_lr
 
-    fast = resolve("fast", None, [])
+    fast = resolve("resnet_fast", None, [])
     assert (fast.train.global_batch_size, fast.train.per_device_batch_size) == (256, 0)
     for world in (1, 2, 4, 8):  # finding 5: the lr no longer grows with the process count
         plan = plan_batches(fast, world)
         assert plan.global_batch == 256 and plan.per_device == 256 // world and plan.accumulation == 1
         assert scaled_lr(fast, plan.global_batch) == fast.optim.lr
-    capped = resolve("fast", None, ["--train.max_per_device_batch_size=100"])
+    capped = resolve("resnet_fast", None, ["--train.max_per_device_batch_size=100"])
     assert (
         plan_batches(capped, 1).describe() == "processes 1, per-device batch 64, accumulation steps 4, global batch 256"
     )
     assert plan_batches(capped, 2).accumulation == 2 and plan_batches(capped, 4).accumulation == 1
     with pytest.raises(UserError, match="does not split evenly over 3 processes"):
         plan_batches(fast, 3)
-    own = resolve("fast", None, ["--train.per_device_batch_size=64"])  # the older way: per process
+    own = resolve("resnet_fast", None, ["--train.per_device_batch_size=64"])  # the older way: per process
     assert (own.train.global_batch_size, plan_batches(own, 4).global_batch) == (0, 256)
     with pytest.raises(UserError, match="set exactly one"):
         resolve(None, None, ["--train.per_device_batch_size=16", "--train.global_batch_size=64"])
@@ -386,7 +387,7 @@ def test_one_process_accumulation_and_two_processes_give_the_same_losses(tmp_pat
 
 def test_bf16_matrix_units_are_read_from_the_cpu():
     """cpu_has_bf16_matrix_units says what /proc/cpuinfo's flags say (AMX tiles and AVX512-BF16 both), and
-    `auto` stays fp32 on the CPU either way (bf16 there is asked for by name)."""
+    `auto` follows it: bf16 on a CPU with both, fp32 on one without."""
     from cifar_dist.distributed import cpu_has_bf16_matrix_units, resolve_mixed_precision
 
     cpuinfo = Path("/proc/cpuinfo")
@@ -397,4 +398,4 @@ def test_bf16_matrix_units_are_read_from_the_cpu():
         if line.startswith("flags"):
             flags |= set(line.split(":", 1)[1].split())
     assert cpu_has_bf16_matrix_units() == ({"amx_tile", "avx512_bf16"} <= flags)
-    assert resolve_mixed_precision("auto", use_cpu=True) == "no"
+    assert resolve_mixed_precision("auto", use_cpu=True) == ("bf16" if {"amx_tile", "avx512_bf16"} <= flags else "no")

@@ -34,7 +34,7 @@ def launcher(tmp_path, precision: str) -> list[str]:
 
 
 def test_the_launchers_bf16_is_used_and_recorded(tmp_path, data_root):
-    """tutorial_fast says auto (fp32 on a CPU); --train.mixed_precision=launcher hands the choice to the YAML."""
+    """tutorial_fast says auto; --train.mixed_precision=launcher hands the choice to the YAML."""
     run_dir = tmp_path / "r"
     p = run(
         train_cmd(

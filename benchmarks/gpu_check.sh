@@ -12,7 +12,7 @@
 #     GFLOP per training image, achieved TFLOP/s and peak memory;
 #  2. the `fast` preset (airbench's recipe at width 32) trained on the CIFAR-10 JPEG archive
 #     ($CIFAR10_JPEG_ARCHIVE, ../shared/data/ or shared/data/): test accuracy, training and evaluation seconds,
-#     peak memory, training PFLOPs; then `airbench` at width 64 (airbench94's network) if the budget allows.
+#     peak memory, training PFLOPs; then `airbench` (width 64, airbench94's network) if the budget allows.
 # Eager rows and the fast run come first, the compile rows (tens of seconds of compiling each) last; each
 # part has its own time limit and the whole script a budget, so a slow part costs its row, not the lease.
 # OUT_DIR gets gpu_check.md (the table), gpu_check.json, part-*.json and gpu_check.log.
@@ -87,7 +87,7 @@ for precision in no bf16; do
 done
 if [ -n "$archive" ]; then
   part "$FAST_LIMIT" "fast" fast --archive "$archive" --cache-dir "$WORK/cache"
-  part "$FAST_LIMIT" "airbench w64" fast --preset airbench --width 64 --archive "$archive" --cache-dir "$WORK/cache"
+  part "$FAST_LIMIT" "airbench" fast --preset airbench --archive "$archive" --cache-dir "$WORK/cache"
 else
   n=$((n + 1))
   echo '{"part": "fast", "error": "no CIFAR-10 JPEG archive: set CIFAR10_JPEG_ARCHIVE"}' > "$OUT_DIR/part-$(printf %02d $n).json"

@@ -109,9 +109,14 @@ def test_frontier_counts_each_presets_compute_and_draws_the_figure(tmp_path):
         check=True,
         cwd=REPO,
     )
-    # fast on photos: resnet_fast width 16, 26 epochs of 40,000 // 256 = 156 steps of 256 images
+    # resnet_fast on photos: width 16, 26 epochs of 40,000 // 256 = 156 steps of 256 images
     per_image = train_flops_per_image(build_model("resnet_fast", 3, 32, 10, width=16), 3, 32)
-    line = next(s for s in p.stdout.splitlines() if s.startswith("| fast |"))
+    line = next(s for s in p.stdout.splitlines() if s.startswith("| resnet_fast |"))
     assert f"| {26 * 156 * 256:,} | {pflops(per_image, 26 * 156 * 256):.4g} |" in line
+    # fast: airbench width 32 with its whitening stem frozen, 26 epochs of 50,000 // 512 = 97 steps of 512
+    net = build_model("airbench", 3, 32, 10, width=32)
+    net.whiten.weight.requires_grad_(False)
+    line = next(s for s in p.stdout.splitlines() if s.startswith("| fast "))
+    assert f"| {26 * 97 * 512:,} | {pflops(train_flops_per_image(net, 3, 32), 26 * 97 * 512):.4g} |" in line
     assert "| airbench94 (published) | — | — | 0.36 | 0.9401 | published |" in p.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

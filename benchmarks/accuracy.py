@@ -105,8 +105,16 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def run_one(args, seed: int, overrides: list[str], run_dir: str | None, json_path: str | None) -> dict:
-    keep = run_dir is not None
-    run_dir = Path(run_dir) if keep else Path(tempfile.mkdtemp(prefix="accuracy-")) / "run"
+    if run_dir is not None:
+        return _train_and_report(args, seed, overrides, Path(run_dir), json_path, keep=True)
+    temp = Path(tempfile.mkdtemp(prefix="accuracy-"))
+    try:  # finished, failed or stopped: no temporary folder (with a saved state in it) is left behind
+        return _train_and_report(args, seed, overrides, temp / "run", json_path, keep=False)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _train_and_report(args, seed: int, overrides: list[str], run_dir: Path, json_path: str | None, keep: bool) -> dict:
     cfg = resolve(
         args.preset,
         None,
@@ -116,16 +124,9 @@ def run_one(args, seed: int, overrides: list[str], run_dir: str | None, json_pat
 
     t = time.perf_counter()
     out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out) if args.quiet else contextlib.nullcontext():
-            summary = train(cfg)
-    except BaseException:
-        if not keep:  # a failed run leaves no temporary folder behind
-            shutil.rmtree(run_dir.parent, ignore_errors=True)
-        raise
+    with contextlib.redirect_stdout(out) if args.quiet else contextlib.nullcontext():
+        summary = train(cfg)
     if "stopped_at_step" in summary:  # SIGUSR1/SIGTERM: the run saved its state and stopped, untested
-        if not keep:
-            shutil.rmtree(run_dir.parent, ignore_errors=True)
         again = f"its state is kept in {run_dir}" if keep else "run it again"
         sys.exit(f"accuracy.py: the run stopped at step {summary['stopped_at_step']} before its test; {again}")
     wall = time.perf_counter() - t
@@ -173,8 +174,6 @@ def run_one(args, seed: int, overrides: list[str], run_dir: str | None, json_pat
     )
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2))
-    if not keep:
-        shutil.rmtree(run_dir.parent, ignore_errors=True)
     print(f"test_accuracy={summary['accuracy']:.4f} train_seconds={wall:.1f} pflops={summary['train_pflops']:.4g}")
     return result
 

@@ -100,7 +100,7 @@ PRESETS: dict[str, dict] = {
     # units: 11.5 per 1024 images with its loss summed and lr divided by 1024·(1 + 1/(1 - 0.85)) is 1.5 on the
     # mean loss; its decay per step, 0.0153 · 1024 / 7851 = 0.0020, is weight_decay 0.0020 / 1.5 = 1.33e-3.
     # 10 epochs on all 50,000 training images, as airbench94 trains: 0.35 PFLOP (airbench94: 0.36). On 2 CPU
-    # cores with bf16 units 531 s, test 0.9092 (seed 0); at width 32 on 40,000 it was 0.8770. docs/results.md.
+    # cores with bf16 units: median test 0.9068 in 531 s (seeds 0-2); width 32 on 40,000: 0.8770. docs/results.md.
     "airbench": _airbench_recipe(width=64, epochs=10, final_fit=True),
 }
 

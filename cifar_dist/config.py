@@ -279,10 +279,17 @@ def resolve(preset: str | None = None, config_file: str | None = None, overrides
         layers.insert(1, (extra, f"preset {preset} for data.name={name}"))
     cfg = Config()
     cfg.preset = preset
+    user_set: dict[str, str] = {}  # dotted key -> where the user set it: their choices win over the preset's
     for tree, source in layers:
         apply_tree(cfg, tree, source)
         _batch_layer(cfg, tree)
-    return validate(cfg)
+        if source == config_file or source == "command line":
+            user_set.update(dict.fromkeys(_dotted_keys(tree), source))
+    return validate(cfg, user_set)
+
+
+def _dotted_keys(tree: dict) -> list[str]:
+    return [f"{s}.{k}" for s, keys in tree.items() if isinstance(keys, dict) for k in keys]
 
 
 def canonical_names(tree: dict) -> dict:

@@ -19,30 +19,73 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def validate(cfg):
-    """Every key on its own (check_keys), then the rules between keys."""
+# Keys that mean something only under another key's choice: (the choosing key, whether its value uses
+# them, the keys, what the keys are for). Under a choice that does not use them they must be at their
+# default. In order: a key given way in one rule can be the choosing key of a later one.
+DEPENDENT_KEYS = (
+    ("optim.name", lambda c: c.optim.name == "sgd", ("optim.momentum", "optim.nesterov"), "SGD's momentum"),
+    ("optim.momentum", lambda c: c.optim.momentum > 0, ("optim.nesterov",), "momentum's Nesterov variant"),
+    (
+        "model.name",
+        lambda c: c.model.name == "airbench",
+        ("model.whiten", "model.dirac_init", "model.bn_learn_scale"),
+        "the airbench network's",
+    ),
+    ("data.loader", lambda c: c.data.loader == "tensor", ("data.augment",), "the tensor loader's batch augmentation"),
+    ("data.augment", lambda c: c.data.augment, ("data.alternate_flip",), "the training flips' order"),
+)
+
+
+def _get(cfg, dotted: str):
+    section, name = dotted.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def give_way(cfg, user_set: dict[str, str] | None) -> None:
+    """Reset keys the preset or the defaults left behind that the user's choice no longer uses
+    (`--preset tutorial_fast --optim.name=adamw`: the preset's SGD momentum goes). A key the user set
+    (`user_set`: dotted key -> where, e.g. "the command line") stays, and the config is refused with one
+    line naming what to change. `user_set=None`: every key counts as set (a saved config)."""
+    default = type(cfg)()
+    for chooser, uses, keys, what in DEPENDENT_KEYS:
+        if uses(cfg):
+            continue
+        unused = [k for k in keys if _get(cfg, k) != _get(default, k)]
+        mine = [k for k in unused if user_set is None or k in user_set]
+        if mine:
+            values = " and ".join(f"{k}={_value(_get(cfg, k))}" for k in mine)
+            change = ", ".join(_flag(k, _get(cfg, k), user_set) for k in mine)
+            choice = f"{chooser}={_value(_get(cfg, chooser))}"
+            raise UserError(f"{values}: {what}, unused with {choice}; drop {change}, or change {chooser}")
+        for k in unused:
+            section, name = k.split(".")
+            setattr(getattr(cfg, section), name, _get(default, k))
+
+
+def _value(v) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def _flag(key: str, value, user_set: dict[str, str] | None) -> str:
+    """How the user set `key`, as they would find it: the flag, or the key in their YAML file."""
+    where = (user_set or {}).get(key)
+    if where == "command line":
+        return f"--{key}={_value(value)}"
+    return f"{key} from {where}" if where else key
+
+
+def validate(cfg, user_set: dict[str, str] | None = None):
+    """Every key on its own (check_keys), then the rules between keys; keys the user's choices no longer
+    use give way first (give_way)."""
     from .models import model_source
 
     check_keys(cfg)
+    give_way(cfg, user_set)
     if model_source(cfg.model.name) == "builtin" and cfg.model.kwargs:
         raise UserError(
             f"model.kwargs is for torchvision:, timm: and your own models; {cfg.model.name} takes "
             f"model.dropout and model.width: drop --model.kwargs"
         )
-    if cfg.optim.name != "sgd" and (cfg.optim.momentum or cfg.optim.nesterov):
-        raise UserError(
-            f"optim.momentum and optim.nesterov are SGD's; optim.name={cfg.optim.name} uses optim.betas: drop them"
-        )
-    airbench_only = [k for k in ("whiten", "dirac_init") if getattr(cfg.model, k)]
-    if not cfg.model.bn_learn_scale:
-        airbench_only.append("bn_learn_scale")
-    if airbench_only and cfg.model.name != "airbench":
-        keys = ", ".join(f"model.{k}" for k in airbench_only)
-        raise UserError(f"{keys} apply to model.name=airbench only, not {cfg.model.name}; set --model.name=airbench")
-    if cfg.data.alternate_flip and not cfg.data.augment:
-        raise UserError("data.alternate_flip=true needs data.augment=true (it orders the training flips)")
-    if cfg.optim.nesterov and cfg.optim.momentum == 0:
-        raise UserError("optim.nesterov=true needs optim.momentum > 0")
     if cfg.train.mixed_precision == "fp16" and (cfg.train.device == "cpu" or not _cuda_available()):
         # Accelerator(cpu=True, mixed_precision="fp16") autocasts nothing: it would train in fp32 unsaid.
         raise UserError(
@@ -54,8 +97,6 @@ def validate(cfg):
             f"train.per_device_batch_size={cfg.train.per_device_batch_size} and train.global_batch_size="
             f"{cfg.train.global_batch_size}: set exactly one of them above 0 (the other 0)"
         )
-    if cfg.data.augment and cfg.data.loader != "tensor":
-        raise UserError("data.augment=true needs data.loader=tensor (the tutorial loader has no augmentation)")
     return cfg
 
 

@@ -54,11 +54,14 @@ def main(fn, argv: list[str] | None) -> None:
     try:
         code = run_cli(fn, argv)
     except KeyboardInterrupt:  # here, not in run_cli: Ctrl-C may also land in run_cli's own handlers
+        import signal
+
+        signal.signal(signal.SIGINT, lambda signum, frame: leave_now(130))  # a second Ctrl-C: no more waiting
         print("interrupted", file=sys.stderr)
         code = 130
         from .tracking import end_interrupted
 
-        end_interrupted(code)
+        end_interrupted(code)  # at most tracking.CLOSE_DEADLINE_S
     except BaseException:  # noqa: BLE001 - a bug, or --debug: the traceback Python prints, then the same exit
         import traceback
 
@@ -78,13 +81,21 @@ def exit_process(code) -> None:
     the GIL, which ends that thread inside a C++ frame: std::terminate, SIGABRT, a lost worker after
     the run has written everything, blamed by the launcher. The measurements and the core dump's
     stack are in docs/results.md, "Measurements behind the code"."""
+    from .deadline import abandoned
     from .distributed import env_world_size
 
+    if abandoned():  # a close that never returned (wandb's, its service dead): its exit hooks would wait too
+        leave_now(code)
     if env_world_size() <= 1:
         sys.exit(code)
     import atexit
 
     atexit._run_exitfuncs()
+    leave_now(code)
+
+
+def leave_now(code) -> None:
+    """End the process at once with `code`, output flushed, no exit hooks and no interpreter finalization."""
     if code is None:
         status = 0
     elif isinstance(code, int):

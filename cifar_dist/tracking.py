@@ -26,17 +26,18 @@ import random
 import socket
 import string
 import sys
-import threading
 from pathlib import Path
-from urllib.parse import urlparse
 
 from .collectives import broadcast_object
+from .deadline import finished_within
 from .errors import first_line
 from .run_dir import RunDir
+from .wandb_mode import resolve_mode
 
 SAMPLE_PREDICTIONS = 100  # rows of the test-prediction table (the first images of the test split)
-PROBE_TIMEOUT_S = 3.0  # how long `auto` waits for a TCP connection to the W&B server
-_ENV_MODES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline", "disabled": "disabled"}
+# How long closing a run may take before the job leaves without it. Offline it takes about a second;
+# a service that died with the job's signal never answers (docs/wandb.md, "Ctrl-C and scancel").
+CLOSE_DEADLINE_S = 8.0
 
 
 class NullTracker:
@@ -55,16 +56,21 @@ class NullTracker:
 def end_interrupted(exit_code: int) -> None:
     """After Ctrl-C: close this process's W&B run, if one is open, with `exit_code`, and tear down
     wandb's service connection, so that wandb's exit hook does not print a traceback about a lost
-    connection. Under `accelerate launch` the launcher SIGTERMs the whole process tree, wandb's
-    service included, at the same moment: then finishing fails and only the teardown is left."""
+    connection; all within CLOSE_DEADLINE_S. When the service died with the same signal (a terminal's
+    Ctrl-C reaches the whole process group; the launcher SIGTERMs the tree), wandb's teardown can wait
+    forever on its asyncio thread: then the run stays unclosed and the process leaves anyway."""
     wandb = sys.modules.get("wandb")  # never imported: nothing to close
     if wandb is None:
         return
-    import contextlib
 
-    for close in (lambda: wandb.run is not None and wandb.run.finish(exit_code=exit_code), wandb.teardown):
-        with contextlib.suppress(BaseException):  # the service is gone (or a second Ctrl-C): nothing to save
-            close()
+    def close() -> None:
+        try:
+            if wandb.run is not None:
+                wandb.run.finish(exit_code=exit_code)
+        finally:
+            wandb.teardown()
+
+    finished_within(close, CLOSE_DEADLINE_S, "wandb close after interrupt")
 
 
 def accelerator_tracking(cfg) -> dict:
@@ -75,70 +81,6 @@ def accelerator_tracking(cfg) -> dict:
         require(cfg.tracking.backend)  # a one-line error before any work
     b = cfg.tracking.backend
     return {"log_with": None if b == "none" else b, "project_dir": "." if b == "tensorboard" else None}
-
-
-# -- deciding the mode (main process only: it may touch the network) ------------------------------
-def _has_credentials(base_url: str) -> bool:
-    """The credential sources wandb documents, read without a network call: WANDB_API_KEY,
-    WANDB_IDENTITY_TOKEN_FILE, a .netrc entry for the server, an api_key in wandb's settings file."""
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return True
-    import configparser
-    import netrc
-
-    host = urlparse(base_url).hostname or ""
-    for path in [os.environ.get("NETRC"), "~/.netrc", "~/_netrc"]:
-        if path and Path(path).expanduser().is_file():
-            try:
-                if netrc.netrc(Path(path).expanduser()).authenticators(host):
-                    return True
-            except (netrc.NetrcParseError, OSError):
-                pass
-    settings = Path(os.environ.get("WANDB_CONFIG_DIR", "~/.config/wandb")).expanduser() / "settings"
-    parser = configparser.ConfigParser()
-    try:
-        parser.read(settings)
-        return bool(parser.get("default", "api_key", fallback=""))
-    except configparser.Error:
-        return False
-
-
-def _reachable(base_url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """One TCP connection to the server, DNS included, bounded by `timeout` (getaddrinfo has no
-    timeout of its own, so it runs in a daemon thread)."""
-    url = urlparse(base_url)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    ok = []
-
-    def probe():
-        try:
-            socket.create_connection((url.hostname, port), timeout=timeout).close()
-            ok.append(True)
-        except (OSError, ValueError):
-            pass
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout + 0.5)
-    return bool(ok)
-
-
-def resolve_mode(mode: str) -> tuple[str, str]:
-    """-> (online|offline|disabled, why). An explicit tracking.mode wins; `auto` honours
-    WANDB_MODE / WANDB_DISABLED, then goes online only with credentials and a reachable server."""
-    if mode != "auto":
-        return mode, f"tracking.mode={mode}"
-    if os.environ.get("WANDB_DISABLED", "").lower() in ("1", "true", "yes"):
-        return "disabled", "WANDB_DISABLED is set"
-    env_mode = os.environ.get("WANDB_MODE", "").strip().lower()
-    if env_mode in _ENV_MODES:
-        return _ENV_MODES[env_mode], f"WANDB_MODE={env_mode}"
-    base_url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
-    if not _has_credentials(base_url):
-        return "offline", "no W&B API key found; `wandb login` or WANDB_API_KEY makes runs online"
-    if not _reachable(base_url):
-        return "offline", f"W&B server {urlparse(base_url).hostname} is unreachable"
-    return "online", "API key found and server reachable"
 
 
 def new_run_id() -> str:
@@ -279,13 +221,10 @@ class WandbTracker:
         self.run = None
         self._drop_tracker()
         # After the wandb-core service dies every call raises, and wandb's atexit hook would print a
-        # traceback at exit (docs/results.md); tearing down now unregisters it.
-        try:
-            import wandb
+        # traceback at exit (docs/results.md); tearing down now unregisters it (bounded: it can hang).
+        import wandb
 
-            wandb.teardown()
-        except BaseException:  # noqa: BLE001 - the service is gone; SystemExit from it included
-            pass
+        finished_within(wandb.teardown, CLOSE_DEADLINE_S, "wandb teardown after an error")
 
     # -- the interface the trainer uses ---------------------------------------------------------
     def log(self, metrics: dict, step: int) -> None:
@@ -387,14 +326,28 @@ class WandbTracker:
 
     def finish(self, preempted: bool = False) -> None:
         """Close the run (main process). `preempted`: the job stops early to be resumed; W&B marks
-        the run as preempting rather than finished-for-good."""
+        the run as preempting rather than finished-for-good. Bounded by CLOSE_DEADLINE_S: after
+        scancel the service has had the same SIGTERM, and closing would wait for it forever."""
         if self.run is None:
             return
-        try:
-            if preempted:
-                self.run.mark_preempting()
-            self.accelerator.get_tracker("wandb").finish()
+        errors: list[Exception] = []
+
+        def close() -> None:
+            try:
+                if preempted:
+                    self.run.mark_preempting()
+                self.accelerator.get_tracker("wandb").finish()
+            except Exception as e:
+                errors.append(e)
+
+        if not finished_within(close, CLOSE_DEADLINE_S, "wandb finish"):
+            self.accelerator.print(
+                f"W&B: closing the run took over {CLOSE_DEADLINE_S:g} s (its service is gone); left open"
+            )
+            self.run = None
+            self._drop_tracker()
+        elif errors:
+            self._fail("finishing the run", errors[0])
+        else:
             self._drop_tracker()  # finished here; Accelerate's end_training then only ends the process group
             self.run = None
-        except Exception as e:
-            self._fail("finishing the run", e)

@@ -8,9 +8,12 @@ on a developer's machine but fails it under CI=true. The fixtures built from the
 from __future__ import annotations
 
 import os
+import queue
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -142,3 +145,59 @@ def synthetic_root(tmp_path_factory, train_size: int, test_size: int) -> Path:
     root = tmp_path_factory.mktemp(f"data{train_size}")
     write_synthetic_cifar10(root / f"synthetic_{train_size}_{test_size}", train_size, test_size)
     return root
+
+
+class LineReader:
+    """A child's stdout read in a daemon thread, so that every wait on it has a deadline: a child that
+    hangs fails its test in bounded time instead of stalling the suite (a bare `for line in p.stdout`
+    waits forever). The thread keeps draining the pipe, so the child never blocks on a full one.
+
+        reader = LineReader(proc)
+        reader.wait_for(lambda line: line.startswith("Epoch: 2"), timeout=120)
+    """
+
+    def __init__(self, proc: subprocess.Popen, stream=None):
+        self.proc = proc
+        self.stream = proc.stdout if stream is None else stream  # or proc.stderr
+        self.lines: list[str] = []
+        self._new: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self.stream:
+            self.lines.append(line)
+            self._new.put(line)
+        self._new.put(None)  # end of output
+
+    def wait_for(self, predicate, timeout: float) -> str:
+        """The first new line for which predicate holds; AssertionError after `timeout` s or at the end of output."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._new.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                raise AssertionError(f"output ended (exit {self.proc.poll()}) before the line:\n{self.text()[-3000:]}")
+            if predicate(line):
+                return line
+        raise AssertionError(f"no such line within {timeout:g} s:\n{self.text()[-3000:]}")
+
+    def text(self, timeout: float = 0) -> str:
+        """Everything read so far; with `timeout`, first wait up to that long for the end of output."""
+        self._thread.join(timeout)
+        return "".join(self.lines)
+
+
+def child_processes(pid: int) -> dict[int, str]:
+    """{pid: command name} of the processes whose parent is `pid`, from /proc."""
+    out = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out[int(entry)] = stat.split("(", 1)[1].rsplit(")", 1)[0]
+        except (OSError, ValueError, IndexError):
+            continue
+    return out

@@ -46,6 +46,7 @@ TESTS=(
   "tests/test_core_runs.py::test_collapsed_launch_is_detected"
   "tests/test_core_runs.py::test_readme_smoke_run_learns"
   "tests/test_faults.py::test_exit_paths_of_a_two_process_job"
+  "tests/test_ctrl_c.py"
 )
 runs=0
 failures=0

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO, SMALL, accelerate_cmd, base_env, read_metrics, run, train_cmd
+from helpers import REPO, SMALL, LineReader, accelerate_cmd, base_env, child_processes, read_metrics, run, train_cmd
 
 from cifar_dist.wandb_records import RecordFileError, find_run_files, read_run
 
@@ -251,18 +251,6 @@ def test_failed_online_start_falls_back_to_offline(tmp_path, data_root):
     assert rec.summary["test/accuracy"] == json.loads((run_dir / "test_metrics.json").read_text())["accuracy"]
 
 
-def _children(pid: int) -> dict[int, str]:
-    out = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out[int(entry)] = stat.split("(", 1)[1].rsplit(")", 1)[0]
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
-
-
 @pytest.mark.slow
 def test_wandb_dying_mid_run_does_not_stop_training(tmp_path, data_root):
     """The real failure: the wandb-core service process is SIGKILLed after the first epoch."""
@@ -286,8 +274,8 @@ def test_wandb_dying_mid_run_does_not_stop_training(tmp_path, data_root):
         while proc.poll() is None and time.monotonic() < deadline:
             metrics = run_dir / "metrics.jsonl"
             if metrics.exists() and metrics.read_text().strip():
-                core = [pid for pid, name in _children(proc.pid).items() if name.startswith("wandb-core")]
-                assert len(core) == 1, _children(proc.pid)
+                core = [pid for pid, name in child_processes(proc.pid).items() if name.startswith("wandb-core")]
+                assert len(core) == 1, child_processes(proc.pid)
                 os.kill(core[0], 9)
                 killed = core[0]
                 break
@@ -446,11 +434,9 @@ def test_ctrl_c_with_wandb_offline_ends_in_one_line(tmp_path, data_root_medium, 
             cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True
         )
         try:
-            for line in p.stdout:
-                if line.startswith("Epoch: 2"):  # training, with the W&B run started
-                    break
+            reader = LineReader(p)
+            reader.wait_for(lambda line: line.startswith("Epoch: 2"), timeout=180)  # training, W&B run started
             os.killpg(p.pid, signal.SIGINT)
-            p.stdout.read()
             code = p.wait(timeout=120)
         finally:
             if p.poll() is None:

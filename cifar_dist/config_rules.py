@@ -20,19 +20,38 @@ def _cuda_available() -> bool:
 
 
 # Keys that mean something only under another key's choice: (the choosing key, whether its value uses
-# them, the keys, what the keys are for). Under a choice that does not use them they must be at their
-# default. In order: a key given way in one rule can be the choosing key of a later one.
+# them, the keys, what the keys are for, the choice that uses them). Under a choice that does not use
+# them they must be at their default. In order: a key reset by one rule can choose in a later one.
 DEPENDENT_KEYS = (
-    ("optim.name", lambda c: c.optim.name == "sgd", ("optim.momentum", "optim.nesterov"), "SGD's momentum"),
-    ("optim.momentum", lambda c: c.optim.momentum > 0, ("optim.nesterov",), "momentum's Nesterov variant"),
+    (
+        "optim.name",
+        lambda c: c.optim.name == "sgd",
+        ("optim.momentum", "optim.nesterov"),
+        "SGD's momentum (AdamW's is optim.betas)",
+        "optim.name=sgd",
+    ),
+    ("optim.momentum", lambda c: c.optim.momentum > 0, ("optim.nesterov",), "a momentum variant", "optim.momentum > 0"),
     (
         "model.name",
         lambda c: c.model.name == "airbench",
         ("model.whiten", "model.dirac_init", "model.bn_learn_scale"),
-        "the airbench network's",
+        "the airbench network's switches",
+        "model.name=airbench",
     ),
-    ("data.loader", lambda c: c.data.loader == "tensor", ("data.augment",), "the tensor loader's batch augmentation"),
-    ("data.augment", lambda c: c.data.augment, ("data.alternate_flip",), "the training flips' order"),
+    (
+        "data.loader",
+        lambda c: c.data.loader == "tensor",
+        ("data.augment",),
+        "the tensor loader's",
+        "data.loader=tensor",
+    ),
+    (
+        "data.augment",
+        lambda c: c.data.augment,
+        ("data.alternate_flip",),
+        "the order of augmentation's flips",
+        "data.augment=true",
+    ),
 )
 
 
@@ -47,7 +66,7 @@ def give_way(cfg, user_set: dict[str, str] | None) -> None:
     (`user_set`: dotted key -> where, e.g. "the command line") stays, and the config is refused with one
     line naming what to change. `user_set=None`: every key counts as set (a saved config)."""
     default = type(cfg)()
-    for chooser, uses, keys, what in DEPENDENT_KEYS:
+    for chooser, uses, keys, what, needs in DEPENDENT_KEYS:
         if uses(cfg):
             continue
         unused = [k for k in keys if _get(cfg, k) != _get(default, k)]
@@ -56,7 +75,7 @@ def give_way(cfg, user_set: dict[str, str] | None) -> None:
             values = " and ".join(f"{k}={_value(_get(cfg, k))}" for k in mine)
             change = ", ".join(_flag(k, _get(cfg, k), user_set) for k in mine)
             choice = f"{chooser}={_value(_get(cfg, chooser))}"
-            raise UserError(f"{values}: {what}, unused with {choice}; drop {change}, or change {chooser}")
+            raise UserError(f"{values}: {what}, unused with {choice}; drop {change}, or set {needs}")
         for k in unused:
             section, name = k.split(".")
             setattr(getattr(cfg, section), name, _get(default, k))

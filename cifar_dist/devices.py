@@ -113,7 +113,12 @@ def gpu_request(cfg, launcher: list[str] | None = None, env=None) -> tuple[str, 
     if launcher is not None:
         opts = _launcher_options(launcher)
         config, path = _launcher_config(opts)
-        if not (opts.get("cpu") is True or _truthy(str(config.get("use_cpu", "")))):
+        # The default config's use_cpu (`accelerate config default` writes true on a machine without a
+        # GPU) does not make `--multi_gpu` a CPU launch: Accelerate's multi-GPU launcher does not pass it
+        # on (no ACCELERATE_USE_CPU), so its processes look for GPUs. A --config_file is the user's choice.
+        named = isinstance(opts.get("config_file"), str)
+        config_cpu = _truthy(str(config.get("use_cpu", ""))) and (named or opts.get("multi_gpu") is not True)
+        if not (opts.get("cpu") is True or config_cpu):
             if opts.get("multi_gpu") is True:
                 asked.append("accelerate launch --multi_gpu")
                 needed = max(needed, local_processes)

@@ -3,10 +3,33 @@ run for read-only tests. The helpers themselves are in helpers.py (`from helpers
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
-import pytest
-from helpers import SMALL, run, synthetic_root, train_cmd
+# The suite never reads the machine's own state: `accelerate config default` (README command 1), a
+# logged-in W&B, a Hugging Face token or an odd ~/.cache must not change a result. Set here, before any
+# test module imports accelerate or wandb (Accelerate reads its default config's path at import), and
+# inherited by every process a test starts. A test that wants a user's machine builds its own HOME.
+_ISOLATED = Path(tempfile.mkdtemp(prefix="cifar-dist-tests-home-"))
+for _name, _sub in {
+    "HOME": "home",  # ~/.netrc (W&B credentials), ~/.cache, ~/.config
+    "HF_HOME": "hf",  # Accelerate's default_config.yaml, the Hub token
+    "XDG_CACHE_HOME": "cache",
+    "XDG_CONFIG_HOME": "config",
+    "WANDB_CONFIG_DIR": "wandb-config",  # wandb's settings file: api_key, base_url
+    "WANDB_CACHE_DIR": "wandb-cache",
+    "WANDB_DATA_DIR": "wandb-data",
+    "NETRC": "netrc",  # W&B's credentials: a file that does not exist
+}.items():
+    os.environ[_name] = str(_ISOLATED / _sub)
+for _name in [n for n in os.environ if n.startswith("ACCELERATE_") or n in ("WANDB_API_KEY", "HF_TOKEN")]:
+    del os.environ[_name]
+
+import pytest  # noqa: E402
+from helpers import SMALL, run, synthetic_root, train_cmd  # noqa: E402
+
+pytest_plugins = ["timeouts"]  # every test has a deadline (tests/timeouts.py)
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, read_metrics, require, run
+from helpers import REPO, LineReader, read_metrics, require, run
 
 DEBIAN = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
@@ -209,7 +209,6 @@ def test_a_stopped_run_ends_in_one_line_and_leaves_no_temporary_folder(tmp_path,
     Before, it died in a KeyError traceback and left the folder (and the saved state) in /tmp."""
     import signal
     import subprocess
-    import time
 
     from helpers import SMALL, base_env
 
@@ -229,12 +228,11 @@ def test_a_stopped_run_ends_in_one_line_and_leaves_no_temporary_folder(tmp_path,
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            if proc.stdout.readline().startswith("step "):  # training has started
-                break
+        errors = LineReader(proc, proc.stderr)
+        LineReader(proc).wait_for(lambda line: line.startswith("step "), timeout=300)  # training has started
         proc.send_signal(signal.SIGUSR1)
-        out, err = proc.communicate(timeout=300)
+        proc.wait(timeout=300)
+        err = errors.text(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()

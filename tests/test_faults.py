@@ -694,7 +694,7 @@ def test_a_dead_rank_stops_the_job(tmp_path, data_root, how):
     try:
         deadline = time.monotonic() + 240
         while not (run_dir / "last" / "custom_checkpoint_0.pkl").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            assert proc.poll() is None and time.monotonic() < deadline, _ended(proc)
             time.sleep(0.05)
         time.sleep(random.Random(how).uniform(0, 0.5))
         workers = _workers(proc.pid)
@@ -790,7 +790,7 @@ def test_exit_paths_of_a_two_process_job(tmp_path, data_root, how):
         if how in ("sigterm", "sigusr1", "ctrl_c"):
             deadline = time.monotonic() + 240
             while not (run_dir / "last" / "custom_checkpoint_0.pkl").exists():
-                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+                assert proc.poll() is None and time.monotonic() < deadline, _ended(proc)
                 time.sleep(0.05)
             if how == "ctrl_c":
                 os.killpg(proc.pid, signal.SIGINT)
@@ -831,3 +831,11 @@ def test_exit_paths_of_a_two_process_job(tmp_path, data_root, how):
     if how in ("sigterm", "sigusr1"):
         assert out.count("stop requested: full state saved") == 1, detail
         assert state_step(resumable(run_dir)) > 0
+
+
+def _ended(proc) -> str:
+    """The failure message when a process ended, or ran past its deadline (then it is killed first, so
+    reading its output cannot wait forever)."""
+    if proc.poll() is None:
+        proc.kill()
+    return proc.communicate(timeout=60)[1][-3000:]

@@ -127,3 +127,26 @@ def test_help_starts_with_the_most_used_keys_and_how_to_set_processes():
     screen = "\n".join(lines[:25])
     assert "--num_processes" in screen and "cpu_ddp.yaml" in screen, screen
     assert sum(line.strip().startswith("--optim.lr=") for line in lines) == 2  # and again in the full list
+
+
+@pytest.mark.timeout(1500)
+def test_the_readme_commands_in_order_leave_the_quick_tier_green(tmp_path):
+    """Command 1's configuration step, then command 2's quick tier, in one fresh user environment: a new
+    HOME where `accelerate config default` writes its default config (use_cpu: true on this machine), and no
+    variable pointing anywhere else. The suite isolates itself from it (conftest.py), so it stays green.
+    Command 1's install is this venv's, and its 30-epoch training is left out: it changes no user state."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = base_env(HOME=str(home))
+    for name in ("HF_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "NETRC"):
+        env.pop(name, None)  # what conftest set for this suite: the inner one must set its own
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    shell("accelerate config default", env, tmp_path, timeout=120)
+    written = home / ".cache" / "huggingface" / "accelerate" / "default_config.yaml"
+    assert '"use_cpu": true' in written.read_text() or "use_cpu: true" in written.read_text()
+    quick = [sys.executable, "-m", "pytest", "-m", "not slow", "-q", "-p", "no:cacheprovider"]
+    p = subprocess.run(
+        [*quick, f"--basetemp={tmp_path / 'inner'}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1400
+    )
+    summary = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
+    assert p.returncode == 0 and " passed" in summary and "failed" not in summary, p.stdout[-4000:] + p.stderr[-2000:]

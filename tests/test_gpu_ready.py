@@ -68,6 +68,36 @@ def test_gpu_request_leaves_cpu_runs_alone():
     assert gpu_request(cfg("--train.device=cpu"), None, {"SLURM_GPUS_ON_NODE": "4"}) is None  # explicit CPU wins
 
 
+LAUNCHED_SEES = """
+import os, sys
+sys.path.insert(0, os.environ["REPO"])
+from cifar_dist.config import resolve
+from cifar_dist.devices import gpu_request
+launcher = ["accelerate", "launch", "--multi_gpu", "--num_processes=2", "x.py"]
+print(os.environ.get("RANK"), os.environ.get("ACCELERATE_USE_CPU"), gpu_request(resolve(), launcher), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_multi_gpu_over_a_use_cpu_default_config_asks_for_gpus_as_accelerate_does(tmp_path):
+    """After `accelerate config default` on a CPU machine (README command 1), the default config says
+    `use_cpu: true`. `accelerate launch --multi_gpu` still asks for GPUs: its multi-GPU launcher does not pass
+    use_cpu on (no ACCELERATE_USE_CPU in its processes), so they look for GPUs. gpu_request decides the same,
+    so on this machine the run stops with its one line instead of training on the CPU unasked."""
+    hf_home = tmp_path / "hf"
+    env = base_env(HF_HOME=str(hf_home), REPO=str(REPO))
+    run([sys.executable, "-m", "accelerate.commands.accelerate_cli", "config", "default"], env=env, check=True)
+    import yaml  # accelerate writes JSON into the .yaml file: YAML reads it
+
+    assert yaml.safe_load((hf_home / "accelerate" / "default_config.yaml").read_text())["use_cpu"] is True
+    (tmp_path / "sees.py").write_text(LAUNCHED_SEES)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2"]
+    p = run([*cmd, "--main_process_port", str(free_port()), str(tmp_path / "sees.py")], env=env, check=True)
+    seen = sorted(line for line in p.stdout.splitlines() if line[:1] in "01")
+    asked = ("accelerate launch --multi_gpu", 2)
+    assert seen == [f"0 None {asked}", f"1 None {asked}"], p.stdout[-2000:]
+
+
 # --------------------------------------------------------------------------- real launches, CPU-only machine
 
 

@@ -52,7 +52,7 @@ def test_sgd_keys_the_user_wrote_stay_an_error_naming_the_flag():
     message = str(e.value)
     assert "\n" not in message
     assert "--optim.momentum=0.9" in message and "optim.name=adamw" in message
-    assert "nesterov" not in message.split(";")[1], message  # the preset's nesterov is not the user's to drop
+    assert "nesterov" not in message, message  # the preset's nesterov is not the user's to drop
 
 
 def test_a_key_from_the_users_yaml_is_named_with_its_file(tmp_path):

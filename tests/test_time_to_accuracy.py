@@ -5,7 +5,7 @@ import re
 import sys
 
 import pytest
-from helpers import REPO, SMALL, run
+from helpers import REPO, SMALL, LineReader, run
 
 LINE = re.compile(
     r"^target=(?P<target>[0-9.]+) tutorial_seconds=(?P<t>>?[0-9.]+) ours_seconds=(?P<o>>?[0-9.]+) "
@@ -121,11 +121,7 @@ def test_sigterm_stops_the_benchmark_after_our_run(data_root):
     ]
     p = subprocess.Popen(cmd, cwd=REPO, env=base_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        for line in p.stdout:
-            if line.startswith("tutorial epoch 1:"):
-                break
-        else:
-            raise AssertionError(f"no tutorial epoch line; exit {p.wait()}")
+        LineReader(p).wait_for(lambda line: line.startswith("tutorial epoch 1:"), timeout=300)
         p.send_signal(signal.SIGTERM)
         assert p.wait(timeout=60) == -signal.SIGTERM
     finally:

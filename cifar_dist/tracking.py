@@ -73,6 +73,20 @@ def end_interrupted(exit_code: int) -> None:
     finished_within(close, CLOSE_DEADLINE_S, "wandb close after interrupt")
 
 
+def _lost_connection_warning(record) -> bool:
+    return record.getMessage() != "socket.send() raised exception."
+
+
+def _quiet_lost_connection_warnings() -> None:
+    """After wandb's service dies, asyncio logs "socket.send() raised exception." on stderr for each of
+    wandb's writes to the lost connection (from the fifth on); the tracker's own W&B line says it once."""
+    import logging
+
+    logger = logging.getLogger("asyncio")
+    if _lost_connection_warning not in logger.filters:
+        logger.addFilter(_lost_connection_warning)
+
+
 def accelerator_tracking(cfg) -> dict:
     """Accelerator(log_with, project_dir): TensorBoard wants a folder up front (scalar_trackers moves it)."""
     if cfg.tracking.backend in ("tensorboard", "mlflow"):
@@ -178,6 +192,7 @@ class WandbTracker:
         except Exception as e:  # wandb missing or broken: train without it
             self._warn(f"cannot start ({type(e).__name__}: {e})")
             return
+        _quiet_lost_connection_warnings()
         attempts = [mode] if mode == "offline" else [mode, "offline"]
         for attempt in attempts:
             try:

@@ -54,14 +54,14 @@ def main(fn, argv: list[str] | None) -> None:
     try:
         code = run_cli(fn, argv)
     except KeyboardInterrupt:  # here, not in run_cli: Ctrl-C may also land in run_cli's own handlers
-        import signal
-
-        signal.signal(signal.SIGINT, lambda signum, frame: leave_now(130))  # a second Ctrl-C: no more waiting
-        print("interrupted", file=sys.stderr)
         code = 130
-        from .tracking import end_interrupted
-
-        end_interrupted(code)  # at most tracking.CLOSE_DEADLINE_S
+        try:
+            interrupted(code)
+        except KeyboardInterrupt:  # a second Ctrl-C before interrupted() took over the signal
+            leave_now(code)
+        # No interpreter finalization: it puts SIGINT's default back, and a second Ctrl-C then would
+        # kill the process by the signal instead of exit 130.
+        exit_process(code, finalize=False)
     except BaseException:  # noqa: BLE001 - a bug, or --debug: the traceback Python prints, then the same exit
         import traceback
 
@@ -70,7 +70,19 @@ def main(fn, argv: list[str] | None) -> None:
     exit_process(code)
 
 
-def exit_process(code) -> None:
+def interrupted(code: int) -> None:
+    """After Ctrl-C: the one line, then the tracker's run closed within tracking.CLOSE_DEADLINE_S. A second
+    Ctrl-C from here on ends the process at once."""
+    import signal
+
+    signal.signal(signal.SIGINT, lambda signum, frame: leave_now(code))
+    print("interrupted", file=sys.stderr)
+    from .tracking import end_interrupted
+
+    end_interrupted(code)
+
+
+def exit_process(code, finalize: bool = True) -> None:
     """Leave the process with `code` (what sys.exit takes). Every exit of train.py and evaluate.py
     comes here (cli.main): success, a one-line error, a stop request, a failed peer, a traceback.
     A process that was one rank of several skips interpreter finalization, after running what a
@@ -86,7 +98,7 @@ def exit_process(code) -> None:
 
     if abandoned():  # a close that never returned (wandb's, its service dead): its exit hooks would wait too
         leave_now(code)
-    if env_world_size() <= 1:
+    if finalize and env_world_size() <= 1:
         sys.exit(code)
     import atexit
 

@@ -26,10 +26,11 @@ DEADLINE_S = 15.0  # from the signal to the process's exit
 REPEATS = 7  # per point at which the service dies: 3 × 7 = 21 Ctrl-C runs
 
 
-def _signal_a_tracked_run(tmp_path, data_root, service_dies: str, sig: int, seed: int):
+def _signal_a_tracked_run(tmp_path, data_root, service_dies: str, sig: int, seed: int, twice: bool = False):
     """Start a W&B-tracked run (offline), wait until it trains, then deliver `sig` with the wandb-core
     service killed `before` the signal, `with` it (the signal to the whole group, as a terminal or
-    scancel sends it), or `after` it (a random 0-1 s later, while the run is closing).
+    scancel sends it), or `after` it (a random 0-1 s later, while the run is closing). `twice`: the
+    signal again 0-0.5 s after the first (a user pressing Ctrl-C twice).
     -> (exit code, seconds from the signal to the exit, stderr)."""
     home = tmp_path / "home"
     home.mkdir()
@@ -57,6 +58,9 @@ def _signal_a_tracked_run(tmp_path, data_root, service_dies: str, sig: int, seed
             os.killpg(p.pid, sig)
         else:
             os.kill(p.pid, sig)
+        if twice:
+            time.sleep(random.Random(seed).uniform(0, 0.5))
+            os.killpg(p.pid, sig)
         if service_dies == "after":
             time.sleep(random.Random(seed).uniform(0, 1))
             with contextlib.suppress(ProcessLookupError):  # the run may have closed it already
@@ -81,6 +85,14 @@ def _signal_a_tracked_run(tmp_path, data_root, service_dies: str, sig: int, seed
 @pytest.mark.parametrize("service_dies", ["before", "with", "after"])
 def test_ctrl_c_ends_the_run_whatever_wandbs_service_does(tmp_path, data_root, service_dies, repeat):
     code, seconds, stderr = _signal_a_tracked_run(tmp_path, data_root, service_dies, signal.SIGINT, repeat)
+    assert code == 130 and seconds <= DEADLINE_S, f"exit {code} after {seconds:.1f} s\n{stderr[-3000:]}"
+    assert stderr.strip().splitlines() == ["interrupted"], stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("repeat", range(3))
+def test_a_second_ctrl_c_ends_the_run_too(tmp_path, data_root, repeat):
+    code, seconds, stderr = _signal_a_tracked_run(tmp_path, data_root, "with", signal.SIGINT, repeat, twice=True)
     assert code == 130 and seconds <= DEADLINE_S, f"exit {code} after {seconds:.1f} s\n{stderr[-3000:]}"
     assert stderr.strip().splitlines() == ["interrupted"], stderr[-3000:]
 

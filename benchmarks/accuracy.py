@@ -12,7 +12,7 @@ last epoch's weights are tested.
 train_seconds is the wall time of the whole training call: data loading, every epoch's training
 and validation, checkpoints and the final test evaluation; the loop alone is printed too.
 pflops is the training compute: FLOPs per training image (forward + backward, counted once at the
-start by torch.utils.flop_counter on the real model; cifar_dist/flops.py) times the images trained.
+start by torch.utils.flop_counter on the real model; cifar_dist/models/flops.py) times the images trained.
 Last line: `test_accuracy=<a> train_seconds=<s> pflops=<p>`.
 """
 
@@ -31,12 +31,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cifar_dist.wait_policy import choose_wait_policy  # noqa: E402
+from cifar_dist.distributed.wait_policy import choose_wait_policy  # noqa: E402
 
 choose_wait_policy()  # as train.py does, before torch starts its threads: time what a user gets
 
+from cifar_dist.artifacts.metrics import read_metrics  # noqa: E402
 from cifar_dist.config import resolve  # noqa: E402
-from cifar_dist.metrics import read_metrics  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -120,7 +120,7 @@ def _train_and_report(args, seed: int, overrides: list[str], run_dir: Path, json
         None,
         [f"--seed={seed}", f"--run.dir={run_dir}", "--run.progress=false", "--tracking.backend=none", *overrides],
     )
-    from cifar_dist.trainer import train
+    from cifar_dist.train.loop import train
 
     t = time.perf_counter()
     out = io.StringIO()

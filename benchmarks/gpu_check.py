@@ -49,7 +49,7 @@ def throughput(args) -> dict:
     (compilation included), then timed steps; CUDA events on a GPU, the wall clock on the CPU."""
     from cifar_dist.data import load_data
     from cifar_dist.distributed import build_accelerator
-    from cifar_dist.trainer import build, train_step
+    from cifar_dist.train.loop import build, train_step
 
     size = 200 if args.smoke else 10_000
     overrides = [
@@ -77,7 +77,7 @@ def throughput(args) -> dict:
     accelerator = build_accelerator(cfg)
     device = accelerator.device
     job = build(cfg, accelerator, load_data(cfg, accelerator))
-    flops = job.flops_per_image  # the trainer's own count (cifar_dist/flops.py)
+    flops = job.flops_per_image  # the trainer's own count (cifar_dist/models/flops.py)
 
     def steps():
         epoch = 0
@@ -134,7 +134,7 @@ def fast(args) -> dict:
     of the best-validation weights, training seconds (the run's own per-epoch clock), the seconds of one test
     evaluation with the run's TTA, peak memory and training PFLOPs (FLOPs per image × images trained)."""
     from cifar_dist.distributed import resolve_mixed_precision
-    from cifar_dist.trainer import train
+    from cifar_dist.train.loop import train
 
     overrides = [
         *_common(args),
@@ -178,7 +178,7 @@ def fast(args) -> dict:
         "eval_seconds": evals[-1] if evals else None,
         "wall_seconds": wall,
         "train_images": trained,
-        "train_pflop": rows[-1]["train_pflops"],  # the run's own count (cifar_dist/flops.py)
+        "train_pflop": rows[-1]["train_pflops"],  # the run's own count (cifar_dist/models/flops.py)
         "peak_mem_gib": peak,
         "peak_mem_kind": peak_kind,
         "data": f"CIFAR-10 (JPEG q75 copy) {args.archive}" if not args.smoke else f"smoke archive {args.archive}",

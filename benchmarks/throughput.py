@@ -9,7 +9,7 @@ same model, interleaved rounds, medians.
     SyntheticCIFAR10 class, so the bytes and the decoding are the real CIFAR path), ToTensor +
     Normalize per sample, SubsetRandomSampler over the 80% training split, DataLoader batch 16,
     num_workers 0, SGD lr 0.01, `train_loss += loss.item() * data.size(0)` every step.
-(b) cifar-dist: `cifar_dist.trainer.train` itself, run in this process with the model's preset
+(b) cifar-dist: `cifar_dist.train.loop.train` itself, run in this process with the model's preset
     (tutorial_fast for tutorial_cnn, fast for resnet_fast: tensor-held data, batch augmentation, its batch
     size, channels_last, ...) plus any --section.key=value overrides; its own per-epoch
     `images_per_sec` (the timed training loop only, not evaluation or checkpoints), epoch 1 dropped
@@ -37,17 +37,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cifar_dist.wait_policy import choose_wait_policy  # noqa: E402
+from cifar_dist.distributed.wait_policy import choose_wait_policy  # noqa: E402
 
 choose_wait_policy()  # as train.py does, before torch starts its threads: time what a user gets
 
 import torch  # noqa: E402
 
 from cifar_dist import config as config_mod  # noqa: E402
+from cifar_dist.artifacts.metrics import read_metrics  # noqa: E402
 from cifar_dist.data import split_indices  # noqa: E402
-from cifar_dist.metrics import read_metrics  # noqa: E402
+from cifar_dist.data.synthetic import ensure_synthetic, synthetic_class  # noqa: E402
 from cifar_dist.models import build_model  # noqa: E402
-from cifar_dist.synthetic import ensure_synthetic, synthetic_class  # noqa: E402
 
 PRESET_FOR = {"tutorial_cnn": "tutorial_fast", "resnet_fast": "resnet_fast"}
 
@@ -135,7 +135,7 @@ def cifar_dist_run(
     preset: str, root: Path, train_size: int, epochs: int, threads: int, overrides: list[str]
 ) -> tuple[list[float], dict]:
     """One in-process `train()` run; returns its per-epoch images/s after the first epoch."""
-    from cifar_dist.trainer import train
+    from cifar_dist.train.loop import train
 
     run_dir = Path(tempfile.mkdtemp(prefix="throughput-"))
     try:

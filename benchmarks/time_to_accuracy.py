@@ -6,7 +6,7 @@
 (a) the tutorial's loop as written: per-sample PIL image -> ToTensor -> Normalize(0.5, 0.5) through a torch
     DataLoader, batch 16, shuffled, SGD lr 0.01, the tutorial's CNN, cross-entropy;
 (b) cifar-dist: a preset (default tutorial_fast's recipe on a 3-epoch schedule with model tutorial_cnn_bn, flip
-    only: DEFAULT_OURS), built from the config and trained by cifar_dist.trainer.train itself (tensor loader,
+    only: DEFAULT_OURS), built from the config and trained by cifar_dist.train.loop.train itself (tensor loader,
     its step), through its after_epoch hook.
 Both train on the same split (data.val_fraction of the training images held out, seeded by --seed) and are
 evaluated on the TEST split after every epoch; each stops at the first epoch whose test accuracy reaches
@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cifar_dist.wait_policy import choose_wait_policy  # noqa: E402
+from cifar_dist.distributed.wait_policy import choose_wait_policy  # noqa: E402
 
 choose_wait_policy()  # as train.py does, before torch starts its threads: time what a user gets
 
@@ -40,8 +40,8 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from cifar_dist.config import resolve  # noqa: E402 (after the path insert)
+from cifar_dist.data.rows import gathered  # noqa: E402
 from cifar_dist.models import TutorialCNN  # noqa: E402
-from cifar_dist.rows import gathered  # noqa: E402
 
 # tutorial_fast's recipe on a 3-epoch schedule with the tutorial's layers plus batch norm (model tutorial_cnn_bn),
 # flip only, lr 0.2 after 0.3 epochs of warm-up. Chosen on CIFAR-10's validation split (docs/results.md,
@@ -140,7 +140,7 @@ def run_tutorial(data, target: float, max_epochs: int, seed: int) -> dict:
 
 
 def run_ours(cfg, target: float) -> dict:
-    from cifar_dist.trainer import train
+    from cifar_dist.train.loop import train
 
     seconds, history = 0.0, []
 

@@ -53,7 +53,7 @@ def test_reference_batch_size_scales_lr_and_keeps_decay_per_epoch():
     """optim.reference_batch_size: lr (and with it PyTorch's per-step decay lr·wd) grows with the
     global batch, so the decay per epoch, steps × lr × wd, does not change."""
     from cifar_dist.config import resolve
-    from cifar_dist.schedules import scaled_lr
+    from cifar_dist.optim.schedules import scaled_lr
 
     cfg = resolve("fast", None, ["--optim.reference_batch_size=256", "--train.per_device_batch_size=256"])
     assert scaled_lr(cfg, 256) == pytest.approx(cfg.optim.lr)
@@ -104,7 +104,7 @@ def test_crop_pad_zero_is_flip_only(tmp_path):
 
     from cifar_dist.config import resolve
     from cifar_dist.data import load_data, normalize_batch
-    from cifar_dist.tensor_loader import TensorTrainLoader, rank_batches
+    from cifar_dist.train.tensor_loader import TensorTrainLoader, rank_batches
 
     cfg = resolve(
         "tutorial_fast",

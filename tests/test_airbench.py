@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cifar_dist.airbench import (
+from cifar_dist.artifacts.metrics import read_metrics
+from cifar_dist.models.whitening import (
     Lookahead,
     alternating_flip,
     dirac_init_,
@@ -19,7 +20,6 @@ from cifar_dist.airbench import (
     lookahead_step,
     patch_whitening_filters,
 )
-from cifar_dist.metrics import read_metrics
 
 
 def correlated_images(n: int = 400, seed: int = 0) -> torch.Tensor:
@@ -110,7 +110,7 @@ def test_tensor_loader_alternates_flips_by_image():
     from types import SimpleNamespace
 
     from cifar_dist.config import resolve
-    from cifar_dist.tensor_loader import TensorTrainLoader
+    from cifar_dist.train.tensor_loader import TensorTrainLoader
 
     n = 64
     g = torch.Generator().manual_seed(0)
@@ -205,9 +205,9 @@ def test_param_groups_scale_norm_biases_and_leave_out_frozen_layers():
 def test_whiten_from_data_freezes_a_whitening_first_layer():
     from types import SimpleNamespace
 
-    from cifar_dist.airbench import whiten_from_data
     from cifar_dist.data import normalize_batch
     from cifar_dist.models import build_model
+    from cifar_dist.models.whitening import whiten_from_data
 
     images = (correlated_images(300).clamp(-2, 2) * 60 + 128).to(torch.uint8)
     data = SimpleNamespace(train_images=images, mean=[0.5, 0.5, 0.5], std=[0.2, 0.2, 0.2])

@@ -83,7 +83,7 @@ def test_ddp_two_processes_one_best_checkpoint(tmp_path, data_root):
 RELEASE_PROBE = """
 import gc, sys
 import torch
-from cifar_dist.cli import _train, run_cli
+from cifar_dist.cli.main import _train, run_cli
 code = run_cli(_train, sys.argv[1:])
 gc.collect()  # the run's reference cycles; what is left after this would live until interpreter exit
 from accelerate import Accelerator
@@ -118,7 +118,7 @@ def test_ddp_run_frees_its_process_group_before_interpreter_exit(tmp_path, data_
 
 EXIT_PROBE = """
 import atexit, sys
-from cifar_dist.cli import exit_process
+from cifar_dist.cli.main import exit_process
 atexit.register(lambda: print("atexit handler ran", flush=True))
 print("unflushed line", end="")
 exit_process(None if sys.argv[1] == "none" else int(sys.argv[1]) if sys.argv[1].isdigit() else sys.argv[1])

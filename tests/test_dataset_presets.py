@@ -5,7 +5,7 @@ import torch
 from helpers import run, train_cmd
 
 from cifar_dist.config import PRESET_DATASET_OVERRIDES, PRESETS, resolve
-from cifar_dist.evaluation import logits_of
+from cifar_dist.evaluate.evaluation import logits_of
 
 
 def test_a_preset_takes_its_layer_for_the_runs_dataset(tmp_path):

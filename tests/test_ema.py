@@ -1,4 +1,4 @@
-"""train.ema_decay: the EMA of weights and BatchNorm buffers (cifar_dist/ema.py), and that a run
+"""train.ema_decay: the EMA of weights and BatchNorm buffers (cifar_dist/optim/ema.py), and that a run
 with it validates, saves, tests and exports the EMA network, saying so. Its exact resume is in
 tests/test_resume_exact.py (one process, mid-epoch) and tests/test_own_model.py (2 processes with
 BatchNorm, where the ranks' buffers must be averaged for the EMA to agree everywhere)."""
@@ -13,7 +13,7 @@ from accelerate import Accelerator
 from helpers import SMALL, eval_cmd, read_metrics, run, train_cmd
 from torch import nn
 
-from cifar_dist.ema import EMA
+from cifar_dist.optim.ema import EMA
 
 
 def test_update_is_the_exponential_average_of_weights_and_buffers():

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from helpers import REPO, SMALL, accelerate_cmd, base_env, eval_cmd, read_metrics, run, train_cmd
 
-from cifar_dist import augment
-from cifar_dist.tensor_loader import CROP_PAD, rank_augment, rank_batches, steps_per_epoch
+from cifar_dist.data import augment
+from cifar_dist.train.tensor_loader import CROP_PAD, rank_augment, rank_batches, steps_per_epoch
 
 # 400 training images at batch 32: 12 steps per epoch, 16 images sit out each epoch.
 FAST = [*SMALL, "--run.progress=false", "--train.per_device_batch_size=32"]
@@ -113,7 +113,7 @@ def test_loader_batches_resume_and_normalise(tmp_path):
     from cifar_dist.config import resolve
     from cifar_dist.data import load_data, normalize_batch
     from cifar_dist.errors import UserError
-    from cifar_dist.tensor_loader import TensorTrainLoader
+    from cifar_dist.train.tensor_loader import TensorTrainLoader
 
     cfg = resolve(
         "tutorial_fast",

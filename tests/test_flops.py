@@ -12,8 +12,8 @@ import pytest
 import torch
 from helpers import SMALL, read_metrics, run, train_cmd
 
-from cifar_dist.flops import pflops, train_flops_per_image
 from cifar_dist.models import build_model
+from cifar_dist.models.flops import pflops, train_flops_per_image
 
 
 def conv(c_in: int, c_out: int, k: int, side_out: int) -> int:

@@ -26,7 +26,7 @@ from helpers import (
 )
 
 from cifar_dist.config import resolve
-from cifar_dist.devices import gpu_request
+from cifar_dist.distributed.devices import gpu_request
 
 CONFIGS = REPO / "accelerate_configs"
 NO_DRIVER = not Path("/proc/driver/nvidia/version").exists()
@@ -169,7 +169,7 @@ def test_data_path_and_every_model_run_on_the_meta_device():
     import torch.nn.functional as F
 
     from cifar_dist.models import MODELS, build_model
-    from cifar_dist.tensor_loader import TensorTrainLoader
+    from cifar_dist.train.tensor_loader import TensorTrainLoader
 
     cfg = resolve("fast", None, ["--data.name=synthetic", "--train.per_device_batch_size=8"])
     assert cfg.data.augment and cfg.data.crop_pad > 0 and cfg.train.channels_last
@@ -234,7 +234,7 @@ def test_training_steps_make_no_host_sync_outside_the_log_interval(tmp_path, dat
 def test_deterministic_sets_torch_and_refuses_a_model_without_deterministic_cuda_backward():
     import torch
 
-    from cifar_dist.devices import check_deterministic_model, nondeterministic_on_cuda, set_determinism
+    from cifar_dist.distributed.devices import check_deterministic_model, nondeterministic_on_cuda, set_determinism
     from cifar_dist.errors import UserError
     from cifar_dist.models import build_model
 
@@ -287,7 +287,7 @@ PEER = [
 
 
 def test_nccl_setup_errors_are_not_a_dead_peer():
-    from cifar_dist.faults import classify_collective_failure
+    from cifar_dist.distributed.faults import classify_collective_failure
 
     for text in NCCL_SETUP:
         assert classify_collective_failure(text, dist_error=True) == "setup", text
@@ -319,9 +319,9 @@ def test_nccl_watchdog_is_asked_to_raise_in_python():
 
 
 def test_batch_plan_and_the_layering_of_the_two_batch_keys():
-    from cifar_dist.batching import plan_batches
     from cifar_dist.errors import UserError
-    from cifar_dist.schedules import scaled_lr
+    from cifar_dist.optim.schedules import scaled_lr
+    from cifar_dist.train.batching import plan_batches
 
     fast = resolve("resnet_fast", None, [])
     assert (fast.train.global_batch_size, fast.train.per_device_batch_size) == (256, 0)

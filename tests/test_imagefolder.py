@@ -21,7 +21,7 @@ CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 
 def load(root, cache, *extra):
     from cifar_dist.config import resolve
-    from cifar_dist.imagefolder import load_imagefolder
+    from cifar_dist.data.imagefolder import load_imagefolder
 
     cfg = resolve(
         "tutorial", None, ["--data.name=imagefolder", f"--data.root={root}", f"--data.cache_dir={cache}", *extra]
@@ -272,7 +272,7 @@ def test_an_archive_member_outside_the_folder_is_refused(tmp_path, monkeypatch, 
     import io
     import tarfile
 
-    from cifar_dist.imagefolder import _extract_data_only
+    from cifar_dist.data.imagefolder import _extract_data_only
 
     if not has_filters:
         monkeypatch.delattr(tarfile, "data_filter", raising=False)

@@ -16,7 +16,7 @@ from helpers import SMALL, read_metrics
 
 from cifar_dist.config import resolve
 from cifar_dist.errors import UserError
-from cifar_dist.trainer import train
+from cifar_dist.train.loop import train
 
 
 def config(data_root, run_dir, *extra: str, preset: str = "tutorial"):
@@ -91,10 +91,10 @@ def test_a_run_folder_that_holds_a_run_is_refused_unchanged(tutorial_run, data_r
 
 def test_checkpoints_and_folders_written_under_the_old_names_still_load(tmp_path, tutorial_run):
     # Before issue 23 the tutorial's network was `seed_cnn` (class SeedCNN) and its preset `seed`.
+    from cifar_dist.artifacts.run_dir import RunDir
     from cifar_dist.config import from_dict
     from cifar_dist.export import build_model_from_checkpoint, load_checkpoint, load_model, write_model_folder
     from cifar_dist.models import SeedCNN, TutorialCNN
-    from cifar_dist.run_dir import RunDir
 
     ckpt = load_checkpoint(tutorial_run[0])
     assert ckpt["model"]["name"] == "tutorial_cnn"
@@ -148,7 +148,7 @@ def test_sigterm_reports_143(tmp_path, data_root):
 def test_tensor_loader_run_and_evaluate_py_report_the_same_test(tmp_path, data_root, capsys):
     """tutorial_fast: the tensor loader with crop/flip augmentation, channels_last, flip TTA. evaluate.py's
     entry function, in this process, measures the best model exactly as the run's own test did."""
-    from cifar_dist.cli import _eval, run_cli
+    from cifar_dist.cli.main import _eval, run_cli
 
     run_dir = tmp_path / "fast"
     summary = train(
@@ -167,7 +167,7 @@ def test_tensor_loader_run_and_evaluate_py_report_the_same_test(tmp_path, data_r
 
 
 def test_the_command_line_entry_returns_its_status(tmp_path, capsys):
-    from cifar_dist.cli import _train, run_cli
+    from cifar_dist.cli.main import _train, run_cli
 
     assert run_cli(_train, ["--preset", "seed_fast", "--print-config"]) == 0  # the old name still runs
     assert "preset: tutorial_fast" in capsys.readouterr().out

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from cifar_dist.collectives import eval_batches
 from cifar_dist.data import split_indices
+from cifar_dist.data.synthetic import synthetic_class, write_synthetic_cifar10
+from cifar_dist.distributed.collectives import eval_batches
 from cifar_dist.models import build_model, count_parameters
-from cifar_dist.synthetic import synthetic_class, write_synthetic_cifar10
 
 
 def test_tutorial_cnn_is_the_tutorial():

@@ -1,4 +1,4 @@
-"""optim.name=sgd|adamw, optim.betas and optim.no_decay_norm_bias (cifar_dist/optim.py): pure
+"""optim.name=sgd|adamw, optim.betas and optim.no_decay_norm_bias (cifar_dist/optim/optimizers.py): pure
 functions of a model and the config, checked on the CPU with real torch optimizers."""
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ from helpers import accelerate_cmd, eval_cmd, read_metrics, run
 from PIL import Image
 
 from cifar_dist.data import normalize_batch
-from cifar_dist.plots import (
+from cifar_dist.data.synthetic import CIFAR10_CLASSES
+from cifar_dist.evaluate.plots import (
     FIGURES,
     batch_figure,
     channels_figure,
@@ -22,7 +23,6 @@ from cifar_dist.plots import (
     text_colour,
     unnormalize,
 )
-from cifar_dist.synthetic import CIFAR10_CLASSES
 
 # Pixel sizes (figsize × dpi, no cropping) for 10 classes and --plots-images 8 (a 2×4 grid):
 EXPECTED_SIZE = {

@@ -13,9 +13,9 @@ from PIL import Image
 
 from cifar_dist.data import normalize_batch
 from cifar_dist.errors import UserError
+from cifar_dist.evaluate.predict import load_image, predict_files
 from cifar_dist.export import build_model_from_checkpoint, load_checkpoint
 from cifar_dist.models import build_model
-from cifar_dist.predict import load_image, predict_files
 
 # name, (width, height), PIL mode: none of them 32×32 RGB
 FILES = [
@@ -66,7 +66,7 @@ def test_lossless_32px_files_predict_exactly_like_the_evaluation_path(tmp_path, 
     from cifar_dist.config import from_dict
     from cifar_dist.data import load_data
     from cifar_dist.distributed import build_accelerator
-    from cifar_dist.evaluation import EvalSettings, evaluate
+    from cifar_dist.evaluate.evaluation import EvalSettings, evaluate
 
     ckpt = load_checkpoint(trained_run)
     cfg = from_dict(ckpt["config"])

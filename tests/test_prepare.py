@@ -29,7 +29,7 @@ def _md5(path: Path) -> str:
 def write_cifar10_archive(folder: Path) -> dict:
     """cifar-10-python.tar.gz in CIFAR-10's exact layout (cifar-10-batches-py/ with the python batches),
     small and written by the toolkit, and the md5 sums a torchvision CIFAR10 subclass needs to use it."""
-    from cifar_dist.synthetic import write_synthetic_cifar10
+    from cifar_dist.data.synthetic import write_synthetic_cifar10
 
     batches = write_synthetic_cifar10(folder / "scratch", 60, 20)
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
@@ -64,7 +64,7 @@ def prepare(kind: str, root: str, extra: dict) -> tuple[Path, str]:
 
     root = Path(root)
     if kind in ("imagefolder", "tar"):
-        from cifar_dist.imagefolder import load_imagefolder
+        from cifar_dist.data.imagefolder import load_imagefolder
 
         source = root / ("src.tar.xz" if kind == "tar" else "src")
         cfg = resolve(
@@ -74,7 +74,7 @@ def prepare(kind: str, root: str, extra: dict) -> tuple[Path, str]:
         [folder] = [p for p in (root / "cache" / "imagefolder").iterdir() if not p.name.startswith(".")]
         return folder, hashlib.md5(b"".join(np.ascontiguousarray(a.numpy()).tobytes() for a in arrays[:4])).hexdigest()
     if kind == "synthetic":
-        from cifar_dist.synthetic import write_synthetic_cifar10
+        from cifar_dist.data.synthetic import write_synthetic_cifar10
 
         folder = write_synthetic_cifar10(root, 3000, 500)
     elif kind == "fashion_mnist":
@@ -166,7 +166,7 @@ def test_a_folder_without_its_marker_is_rebuilt_and_a_waiting_job_waits(tmp_path
     job holds the lock, a job waits for it instead of building alongside."""
     from filelock import FileLock
 
-    from cifar_dist.prepare import build_once
+    from cifar_dist.data.prepare import build_once
 
     target = tmp_path / "t"
     target.mkdir()

@@ -1,4 +1,4 @@
-"""cifar_dist/rows.py: a split's images as indexed rows (no copy until read), and the chunked channel
+"""cifar_dist/data/rows.py: a split's images as indexed rows (no copy until read), and the chunked channel
 statistics that replace a float copy of the whole training split; and that an image-folder cache is
 memory-mapped, so the ranks of a machine share its pages."""
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cifar_dist.rows import Rows, channel_stats, gathered
+from cifar_dist.data.rows import Rows, channel_stats, gathered
 
 
 def test_rows_index_like_the_gathered_tensor():
@@ -55,7 +55,7 @@ def test_the_image_folder_cache_is_mapped_not_read(tmp_path):
     """The images the loader reads lie inside a mapping of the cache file: a second rank (or job) maps the
     same pages rather than holding its own copy. A np.load without mmap_mode fails this."""
     from cifar_dist.config import resolve
-    from cifar_dist.imagefolder import load_imagefolder
+    from cifar_dist.data.imagefolder import load_imagefolder
 
     rng = np.random.default_rng(0)
     for split in ("train", "test"):

@@ -1,4 +1,4 @@
-"""Learning-rate schedules: the formulas of cifar_dist/schedules.py's docstring, and the deprecated
+"""Learning-rate schedules: the formulas of cifar_dist/optim/schedules.py's docstring, and the deprecated
 `onecycle` name (it runs as linear_to_1pct and says so in one warning line)."""
 
 import math
@@ -8,7 +8,7 @@ from helpers import SMALL, run, train_cmd
 
 from cifar_dist.config import resolve
 from cifar_dist.errors import UserError
-from cifar_dist.schedules import lr_at
+from cifar_dist.optim.schedules import lr_at
 
 T, W, LR = 110, 10, 0.4  # total steps, warm-up steps, base lr
 

@@ -1,5 +1,5 @@
 """OMP_WAIT_POLICY is the entry points' choice, not an import's side effect: importing any module of
-the package leaves os.environ as it was; a run chooses cifar_dist.wait_policy.DEFAULT when the
+the package leaves os.environ as it was; a run chooses cifar_dist.distributed.wait_policy.DEFAULT when the
 environment says nothing, keeps the user's value otherwise, and says which in its start line."""
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ import sys
 import pytest
 from helpers import REPO, SMALL, base_env, run, train_cmd
 
-from cifar_dist.wait_policy import DEFAULT
+from cifar_dist.distributed.wait_policy import DEFAULT
 
 IMPORT_ALL = """
 import json, os, pkgutil, importlib
 before = dict(os.environ)
 import cifar_dist
-names = [m.name for m in pkgutil.iter_modules(cifar_dist.__path__) if m.name != "__main__"]
-for name in names:
-    importlib.import_module(f"cifar_dist.{name}")
+names = [m.name for m in pkgutil.walk_packages(cifar_dist.__path__, "cifar_dist.") if not m.name.endswith("__main__")]
+for name in names:  # every module, in every folder
+    importlib.import_module(name)
 after = dict(os.environ)
 print(json.dumps({"modules": len(names), "changed": sorted(set(before.items()) ^ set(after.items()))}))
 """

@@ -11,15 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from cifar_dist.artifacts.metrics import read_metrics
-from cifar_dist.models.whitening import (
-    Lookahead,
-    alternating_flip,
-    dirac_init_,
-    image_patches,
-    lookahead_decay,
-    lookahead_step,
-    patch_whitening_filters,
-)
+from cifar_dist.data.augment import alternating_flip
+from cifar_dist.models.whitening import dirac_init_, image_patches, patch_whitening_filters
+from cifar_dist.optim.lookahead import Lookahead, lookahead_decay, lookahead_step
 
 
 def correlated_images(n: int = 400, seed: int = 0) -> torch.Tensor:
@@ -212,7 +206,7 @@ def test_whiten_from_data_freezes_a_whitening_first_layer():
     images = (correlated_images(300).clamp(-2, 2) * 60 + 128).to(torch.uint8)
     data = SimpleNamespace(train_images=images, mean=[0.5, 0.5, 0.5], std=[0.2, 0.2, 0.2])
     net = build_model("airbench", 3, 16, 10, width=8)
-    whiten_from_data(net, images, data.mean, data.std, images=300)
+    whiten_from_data(net, normalize_batch(images, data.mean, data.std))
     assert not net.whiten.weight.requires_grad and net.whiten.bias.requires_grad
     x = normalize_batch(images, data.mean, data.std).double()
     out = F.conv2d(x, net.whiten.weight[:12].double()).permute(0, 2, 3, 1).reshape(-1, 12)

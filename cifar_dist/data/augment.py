@@ -1,7 +1,7 @@
 """Batch augmentation as pure functions of (images, random parameters): random crop with reflect
 padding and horizontal flip, on uint8 NCHW batches, on whatever device the batch lives.
 
-    from cifar_dist.augment import draw_crop_flip, random_crop, random_flip
+    from cifar_dist.data.augment import draw_crop_flip, random_crop, random_flip
     dy, dx, flip = draw_crop_flip(128, pad=4, generator=torch.Generator().manual_seed(0))
     x = random_flip(random_crop(x_u8, 4, dy, dx), flip)
 
@@ -69,3 +69,10 @@ def gather_crop_flip(
     view = _crop_view(stack, size)  # (2, N, C, 2p+1, 2p+1, size, size)
     f = flip.long()
     return view[f, index, :, dy, torch.where(flip, pad2 - dx, dx)]
+
+
+def alternating_flip(first_epoch_flip: torch.Tensor, epoch: int) -> torch.Tensor:
+    """Derandomised flips: each image is mirrored in epoch 0 by a coin (`first_epoch_flip`, indexed
+    by image), then in every later epoch the opposite of the epoch before. Any two consecutive
+    epochs show each image once each way; random flips repeat a view in half of them."""
+    return first_epoch_flip ^ bool(epoch % 2)

@@ -1,22 +1,19 @@
-"""airbench's methods (Jordan 2024, "94% on CIFAR-10 in 3.29 Seconds on a Single GPU") as pure
+"""airbench's network methods (Jordan 2024, "94% on CIFAR-10 in 3.29 Seconds on a Single GPU") as pure
 functions, each behind its own config switch (docs/config.md):
 
     model.whiten          patch_whitening_filters: the first layer's 2×2 filters from the data, frozen
     model.dirac_init      dirac_init_: each conv starts as the identity on its input channels
-    optim.lookahead       Lookahead: slow weights pulled towards the fast ones every few steps
-    data.alternate_flip   alternating_flip: an image is mirrored in every other epoch, not at random
 
 and, for the trainer, `whiten_from_data` (model.whiten). The network they belong to (`airbench`) and
-BatchNorm without a learned scale (model.bn_learn_scale=false) live in models.py; the norm biases'
-larger learning rate (optim.bias_lr_scale) in optim.py.
+BatchNorm without a learned scale (model.bn_learn_scale=false) live in registry.py; airbench's other
+methods where their concern is: Lookahead in optim/lookahead.py, alternating flips in data/augment.py,
+the norm biases' larger learning rate (optim.bias_lr_scale) in optim/optimizers.py.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-from ..data.datasets import normalize_batch
 
 
 def image_patches(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -54,58 +51,16 @@ def dirac_init_(weight: torch.Tensor) -> torch.Tensor:
     return weight
 
 
-def alternating_flip(first_epoch_flip: torch.Tensor, epoch: int) -> torch.Tensor:
-    """Derandomised flips: each image is mirrored in epoch 0 by a coin (`first_epoch_flip`, indexed
-    by image), then in every later epoch the opposite of the epoch before. Any two consecutive
-    epochs show each image once each way; random flips repeat a view in half of them."""
-    return first_epoch_flip ^ bool(epoch % 2)
+# How many training images model.whiten's filters are computed from (airbench's 5,000).
+WHITEN_IMAGES = 5000
 
 
-def lookahead_decay(step: int, total_steps: int, every: int = 5) -> float:
-    """How much of the slow weights a Lookahead sync at `step` keeps: 0.95^every · (step/total)³, so
-    the early run is plain SGD (decay 0: slow = fast) and the end averages over ~20 syncs."""
-    return 0.95**every * (min(step, total_steps) / max(total_steps, 1)) ** 3
-
-
-@torch.no_grad()
-def lookahead_step(slow: list[torch.Tensor], fast: list[torch.Tensor], decay: float) -> None:
-    """slow ← decay·slow + (1 − decay)·fast, then fast ← slow (in place). decay 0 copies fast into
-    slow; decay 1 puts the slow weights back into the network (the run's last step)."""
-    for s, f in zip(slow, fast, strict=True):
-        s.lerp_(f, 1.0 - decay)
-        f.copy_(s)
-
-
-class Lookahead:
-    """Lookahead over a model's floating-point parameters and buffers (BatchNorm's running statistics
-    too): every `every` steps, `lookahead_step` with decay `lookahead_decay`; at the last step the slow
-    weights replace the network's. A checkpointed object (state_dict/load_state_dict): resume is exact."""
-
-    def __init__(self, model: nn.Module, total_steps: int, every: int = 5):
-        self.tensors = [t for t in model.state_dict(keep_vars=True).values() if t.is_floating_point()]
-        self.slow = [t.detach().clone() for t in self.tensors]
-        self.total_steps, self.every = total_steps, every
-
-    def after_step(self, step: int) -> None:
-        """`step`: optimizer steps completed."""
-        if step >= self.total_steps:
-            lookahead_step(self.slow, [t.data for t in self.tensors], 1.0)
-        elif step % self.every == 0:
-            lookahead_step(self.slow, [t.data for t in self.tensors], lookahead_decay(step, self.total_steps))
-
-    def state_dict(self) -> dict:
-        return {"slow": [s.clone() for s in self.slow]}
-
-    def load_state_dict(self, d: dict) -> None:
-        for s, saved in zip(self.slow, d["slow"], strict=True):
-            s.copy_(saved)
-
-
-def whiten_from_data(model: nn.Module, train_images_u8: torch.Tensor, mean, std, images: int = 5000) -> None:
-    """model.whiten: the `whiten` layer's filters whiten the 2×2 patches of the first `images` training
-    images (normalised, not augmented; the same on every rank) and are frozen; its bias still trains."""
+def whiten_from_data(model: nn.Module, images: torch.Tensor) -> None:
+    """model.whiten: the `whiten` layer's filters whiten the 2×2 patches of `images` (the first
+    WHITEN_IMAGES training images, normalised, not augmented; the same on every rank) and are frozen;
+    its bias still trains. The caller normalises: the model does not reach into data/."""
     layer = model.whiten
-    x = normalize_batch(train_images_u8[:images], mean, std)
+    x = images
     with torch.no_grad():
         layer.weight.copy_(patch_whitening_filters(x, layer.kernel_size[0]))
     layer.weight.requires_grad_(False)

@@ -1,5 +1,5 @@
 """The optimizer and what steers it: SGD/AdamW and their parameter groups (`optimizers`), the learning
-rate of a step (`schedules`), the moving average of the weights (`ema`)."""
+rate of a step (`schedules`), the moving average of the weights (`ema`), airbench's Lookahead (`lookahead`)."""
 
 import importlib
 

@@ -22,7 +22,7 @@ from ..artifacts.metrics import MetricsLog
 from ..artifacts.run_dir import RunDir, prepare_run_dir
 from ..config.rules import config_warnings
 from ..config.schema import Config, format_config
-from ..data.datasets import DataBundle, load_data
+from ..data.datasets import DataBundle, load_data, normalize_batch
 from ..distributed.accelerator import build_accelerator, mixed_precision_source
 from ..distributed.collectives import broadcast_module, broadcast_object, reduce_sum, seed_each_rank
 from ..distributed.devices import check_deterministic_model
@@ -32,8 +32,9 @@ from ..evaluate.evaluation import EvalSettings, evaluate_split, print_report
 from ..files import atomic_write_bytes
 from ..models.flops import pflops, train_flops_per_image
 from ..models.registry import build_model, count_parameters
-from ..models.whitening import Lookahead, whiten_from_data
+from ..models.whitening import WHITEN_IMAGES, whiten_from_data
 from ..optim.ema import EMA
+from ..optim.lookahead import Lookahead
 from ..optim.optimizers import build_optimizer
 from ..optim.schedules import lr_at, scaled_lr
 from ..progress import TrainProgress
@@ -133,7 +134,7 @@ class Job:
     total_steps: int
     warmup_steps: int
     flops_per_image: float  # training FLOPs (forward + backward) per image: flops.py
-    lookahead: object = None  # airbench.Lookahead when optim.lookahead
+    lookahead: object = None  # optim/lookahead.py's Lookahead when optim.lookahead
     ema: EMA | None = None  # train.ema_decay > 0
 
     @property
@@ -182,7 +183,7 @@ def build(cfg: Config, accelerator, data: DataBundle) -> Job:
         dirac_init=cfg.model.dirac_init,
     )
     if cfg.model.whiten:
-        whiten_from_data(model, data.train_images, data.mean, data.std)
+        whiten_from_data(model, normalize_batch(data.train_images[:WHITEN_IMAGES], data.mean, data.std))
     flops_per_image = train_flops_per_image(model, data.in_channels, data.image_size)
     check_deterministic_model(cfg, model, accelerator.device)
     seed_each_rank(accelerator, cfg.seed)

@@ -68,7 +68,7 @@ def rank_augment(n: int, batch: int, world: int, rank: int, seed: int, epoch: in
 
 
 def first_epoch_flips(n: int, seed: int) -> torch.Tensor:
-    """data.alternate_flip: each image's flip in epoch 0, by image index; airbench.alternating_flip
+    """data.alternate_flip: each image's flip in epoch 0, by image index; augment.alternating_flip
     derives every later epoch's from it."""
     return torch.randint(0, 2, (n,), generator=_generator(seed, 0, _FLIP)).bool()
 
@@ -147,8 +147,8 @@ class TensorTrainLoader:
         order = self._blocks(rank_batches).to(self.device)
         if self.augment:
             dy, dx, flip = (p.to(self.device) for p in self._blocks(rank_augment, self.pad))
-            if self.flips is not None:  # by image, not by position: see airbench.alternating_flip
-                from ..models.whitening import alternating_flip
+            if self.flips is not None:  # by image, not by position: see augment.alternating_flip
+                from ..data.augment import alternating_flip
 
                 flip = alternating_flip(self.flips.to(self.device), self.epoch)[order]
         for i in range(skip * self.accumulation, len(order)):

@@ -50,9 +50,9 @@ def main(argv: list[str]) -> None:
     found: list = []
     original = trainer.train_epoch
 
-    def probed(job, state, *args, **kwargs):
-        with HostSyncs(state, found):
-            return original(job, state, *args, **kwargs)
+    def probed(job, run):
+        with HostSyncs(run.state, found):
+            return original(job, run)
 
     trainer.train_epoch = probed
     trainer.train(cfg)

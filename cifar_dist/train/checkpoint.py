@@ -7,8 +7,8 @@
 - `last/`: the full training state (`accelerator.save_state`: model, optimizer, RNG of every rank,
   plus our TrainState), written by all ranks together; what `--resume` reads.
 
-The checkpointer owns its timing: the loop calls `maybe_save_best` after validation and
-`maybe_save` after every step and at every epoch end. File names: run_dir.py.
+The checkpointer owns its timing: the loop calls `maybe_save` after every step and at every epoch
+end, and `save_best` when best.py's `Best` judges an epoch the best. File names: artifacts/run_dir.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 
 from ..artifacts.export import checkpoint_dict, write_model_folder
 from ..artifacts.run_dir import RunDir
-from ..distributed.collectives import broadcast_object, gather_per_rank, raise_if_any, reduce_sum
+from ..distributed.collectives import raise_if_any, reduce_sum
 from ..distributed.faults import write_failure
 from ..errors import UserError, first_line
 from ..files import atomic_write_bytes, fsync_dir
@@ -40,62 +40,13 @@ class Checkpointer:
         self.every = cfg.train.checkpoint_every_steps
 
     # -- best model ---------------------------------------------------------------------------
-    def maybe_save_best(self, model, epoch: int, val_metrics: dict | None) -> bool:
-        """Collective in effect (same decision on every rank, since validation metrics are exact
-        and identical everywhere); only the main process writes best.pt and model/.
-
-        val_metrics None: the run has no validation split (data.val_fraction=0, a final fit on every
-        training image), so there is nothing to compare and best.pt takes the newest weights."""
-        if val_metrics is None:
-            self.state.best_epoch = epoch
-            self.accelerator.print(f"No validation split (data.val_fraction=0): saving the epoch {epoch} model ...")
-            val_metrics = {}
-        elif self.improved(val_metrics):
-            what = self.cfg.train.best_metric
-            previous = self.state.best_val_loss if what == "val_loss" else self.state.best_val_accuracy
-            self.state.best_val_loss = val_metrics["val_loss"]
-            self.state.best_val_accuracy = val_metrics["val_accuracy"]
-            self.state.best_epoch = epoch
-            self.state.validations_since_best = 0
-            self.accelerator.print(
-                f"Validation loss decreased ({previous:.6f} --> {val_metrics['val_loss']:.6f}).  Saving model ..."
-                if what == "val_loss"
-                else f"Validation accuracy increased ({max(previous, 0):.4f} --> {val_metrics['val_accuracy']:.4f}).  "
-                "Saving model ..."
-            )
-        else:
-            self.state.validations_since_best += 1
-            return False
+    def save_best(self, model, epoch: int, val_metrics: dict | None) -> None:
+        """Collective in effect: write best.pt and model/ for the epoch best.py's `Best.judge` chose (the same
+        decision on every rank); only the main process writes. val_metrics None: no validation split."""
         error = None
         if self.accelerator.is_main_process:
-            error = self._write_best(model, epoch, val_metrics)
+            error = self._write_best(model, epoch, val_metrics or {})
         raise_if_any(self.accelerator, error)  # collective: every rank stops, none waits for the writer
-        return True
-
-    def improved(self, val_metrics: dict) -> bool:
-        """train.best_metric: a lower validation loss (the tutorial's rule) or a higher accuracy."""
-        if self.cfg.train.best_metric == "val_accuracy":
-            return val_metrics["val_accuracy"] > self.state.best_val_accuracy
-        return val_metrics["val_loss"] < self.state.best_val_loss
-
-    def should_stop_early(self) -> bool:
-        """train.early_stop_patience validations in a row without improving train.best_metric. The same
-        answer on every rank: validation metrics are reduced over ranks exactly, and the main process's
-        answer is broadcast anyway, so no rank leaves the loop while another waits in a collective."""
-        patience = self.cfg.train.early_stop_patience
-        stop = broadcast_object(self.accelerator, bool(patience) and self.state.validations_since_best >= patience)
-        if stop:
-            self.state.stopped_early = True
-            best = (
-                f"validation loss {self.state.best_val_loss:.6f}"
-                if self.cfg.train.best_metric == "val_loss"
-                else f"validation accuracy {self.state.best_val_accuracy:.4f}"
-            )
-            self.accelerator.print(
-                f"Early stop: {self.cfg.train.best_metric} has not improved for {patience} validation(s) "
-                f"(best {best} at epoch {self.state.best_epoch})"
-            )
-        return stop
 
     def _write_best(self, model, epoch: int, val_metrics: dict) -> str | None:
         weights = {k: v.detach().cpu() for k, v in self.accelerator.unwrap_model(model).state_dict().items()}
@@ -131,16 +82,11 @@ class Checkpointer:
         only, so per-rank sums would lose the other ranks' share)."""
         s, c, n = reduce_sum(self.accelerator, list(running))
         check_finite(s, self.state, self.run.last)
-        self.state.partial = {"loss_sum": s, "correct": int(c), "seen": int(n)}
+        self.state.keep_partial(s, c, n)
 
     def save_state(self) -> None:
         """Collective: every rank calls it (save_state writes per-rank RNG files)."""
-        # Every rank's RNG (each draws its own dropout masks); TrainState is written by rank 0 only,
-        # so the states are gathered into it, one per rank.
-        self.state.rng_state = gather_per_rank(self.accelerator, torch.get_rng_state())
-        self.state.cuda_rng_state = (
-            gather_per_rank(self.accelerator, torch.cuda.get_rng_state()) if torch.cuda.is_available() else None
-        )
+        self.state.capture_rng(self.accelerator)
         tmp = self.run.last_tmp(self.state.step)
         if self.accelerator.is_main_process:
             self.run.clean_stale()  # this step's and any a crash left behind

@@ -4,8 +4,11 @@
     accelerate launch --config_file accelerate_configs/cpu_ddp.yaml train.py --data.name=synthetic --train.epochs=2
 
 `train()` reads top to bottom in the order a run happens: accelerator, data, run folder, build
-(model, optimizer, loader), resume, then per epoch train, validate, checkpoint, log; finally the
-test with the best weights. The phases are the functions below it, in the same order.
+(model, optimizer, loader: job.py), start or resume, then per epoch train, validate, checkpoint, log;
+finally the test with the best weights. The phases are the functions below it, in the same order.
+What the loop works with travels in two objects: the `Job` (what is trained, job.py) and the
+`RunContext` (where the run is and who records it: state, run folder, checkpointer, best and early
+stop, metrics log, tracker, stop request, progress).
 """
 
 from __future__ import annotations
@@ -22,27 +25,18 @@ from ..artifacts.metrics import MetricsLog
 from ..artifacts.run_dir import RunDir, prepare_run_dir
 from ..config.rules import config_warnings
 from ..config.schema import Config, format_config
-from ..data.datasets import DataBundle, load_data, normalize_batch
-from ..distributed.accelerator import build_accelerator, mixed_precision_source
-from ..distributed.collectives import broadcast_module, broadcast_object, reduce_sum, seed_each_rank
-from ..distributed.devices import check_deterministic_model
+from ..data.datasets import load_data
+from ..distributed.accelerator import build_accelerator
+from ..distributed.collectives import broadcast_module, broadcast_object, reduce_sum
 from ..distributed.preemption import StopRequest
-from ..distributed.wait_policy import describe_wait_policy
-from ..evaluate.evaluation import EvalSettings, evaluate_split, print_report
+from ..evaluate.evaluation import print_report
 from ..files import atomic_write_bytes
-from ..models.flops import pflops, train_flops_per_image
-from ..models.registry import build_model, count_parameters
-from ..models.whitening import WHITEN_IMAGES, whiten_from_data
-from ..optim.ema import EMA
-from ..optim.lookahead import Lookahead
-from ..optim.optimizers import build_optimizer
-from ..optim.schedules import lr_at, scaled_lr
 from ..progress import TrainProgress
 from ..provenance import collect as collect_provenance
 from ..tracking.tracker import accelerator_tracking, build_tracker
-from .batching import BatchPlan, plan_batches
+from .best import Best
 from .checkpoint import Checkpointer
-from .loaders import build_train_loader
+from .job import Job, build
 from .state import TrainState, check_finite
 
 
@@ -65,52 +59,31 @@ def train(cfg: Config, after_epoch=None) -> dict:
     # Data before anything is printed or created: a wrong data.root (or CIFAR-10 missing offline)
     # ends in its one line, without the config above it or a run folder it names.
     data = load_data(cfg, accelerator)
-    run, resume = prepare_run_dir(cfg, accelerator)
+    folder, resume = prepare_run_dir(cfg, accelerator)
     accelerator.print(format_config(cfg))
     for line in config_warnings(cfg):
         accelerator.print(line, file=sys.stderr)
 
-    # Build: model, optimizer, loader (in this order: each draws from the seeded RNG).
+    # Build: model, optimizer, loader (in this order: each draws from the seeded RNG); then the run's
+    # state and recorders, resumed from last/ with --resume.
     job = build(cfg, accelerator, data)
-    state = TrainState(config=cfg.to_dict())
-    accelerator.register_for_checkpointing(state, *job.extra_state())  # last/custom_checkpoint_<i>.pkl
-    provenance = broadcast_object(accelerator, collect_provenance())  # one record, the same everywhere
-    checkpointer = Checkpointer(accelerator, run, cfg, {**model_metadata(cfg, job.data), **provenance}, state)
-    metrics_log = MetricsLog(run.metrics, accelerator)
-
-    # Resume: model, optimizer, RNGs, TrainState and the metrics of the completed epochs.
-    if resume:
-        checkpointer.load_state()
-        metrics_log.load(epochs_completed=state.epoch)
-        accelerator.print(
-            f"resumed {run.path} at epoch {state.epoch + 1}, step {state.step} "
-            f"(best validation loss so far {state.best_val_loss:.6f})"
-        )
-    tracker = build_tracker(cfg, accelerator, run.path, state, provenance)
+    run = start(job, folder, stop, resume)
 
     # Epochs: train, validate when due, keep the best model, log, save the full state.
     with TrainProgress(
         accelerator.is_main_process and cfg.run.progress, len(job.loader), cfg.train.epochs, accelerator.num_processes
-    ) as progress:
-        while state.epochs_left(cfg):
-            row = train_epoch(job, state, run, checkpointer, stop, tracker, progress)
+    ) as run.progress:
+        while run.state.epochs_left(cfg):
+            row = train_epoch(job, run)
             if row is None:  # a stop request: the full state is saved, --resume continues there
-                return {"stopped_at_step": state.step, "exit_code": stop.exit_code()}
-            stopping = False
-            if state.epoch % cfg.train.eval_every_epochs == 0 or state.epoch == cfg.train.epochs:
-                val_metrics = validate(job, row)
-                row["best"] = checkpointer.maybe_save_best(job.eval_model, state.epoch, val_metrics)
-                row["early_stop"] = stopping = checkpointer.should_stop_early()  # collective
-            metrics_log.append(row)
-            tracker.log({f"epoch/{k}": v for k, v in row.items()}, state.step)
-            checkpointer.maybe_save(epoch_end=True)
-            if stopping or (after_epoch is not None and after_epoch(state.epoch, row, job.evaluate_split)):
+                return {"stopped_at_step": run.state.step, "exit_code": stop.exit_code()}
+            if end_epoch(job, run, row) or (after_epoch and after_epoch(run.state.epoch, row, job.evaluate_split)):
                 break
 
     # Test: the tutorial tests the best-validation model, not the last one.
-    summary, test = test_best(job, state, run)
-    tracker.log_test(test, job.data, run.path, run.best, compute=job.compute(state.step))
-    tracker.finish()
+    summary, test = test_best(job, run)
+    run.tracker.log_test(test, job.data, folder.path, folder.best, compute=job.compute(run.state.step))
+    run.tracker.finish()
     accelerator.end_training()
     # On success only: after an error the flag stays installed, since cli's exit path asks it whether
     # the launcher's SIGTERM already came (distributed.wait_for_launcher_stop).
@@ -119,192 +92,148 @@ def train(cfg: Config, after_epoch=None) -> dict:
 
 
 @dataclass
-class Job:
-    """What one run trains with, built once by `build`."""
+class RunContext:
+    """Where the run is and who records it: what the loop's phases take together with the Job."""
 
-    cfg: Config
-    accelerator: object
-    data: DataBundle
-    plan: BatchPlan
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    loader: object
-    criterion: torch.nn.Module
-    base_lr: float
-    total_steps: int
-    warmup_steps: int
-    flops_per_image: float  # training FLOPs (forward + backward) per image: flops.py
-    lookahead: object = None  # optim/lookahead.py's Lookahead when optim.lookahead
-    ema: EMA | None = None  # train.ema_decay > 0
-
-    @property
-    def eval_model(self) -> torch.nn.Module:
-        """What validation, best.pt, the test and the export use: the EMA network when it is on."""
-        return self.ema.module if self.ema is not None else self.model
-
-    def extra_state(self) -> list:
-        """What travels in last/ besides TrainState, so resume is exact: Lookahead's slow weights
-        (optim.lookahead), then the EMA (train.ema_decay; custom_checkpoint_1.pkl without Lookahead)."""
-        return [obj for obj in (self.lookahead, self.ema) if obj is not None]
-
-    def images_trained(self, steps: int) -> int:
-        """Every step trains a whole global batch (both loaders drop the last partial one)."""
-        return steps * self.plan.global_batch
-
-    def compute(self, steps: int) -> dict:
-        """The compute spent after `steps` optimizer steps (metrics.jsonl, W&B, test_metrics.json)."""
-        return {
-            "train_flops_per_image": self.flops_per_image,
-            "train_pflops": pflops(self.flops_per_image, self.images_trained(steps)),
-        }
-
-    def lr(self, step: int) -> float:
-        return lr_at(step, self.total_steps, self.base_lr, self.cfg.optim.schedule, self.warmup_steps)
-
-    def evaluate_split(self, split: str, model: torch.nn.Module | None = None):
-        """Collective: the current weights (eval_model's, or `model`'s) on a whole split ("val" or "test"),
-        with the run's eval settings."""
-        net = self.eval_model if model is None else model
-        return evaluate_split(net, self.data, split, self.accelerator, EvalSettings.from_config(self.cfg))
+    state: TrainState  # epoch, step, best so far, a partly done epoch: saved in last/
+    folder: RunDir  # every name in the run folder
+    checkpointer: Checkpointer  # best.pt, model/ and last/
+    best: Best  # which epoch is best; early stopping
+    metrics: MetricsLog  # metrics.jsonl
+    tracker: object  # W&B, TensorBoard, MLflow or nothing (tracking/)
+    stop: StopRequest  # SIGUSR1/SIGTERM, asked at step boundaries
+    progress: TrainProgress | None = None  # set while the epochs run
 
 
-def build(cfg: Config, accelerator, data: DataBundle) -> Job:
-    torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
-    model = build_model(
-        cfg.model.name,
-        data.in_channels,
-        data.image_size,
-        data.num_classes,
-        kwargs=cfg.model.kwargs,
-        trust_code=True,  # the user named this code on their own command line
-        dropout=cfg.model.dropout,  # built-in models only; the others take model.kwargs
-        width=cfg.model.width,
-        bn_learn_scale=cfg.model.bn_learn_scale,
-        dirac_init=cfg.model.dirac_init,
-    )
-    if cfg.model.whiten:
-        whiten_from_data(model, normalize_batch(data.train_images[:WHITEN_IMAGES], data.mean, data.std))
-    flops_per_image = train_flops_per_image(model, data.in_channels, data.image_size)
-    check_deterministic_model(cfg, model, accelerator.device)
-    seed_each_rank(accelerator, cfg.seed)
-    accelerator.print(
-        f"model {cfg.model.name}: {count_parameters(model):,} parameters; "
-        f"{data.name}: {len(data.train_labels):,} train / {len(data.val_labels):,} val / "
-        f"{len(data.test_labels):,} test; world size {accelerator.num_processes} on {accelerator.device}; "
-        f"mixed precision {accelerator.mixed_precision} ({mixed_precision_source(cfg, accelerator)}); "
-        f"{torch.get_num_threads()} threads, {describe_wait_policy()}; "
-        f"training compute {flops_per_image / 1e9:.4g} GFLOP per image (forward + backward)"
-        + (f"; EMA of the weights, decay {cfg.train.ema_decay}" if cfg.train.ema_decay else "")
-    )
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    plan = plan_batches(cfg, accelerator.num_processes)
-    base_lr = scaled_lr(cfg, plan.global_batch)  # optim.reference_batch_size: lr given per that batch
-    accelerator.gradient_accumulation_steps = plan.accumulation
-    accelerator.print(f"{plan.describe()}, lr {base_lr:g}")
-    optimizer = build_optimizer(model, cfg.optim, base_lr, fused=accelerator.device.type in ("cpu", "cuda"))
-    model, optimizer = accelerator.prepare(model, optimizer)
-    # The EMA starts from the initial weights, on the training device, before any compile wrapper.
-    ema = EMA(accelerator.unwrap_model(model), cfg.train.ema_decay, accelerator) if cfg.train.ema_decay else None
-    if cfg.train.compile:
-        model = torch.compile(model)
-    loader = build_train_loader(cfg, data, accelerator, plan)
-    steps_per_epoch = len(loader)  # optimizer steps
-    lookahead = None
-    if cfg.optim.lookahead:
-        net = accelerator.unwrap_model(model, keep_torch_compile=False)
-        lookahead = Lookahead(net, steps_per_epoch * cfg.train.epochs, cfg.optim.lookahead_every_steps)
-    return Job(
-        cfg,
-        accelerator,
-        data,
-        plan,
-        model,
-        optimizer,
-        loader,
-        criterion=torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
-        base_lr=base_lr,
-        total_steps=steps_per_epoch * cfg.train.epochs,
-        warmup_steps=int(cfg.optim.warmup_epochs * steps_per_epoch),
-        flops_per_image=flops_per_image,
-        lookahead=lookahead,
-        ema=ema,
-    )
+def start(job: Job, folder: RunDir, stop: StopRequest, resume: bool) -> RunContext:
+    """The run's state and recorders; with --resume, model, optimizer, RNGs, TrainState and the metrics
+    of the completed epochs come back from last/."""
+    cfg, accelerator = job.cfg, job.accelerator
+    state = TrainState(config=cfg.to_dict())
+    accelerator.register_for_checkpointing(state, *job.extra_state())  # last/custom_checkpoint_<i>.pkl
+    provenance = broadcast_object(accelerator, collect_provenance())  # one record, the same everywhere
+    checkpointer = Checkpointer(accelerator, folder, cfg, {**model_metadata(cfg, job.data), **provenance}, state)
+    metrics = MetricsLog(folder.metrics, accelerator)
+    if resume:
+        checkpointer.load_state()
+        metrics.load(epochs_completed=state.epoch)
+        accelerator.print(
+            f"resumed {folder.path} at epoch {state.epoch + 1}, step {state.step} "
+            f"(best validation loss so far {state.best_val_loss:.6f})"
+        )
+    tracker = build_tracker(cfg, accelerator, folder.path, state, provenance)
+    return RunContext(state, folder, checkpointer, Best(accelerator, cfg, state), metrics, tracker, stop)
 
 
-def train_epoch(job: Job, state: TrainState, run: RunDir, checkpointer, stop, tracker, progress) -> dict:
+class RunningSums:
+    """An epoch's running train sums on the device (no host sync per step): the tutorial's loss.item() *
+    batch size, correct predictions, images seen; a resumed epoch goes on from the saved ones."""
+
+    def __init__(self, carried: dict, device):
+        self.loss = torch.tensor(carried.get("loss_sum", 0.0), dtype=torch.float64, device=device)
+        self.correct = torch.tensor(carried.get("correct", 0), dtype=torch.int64, device=device)
+        self.seen = carried.get("seen", 0)
+
+    def add(self, logits: torch.Tensor, loss: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss += loss.detach().double() * y.shape[0]
+        self.correct += (logits.detach().argmax(1) == y).sum()
+        self.seen += y.shape[0]
+
+
+def train_epoch(job: Job, run: RunContext) -> dict | None:
     """One epoch (or what is left of it after a mid-epoch resume); returns its metrics row, or None
     when a stop request ended it (the full state saved, the tracker's run marked as preempted)."""
-    cfg, accelerator = job.cfg, job.accelerator
+    cfg, accelerator, state = job.cfg, job.accelerator, run.state
     job.loader.set_epoch(state.epoch)
     job.model.train()
-    progress.start_epoch(state.epoch + 1, done=state.step_in_epoch)
+    run.progress.start_epoch(state.epoch + 1, done=state.step_in_epoch)
     batches = job.loader.iterate(skip=state.step_in_epoch)
     # Mid-epoch resume: the dropout RNG is set back once the loader has started, not before: the
     # DataLoader draws its base seed from the global RNG when its iterator starts (lazily, at the
     # first batch), which the interrupted run did before it saved (restoring earlier shifts every
     # later dropout mask).
-    restore_rng = bool(state.step_in_epoch) and state.rng_state is not None
-    partial = state.partial or {}
-    carry = partial if accelerator.is_main_process else {}  # totals over ranks: rank 0 carries them
-    loss_sum = torch.tensor(carry.get("loss_sum", 0.0), dtype=torch.float64, device=accelerator.device)
-    correct = torch.tensor(carry.get("correct", 0), dtype=torch.int64, device=accelerator.device)
-    seen = carry.get("seen", 0)
-    t0, seen_at_t0 = time.perf_counter(), seen
-    accumulation = job.plan.accumulation
+    restore_rng = state.rng_to_restore()
+    resumed_seen = (state.partial or {}).get("seen", 0)  # images this epoch trained before a resume
+    sums = RunningSums(state.carried(accelerator.is_main_process), accelerator.device)  # rank 0 carries totals
+    t0, seen_at_t0 = time.perf_counter(), sums.seen
     for micro, (x, y) in enumerate(batches, start=1):
         if restore_rng:
             state.restore_rng(accelerator.process_index)
             restore_rng = False
         lr = job.lr(state.step)
         logits, loss = train_step(job, x, y, lr)
-        # Sums on the device, no host sync per step; the tutorial's loss.item() * batch size.
-        loss_sum += loss.detach().double() * y.shape[0]
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += y.shape[0]
-        if micro % accumulation:  # gradients accumulate; the optimizer steps after the last micro-batch
+        sums.add(logits, loss, y)
+        if micro % job.plan.accumulation:  # gradients accumulate; the optimizer steps after the last micro-batch
             continue
         state.step += 1
         state.step_in_epoch += 1
         if job.lookahead is not None:
             job.lookahead.after_step(state.step)
         if state.step % cfg.train.log_every_steps == 0:
-            ips = (seen - seen_at_t0) * accelerator.num_processes / max(time.perf_counter() - t0, 1e-9)
-            log_step(job, state, run, tracker, (loss_sum, seen), lr, ips)
-        progress.step(loss_sum, seen)
-        stopping = stop.requested(state.step)
-        checkpointer.maybe_save(running=(loss_sum, correct, seen), stop=stopping)
-        if stopping:
-            accelerator.print(
-                f"stop requested: full state saved at step {state.step} in {run.last}; continue with --resume"
-            )
-            tracker.finish(preempted=True)
+            ips = (sums.seen - seen_at_t0) * accelerator.num_processes / max(time.perf_counter() - t0, 1e-9)
+            log_step(job, run, sums, lr, ips)
+        run.progress.step(sums.loss, sums.seen)
+        if stopped(job, run, sums):
             return None
         if cfg.train.max_steps and state.step >= cfg.train.max_steps:
             break
     if restore_rng:  # resumed after the epoch's last step: no batch left, the RNG still goes back
         state.restore_rng(accelerator.process_index)
-    # Sums over ranks, then divide. The reduction copies to the host, so it also waits for the
-    # GPU's queued work: only after it does the clock show the epoch's real training time.
-    s, c, n = reduce_sum(accelerator, [loss_sum, correct, seen])
+    return epoch_row(job, run, sums, t0, resumed_seen)
+
+
+def stopped(job: Job, run: RunContext, sums: RunningSums) -> bool:
+    """Collective, after every optimizer step: save the full state when due (every
+    train.checkpoint_every_steps, or on a stop request); True when a stop request ends the run here."""
+    stopping = run.stop.requested(run.state.step)
+    run.checkpointer.maybe_save(running=(sums.loss, sums.correct, sums.seen), stop=stopping)
+    if stopping:
+        job.accelerator.print(
+            f"stop requested: full state saved at step {run.state.step} in {run.folder.last}; continue with --resume"
+        )
+        run.tracker.finish(preempted=True)
+    return stopping
+
+
+def epoch_row(job: Job, run: RunContext, sums: RunningSums, t0: float, resumed_seen: int) -> dict:
+    """Collective: the epoch's metrics row (metrics.jsonl, the tracker's epoch/* keys), built here once;
+    validation adds its keys. Sums over ranks, then divide. The reduction copies to the host, so it also
+    waits for the GPU's queued work: only after it does the clock show the epoch's real training time."""
+    accelerator, state = job.accelerator, run.state
+    s, c, n = reduce_sum(accelerator, [sums.loss, sums.correct, sums.seen])
     train_seconds = time.perf_counter() - t0
-    progress.end_epoch()
-    check_finite(s, state, run.last)
-    state.epoch += 1
-    state.step_in_epoch = 0
-    state.partial = {}
+    run.progress.end_epoch()
+    check_finite(s, state, run.folder.last)
+    state.end_epoch()
     return {
         "epoch": state.epoch,
         "step": state.step,
         "train_loss": s / max(n, 1),
         "train_accuracy": c / max(n, 1),
         "lr": job.lr(max(state.step - 1, 0)),
-        "images_per_sec": (n - partial.get("seen", 0)) / max(train_seconds, 1e-9),
+        "images_per_sec": (n - resumed_seen) / max(train_seconds, 1e-9),
         "epoch_seconds": train_seconds,
         "world_size": accelerator.num_processes,
         "train_samples": int(n),
         **job.compute(state.step),
     }
+
+
+def end_epoch(job: Job, run: RunContext, row: dict) -> bool:
+    """Collective, after an epoch: validate when due, keep the best model, log the row, save the full
+    state. True when early stopping ends the run here."""
+    cfg, state = job.cfg, run.state
+    stopping = False
+    if state.epoch % cfg.train.eval_every_epochs == 0 or state.epoch == cfg.train.epochs:
+        val_metrics = validate(job, row)
+        row["best"] = run.best.judge(state.epoch, val_metrics)
+        if row["best"]:
+            run.checkpointer.save_best(job.eval_model, state.epoch, val_metrics)
+        row["early_stop"] = stopping = run.best.should_stop_early()  # collective
+    run.metrics.append(row)
+    run.tracker.log({f"epoch/{k}": v for k, v in row.items()}, state.step)
+    run.checkpointer.maybe_save(epoch_end=True)
+    return stopping
 
 
 def train_step(job: Job, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -328,12 +257,13 @@ def train_step(job: Job, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[t
     return logits, loss
 
 
-def log_step(job: Job, state: TrainState, run: RunDir, tracker, running, lr: float, ips: float) -> None:
+def log_step(job: Job, run: RunContext, sums: RunningSums, lr: float, ips: float) -> None:
     """Collective: the running train loss over all ranks, to the tracker (and, with run.progress=false,
     a plain line)."""
-    s, n = reduce_sum(job.accelerator, list(running))
-    check_finite(s, state, run.last)
-    tracker.log({"train/loss": s / max(n, 1), "train/lr": lr, "train/images_per_sec": ips}, state.step)
+    state = run.state
+    s, n = reduce_sum(job.accelerator, [sums.loss, sums.seen])
+    check_finite(s, state, run.folder.last)
+    run.tracker.log({"train/loss": s / max(n, 1), "train/lr": lr, "train/images_per_sec": ips}, state.step)
     if not job.cfg.run.progress:  # run.progress=false: this line every log_every_steps instead
         job.accelerator.print(
             f"step {state.step} epoch {state.epoch + 1} loss {s / max(n, 1):.4f} lr {lr:.4g} {ips:.0f} img/s"
@@ -359,19 +289,19 @@ def validate(job: Job, row: dict) -> dict | None:
     return {"val_loss": val.loss, "val_accuracy": val.accuracy} if val else None
 
 
-def test_best(job: Job, state: TrainState, run: RunDir) -> tuple[dict, object]:
+def test_best(job: Job, run: RunContext) -> tuple[dict, object]:
     """Collective: load best.pt (with data.val_fraction=0, the newest weights), test, write
     test_metrics.json and the model card's test results; returns (summary, EvalResult)."""
-    accelerator = job.accelerator
+    accelerator, state, folder = job.accelerator, run.state, run.folder
     # Only the main process reads best.pt and sends the weights to the others: the file may live on
     # a disk the other machines of a multi-node job do not see.
     accelerator.wait_for_everyone()
     # best.pt holds the bare module's keys; with train.compile the unwrapped model would still be
     # the compile wrapper (its keys start with _orig_mod.), so unwrap that too.
     net = accelerator.unwrap_model(job.eval_model, keep_torch_compile=False)
-    if broadcast_object(accelerator, run.best.exists()):
+    if broadcast_object(accelerator, folder.best.exists()):
         if accelerator.is_main_process:
-            net.load_state_dict(load_checkpoint(run.best)["model_state"])
+            net.load_state_dict(load_checkpoint(folder.best)["model_state"])
         broadcast_module(accelerator, net)
     test = job.evaluate_split("test")
     print_report(test, "test", accelerator)
@@ -387,6 +317,6 @@ def test_best(job: Job, state: TrainState, run: RunDir) -> tuple[dict, object]:
         **job.compute(state.step),
     }
     if accelerator.is_main_process:
-        atomic_write_bytes(run.test_metrics, json.dumps(summary, indent=2).encode())
-        add_test_results(run, summary)
+        atomic_write_bytes(folder.test_metrics, json.dumps(summary, indent=2).encode())
+        add_test_results(folder, summary)
     return summary, test

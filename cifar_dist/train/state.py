@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ..distributed.collectives import gather_per_rank
 from ..errors import UserError
 
 
@@ -44,6 +45,33 @@ class TrainState:
     def best_val_loss_or_none(self) -> float | None:
         """For JSON and W&B: None when nothing was validated (data.val_fraction=0), not Infinity."""
         return self.best_val_loss if math.isfinite(self.best_val_loss) else None
+
+    # -- mid-epoch resume: what a partly done epoch carries over a save, in one place ------------------
+    def carried(self, is_main_process: bool) -> dict:
+        """The running train sums a resumed epoch goes on from ({} at an epoch start); rank 0 carries
+        the totals over ranks, the other ranks start from zero."""
+        return (self.partial or {}) if is_main_process else {}
+
+    def keep_partial(self, loss_sum: float, correct, seen) -> None:
+        """A mid-epoch save: the epoch's running sums, already totalled over ranks."""
+        self.partial = {"loss_sum": loss_sum, "correct": int(correct), "seen": int(seen)}
+
+    def rng_to_restore(self) -> bool:
+        """A mid-epoch resume sets the RNG back (restore_rng) once the loader has started."""
+        return bool(self.step_in_epoch) and self.rng_state is not None
+
+    def end_epoch(self) -> None:
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.partial = {}
+
+    def capture_rng(self, accelerator) -> None:
+        """Collective, before a save: every rank's RNG (each draws its own dropout masks); TrainState is
+        written by rank 0 only, so the states are gathered into it, one per rank."""
+        self.rng_state = gather_per_rank(accelerator, torch.get_rng_state())
+        self.cuda_rng_state = (
+            gather_per_rank(accelerator, torch.cuda.get_rng_state()) if torch.cuda.is_available() else None
+        )
 
     def restore_rng(self, rank: int) -> None:
         """Put this rank's torch RNG back where the interrupted run saved it."""

@@ -243,27 +243,7 @@ def model_card(conf: dict, test: dict | None = None) -> str:
         f"- best epoch: {t.get('epoch')} ({_validation(t.get('val_metrics'))}); weights: {t.get('weights')}",
         f"- training command: `{t.get('command') or 'unknown'}` on {t.get('world_size')} process(es)",
     ]
-    if test is None:
-        lines += ["- test accuracy: not measured yet (written when the run's final test has run)"]
-    else:
-        if "train_pflops" in test:
-            lines.append(
-                f"- training compute: {test['train_pflops']:.4g} PFLOP "
-                f"({test['train_flops_per_image'] / 1e9:.4g} GFLOP per training image, forward + backward)"
-            )
-        lines += [
-            (
-                f"- test accuracy: {100 * test['accuracy']:.2f}% on {test['num_samples']:,} images "
-                f"(loss {test['loss']:.4f})"
-            ),
-            "",
-            "| class | test accuracy | correct / total |",
-            "|---|---:|---:|",
-        ]
-        lines += [
-            f"| {name} | {_pct(pc['correct'], pc['total'])} | {pc['correct']}/{pc['total']} |"
-            for name, pc in test["per_class"].items()
-        ]
+    lines += _test_lines(test)
     lines += [
         "",
         "## Use",
@@ -281,6 +261,28 @@ def model_card(conf: dict, test: dict | None = None) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _test_lines(test: dict | None) -> list[str]:
+    """The model card's test results: compute, accuracy and a per-class table (or that none exist yet)."""
+    if test is None:
+        return ["- test accuracy: not measured yet (written when the run's final test has run)"]
+    lines = []
+    if "train_pflops" in test:
+        lines.append(
+            f"- training compute: {test['train_pflops']:.4g} PFLOP "
+            f"({test['train_flops_per_image'] / 1e9:.4g} GFLOP per training image, forward + backward)"
+        )
+    lines += [
+        f"- test accuracy: {100 * test['accuracy']:.2f}% on {test['num_samples']:,} images (loss {test['loss']:.4f})",
+        "",
+        "| class | test accuracy | correct / total |",
+        "|---|---:|---:|",
+    ]
+    return lines + [
+        f"| {name} | {_pct(pc['correct'], pc['total'])} | {pc['correct']}/{pc['total']} |"
+        for name, pc in test["per_class"].items()
+    ]
 
 
 def write_model_folder(run: RunDir, ckpt: dict, test: dict | None = None) -> Path:

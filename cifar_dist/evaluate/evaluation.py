@@ -124,6 +124,21 @@ def evaluate_split(model, data, split: str, accelerator, settings: EvalSettings)
 
 
 @torch.no_grad()
+def _gathered(accelerator, idx_parts, loss_parts, prob_parts, num_classes: int, n: int):
+    """Collective: every rank's per-image losses and probabilities, gathered and put in split order
+    (whatever the world size); checks that the shards covered the split exactly once."""
+    idx = torch.cat(idx_parts) if idx_parts else torch.zeros(0, dtype=torch.int64)
+    losses = torch.cat(loss_parts).cpu() if loss_parts else torch.zeros(0)
+    probs = torch.cat(prob_parts).cpu() if prob_parts else torch.zeros(0, num_classes)
+    idx = gather_varlen(accelerator, idx)
+    losses = gather_varlen(accelerator, losses)
+    probs = gather_varlen(accelerator, probs)
+    order = torch.argsort(idx)  # split order, whatever the world size
+    idx, losses, probs = idx[order], losses[order], probs[order]
+    assert torch.equal(idx, torch.arange(n)), "evaluation shards must cover the split exactly once"
+    return losses, probs
+
+
 def evaluate(
     model, images_u8: torch.Tensor, labels: torch.Tensor, data, accelerator, settings: EvalSettings
 ) -> EvalResult:
@@ -159,15 +174,7 @@ def evaluate(
             advance()
     net.train(was_training)
     num_classes = len(classes)
-    idx = torch.cat(idx_parts) if idx_parts else torch.zeros(0, dtype=torch.int64)
-    losses = torch.cat(loss_parts).cpu() if loss_parts else torch.zeros(0)
-    probs = torch.cat(prob_parts).cpu() if prob_parts else torch.zeros(0, num_classes)
-    idx = gather_varlen(accelerator, idx)
-    losses = gather_varlen(accelerator, losses)
-    probs = gather_varlen(accelerator, probs)
-    order = torch.argsort(idx)  # split order, whatever the world size
-    idx, losses, probs = idx[order], losses[order], probs[order]
-    assert torch.equal(idx, torch.arange(len(labels))), "evaluation shards must cover the split exactly once"
+    losses, probs = _gathered(accelerator, idx_parts, loss_parts, prob_parts, num_classes, len(labels))
     conf, preds = probs.max(dim=1)
     top3 = probs.topk(min(3, num_classes), dim=1).indices
     n = len(labels)

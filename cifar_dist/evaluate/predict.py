@@ -89,6 +89,20 @@ def predict_tensor(
     return torch.cat(probs) if probs else torch.zeros(0, 0)
 
 
+def _top3_rows(files: list, probs: torch.Tensor, classes: list[str]) -> list[dict]:
+    """One JSON row per file: its class, confidence and top-3 classes."""
+    top_p, top_i = probs.topk(min(3, probs.shape[1]), dim=1)
+    return [
+        {
+            "file": str(f),
+            "class": classes[ix[0]],
+            "confidence": ps[0],
+            "top3": [{"class": classes[i], "confidence": p} for i, p in zip(ix, ps)],
+        }
+        for f, ps, ix in zip(files, top_p.tolist(), top_i.tolist())
+    ]
+
+
 def predict_files(
     model,
     ckpt: dict,
@@ -119,17 +133,7 @@ def predict_files(
     rows = []
     if tensors:
         probs = predict_tensor(model, torch.stack(tensors), mean, std, tta=tta, tta_translate=tta_translate)
-        k = min(3, probs.shape[1])
-        top_p, top_i = probs.topk(k, dim=1)
-        for f, ps, ix in zip(ok_files, top_p.tolist(), top_i.tolist()):
-            rows.append(
-                {
-                    "file": str(f),
-                    "class": classes[ix[0]],
-                    "confidence": ps[0],
-                    "top3": [{"class": classes[i], "confidence": p} for i, p in zip(ix, ps)],
-                }
-            )
+        rows = _top3_rows(ok_files, probs, classes)
     doc = {
         "checkpoint_classes": classes,
         "input": {"channels": m["in_channels"], "size": m["image_size"]},

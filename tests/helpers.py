@@ -34,7 +34,7 @@ MEDIUM = ["--data.name=synthetic", "--data.synthetic_train_size=2000", "--data.s
 
 def base_env(**extra) -> dict:
     # WANDB_MODE=disabled: tracking is on by default (tracking.backend=wandb) and would add a
-    # run.dir/wandb/ folder and ~6 s per run here; tests/test_wandb.py sets its own W&B environment.
+    # run.dir/wandb/ folder and ~6 s per run here; tests/system/test_wandb.py sets its own W&B environment.
     env = dict(os.environ)
     env.update(
         {

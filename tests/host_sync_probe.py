@@ -2,7 +2,7 @@
 records host syncs: a tensor made from Python data (on a GPU: a host-to-device copy that waits for the queued
 work) and any device-to-host read (.item(), float(), int(), bool(), .cpu(), .tolist(), .numpy()). Each record
 carries state.step at that moment. Prints one JSON list [[step, what, where], ...]; used by
-tests/test_gpu_ready.py in a subprocess of its own (Accelerate's state is per process).
+tests/system/test_gpu_ready.py in a subprocess of its own (Accelerate's state is per process).
 
     python tests/host_sync_probe.py --preset tutorial_fast --data.name=synthetic ...
 """

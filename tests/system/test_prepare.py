@@ -2,7 +2,7 @@
 prepare each dataset kind once (one builds, the others wait and read the same files), and a job
 SIGKILLed halfway leaves nothing a later job takes for finished data.
 
-    OMP_NUM_THREADS=1 python -m pytest tests/test_prepare.py
+    OMP_NUM_THREADS=1 python -m pytest tests/system/test_prepare.py
 """
 
 import hashlib

@@ -1,7 +1,7 @@
 """Training compute counted in every run (issue 25): flops.train_flops_per_image against hand counts of
 the layers, its lack of side effects, and the figures a run records.
 
-    python -m pytest tests/test_flops.py
+    python -m pytest tests/system/test_flops.py
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """W&B tracking with the real wandb package, offline, read back from its own record file.
 
-    pytest tests/test_wandb.py
+    pytest tests/system/test_wandb.py
 
 One 2-process CPU DDP job (no API key: `auto` must go offline by itself), its resume, one
 single-process job whose wandb-core service is killed mid-run, and fast checks of the mode decision

@@ -1,7 +1,7 @@
 """The SLURM templates on a real SLURM cluster: Debian's slurm-wlm (22.05) and munge, started for
 this session by slurm/dev_cluster.sh (one node, this machine) and stopped afterwards.
 
-    sudo python -m pytest tests/test_slurm.py       # root: slurmd runs as root
+    sudo python -m pytest tests/system/test_slurm.py       # root: slurmd runs as root
 
 Jobs are submitted from a scratch folder (logs/ and runs/ land there) with CIFAR_DIST_DIR pointing
 at this checkout. All three training jobs run the same 2-process CPU job (seed 0, 2 epochs of 50

@@ -1,7 +1,7 @@
 """torch.compile and bf16 under DDP (issue 27, finding 7): before, compile ran with one process only and bf16
 never under DDP. Two real gloo processes on the CPU (cpu_ddp.yaml), the tutorial CNN, one epoch.
 
-    OMP_NUM_THREADS=1 python -m pytest tests/test_ddp_compile_bf16.py
+    OMP_NUM_THREADS=1 python -m pytest tests/system/test_ddp_compile_bf16.py
 """
 
 from __future__ import annotations

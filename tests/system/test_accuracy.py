@@ -1,7 +1,7 @@
 """Real images (issue 8): a short tutorial_fast run on Fashion-MNIST (Debian's dataset-fashion-mnist)
 through benchmarks/accuracy.py must land well above chance on the real test split.
 
-    OMP_NUM_THREADS=1 python -m pytest tests/test_accuracy.py
+    OMP_NUM_THREADS=1 python -m pytest tests/system/test_accuracy.py
 """
 
 import json

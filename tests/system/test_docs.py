@@ -1,7 +1,7 @@
 """The README and docs/ stay a readable guide: every relative link and image resolves to a file,
 no Markdown line runs past 200 characters, and the README stays a short user's guide.
 
-    python -m pytest tests/test_docs.py
+    python -m pytest tests/system/test_docs.py
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MARKDOWN = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # [text](target) and ![alt](target); the target ends at whitespace or ')'.
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")

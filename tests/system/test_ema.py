@@ -1,6 +1,6 @@
 """train.ema_decay: the EMA of weights and BatchNorm buffers (cifar_dist/optim/ema.py), and that a run
 with it validates, saves, tests and exports the EMA network, saying so. Its exact resume is in
-tests/test_resume_exact.py (one process, mid-epoch) and tests/test_own_model.py (2 processes with
+tests/system/test_resume_exact.py (one process, mid-epoch) and tests/system/test_own_model.py (2 processes with
 BatchNorm, where the ranks' buffers must be averaged for the EMA to agree everywhere)."""
 
 from __future__ import annotations

@@ -9,7 +9,7 @@
 - a rank of a 2-process DDP job killed, or raising: the other stops promptly with one line naming
   it, the job's exit code is non-zero, last/ still loads.
 
-    OMP_NUM_THREADS=1 pytest tests/test_faults.py -q
+    OMP_NUM_THREADS=1 pytest tests/system/test_faults.py -q
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Multi-node training, for real: two hosts (network namespaces joined by a veth pair, see netns.py)
 each run their own launcher, and the two form one 2-process gloo job over the veth addresses.
 
-    python -m pytest tests/test_multinode.py     # as root (the tests run as root in CI)
+    python -m pytest tests/system/test_multinode.py     # as root (the tests run as root in CI)
 
 Each host also gets its own disk for the runs folder (the same path, a different directory behind
 it), as two machines without a shared filesystem have: so the files on host 1's disk are exactly

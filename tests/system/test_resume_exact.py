@@ -2,7 +2,7 @@
 epoch, twice (SIGUSR1, then SIGTERM), and resumed each time ends with weights, optimizer state,
 per-epoch metrics and test metrics identical to one uninterrupted run with the same seed.
 
-    python -m pytest tests/test_resume_exact.py
+    python -m pytest tests/system/test_resume_exact.py
 
 The stops are asynchronous, as in production: the test waits for visible progress (the periodic
 state save at step 10; the first epoch's metrics line) and then signals the process, so the stop

@@ -2,7 +2,7 @@
 story, the loop's epoch takes at most 3 parameters, no module reaches into another's private names, and
 the folders keep their order (docs/architecture.md).
 
-    python -m pytest tests/test_codebase.py
+    python -m pytest tests/unit/test_codebase.py
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "cifar_dist"
+PACKAGE = Path(__file__).resolve().parents[2] / "cifar_dist"
 
 
 def _functions():

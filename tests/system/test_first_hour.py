@@ -3,7 +3,7 @@
 names the way out and leaves nothing behind, and every bad-input error stays one line under the
 launcher (`accelerate launch -q`).
 
-    python -m pytest tests/test_first_hour.py
+    python -m pytest tests/system/test_first_hour.py
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The fast path (issue 9): tensor-held data and its shards, batch augmentation, resnet_fast, the
 speed switches, exact evaluation and resume with it. Real subprocesses for the runs.
 
-    OMP_NUM_THREADS=1 python -m pytest tests/test_fast_path.py
+    OMP_NUM_THREADS=1 python -m pytest tests/system/test_fast_path.py
 """
 
 import json

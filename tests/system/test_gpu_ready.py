@@ -1,7 +1,7 @@
 """Ready for the first GPU (issue 27), proven on the CPU: no silent CPU fallback when GPUs were asked
 for, a suite that hides GPUs from the tests meant for the CPU.
 
-    OMP_NUM_THREADS=1 python -m pytest tests/test_gpu_ready.py
+    OMP_NUM_THREADS=1 python -m pytest tests/system/test_gpu_ready.py
 """
 
 from __future__ import annotations

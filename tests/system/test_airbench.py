@@ -1,7 +1,7 @@
 """airbench's methods (issue 25) as pure functions, and the `airbench` network: whitening from data,
 identity init, alternating flips, Lookahead, the optimizer's groups and the config's checks.
 
-    python -m pytest tests/test_airbench.py
+    python -m pytest tests/system/test_airbench.py
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 (reused while nothing changes, rebuilt when a file is added, removed or changed), archives as
 data.root, greyscale and resizing, each bad input as one line with exit code 2, and 2-process DDP.
 
-    OMP_NUM_THREADS=1 python -m pytest tests/test_imagefolder.py
+    OMP_NUM_THREADS=1 python -m pytest tests/system/test_imagefolder.py
 """
 
 import io

@@ -12,31 +12,23 @@ last epoch's weights are tested.
 train_seconds is the wall time of the whole training call: data loading, every epoch's training
 and validation, checkpoints and the final test evaluation; the loop alone is printed too.
 pflops is the training compute: FLOPs per training image (forward + backward, counted once at the
-start by torch.utils.flop_counter on the real model; cifar_dist/flops.py) times the images trained.
+start by torch.utils.flop_counter on the real model; cifar_dist/models/flops.py) times the images trained.
 Last line: `test_accuracy=<a> train_seconds=<s> pflops=<p>`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
-import shutil
 import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cifar_dist.wait_policy import choose_wait_policy  # noqa: E402
+from cifar_dist.distributed.wait_policy import choose_wait_policy
 
 choose_wait_policy()  # as train.py does, before torch starts its threads: time what a user gets
 
-from cifar_dist.config import resolve  # noqa: E402
-from cifar_dist.metrics import read_metrics  # noqa: E402
+from harness import run_preset  # noqa: E402 (benchmarks/harness.py)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -105,35 +97,19 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def run_one(args, seed: int, overrides: list[str], run_dir: str | None, json_path: str | None) -> dict:
-    if run_dir is not None:
-        return _train_and_report(args, seed, overrides, Path(run_dir), json_path, keep=True)
-    temp = Path(tempfile.mkdtemp(prefix="accuracy-"))
-    try:  # finished, failed or stopped: no temporary folder (with a saved state in it) is left behind
-        return _train_and_report(args, seed, overrides, temp / "run", json_path, keep=False)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
+    result = run_preset(args.preset, [f"--seed={seed}", *overrides], run_dir, quiet=args.quiet)
+    if "stopped_at_step" in result.summary:  # SIGUSR1/SIGTERM: the run saved its state and stopped, untested
+        again = f"its state is kept in {run_dir}" if run_dir else "run it again"
+        sys.exit(f"accuracy.py: the run stopped at step {result.summary['stopped_at_step']} before its test; {again}")
+    return report(args, seed, overrides, result, json_path)
 
 
-def _train_and_report(args, seed: int, overrides: list[str], run_dir: Path, json_path: str | None, keep: bool) -> dict:
-    cfg = resolve(
-        args.preset,
-        None,
-        [f"--seed={seed}", f"--run.dir={run_dir}", "--run.progress=false", "--tracking.backend=none", *overrides],
-    )
-    from cifar_dist.trainer import train
-
-    t = time.perf_counter()
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out) if args.quiet else contextlib.nullcontext():
-        summary = train(cfg)
-    if "stopped_at_step" in summary:  # SIGUSR1/SIGTERM: the run saved its state and stopped, untested
-        again = f"its state is kept in {run_dir}" if keep else "run it again"
-        sys.exit(f"accuracy.py: the run stopped at step {summary['stopped_at_step']} before its test; {again}")
-    wall = time.perf_counter() - t
-    rows = read_metrics(run_dir / "metrics.jsonl")
-    loop = sum(r["epoch_seconds"] for r in rows)
+def report(args, seed: int, overrides: list[str], run, json_path: str | None) -> dict:
+    """The run's numbers as a dict (and JSON), the tutorial's per-class lines and the last line."""
     import torch
 
+    cfg, summary, rows, wall = run.cfg, run.summary, run.rows, run.seconds
+    loop = sum(r["epoch_seconds"] for r in rows)
     result = {
         "preset": args.preset,
         "data": cfg.data.name,

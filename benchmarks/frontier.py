@@ -5,7 +5,7 @@ two published anchors, as a markdown table and a figure (PFLOPs on a log scale).
     python benchmarks/frontier.py --figure docs/figures/frontier.png
 
 Each preset's compute is counted here, not copied: FLOPs per training image of its real model
-(cifar_dist/flops.py, forward + backward) times the images it trains on (epochs × steps per epoch ×
+(cifar_dist/models/flops.py, forward + backward) times the images it trains on (epochs × steps per epoch ×
 global batch, one process, CIFAR-10's 50,000 training images less the preset's validation share).
 The accuracies are the test accuracies docs/results.md reports for the same runs (measured, here);
 the published points are marked as such and were not run here.
@@ -14,14 +14,11 @@ the published points are marked as such and were not run here.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cifar_dist.config import resolve  # noqa: E402
-from cifar_dist.flops import pflops, train_flops_per_image  # noqa: E402
-from cifar_dist.models import build_model  # noqa: E402
+from cifar_dist.config import resolve
+from cifar_dist.models import build_model
+from cifar_dist.models.flops import pflops, train_flops_per_image
 
 CIFAR10_TRAIN = 50_000
 # (label, preset, overrides, test accuracy, runs) from docs/results.md: CIFAR-10 JPEG q75 copy, this box.

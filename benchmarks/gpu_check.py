@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import sys
@@ -22,10 +23,9 @@ import time
 from pathlib import Path
 
 import torch
+from harness import preset_config, run_folder, train_config  # benchmarks/harness.py
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cifar_dist.config import resolve  # noqa: E402
+from cifar_dist.config import resolve
 
 PRESET_FOR = {"tutorial_cnn": "tutorial_fast", "resnet_fast": "resnet_fast"}
 # Published (github.com/KellerJordan/cifar10-airbench README): airbench94, 94.01 % in 3.83 s on one A100, 0.36 PFLOP.
@@ -45,85 +45,56 @@ def _common(args) -> list[str]:
 
 
 def throughput(args) -> dict:
-    """Images/s of cifar-dist's own training step (trainer.train_step over the run's loader): warm-up steps
-    (compilation included), then timed steps; CUDA events on a GPU, the wall clock on the CPU."""
-    from cifar_dist.data import load_data
-    from cifar_dist.distributed import build_accelerator
-    from cifar_dist.trainer import build, train_step
-
+    """Images/s of cifar-dist's own training, through `train(cfg)` like every benchmark (its lr schedule and
+    all), on synthetic data: two epochs of about `timed` steps; the first warms up (compilation included),
+    the second is timed by the run's own epoch clock (which waits for the device's queued work)."""
     size = 200 if args.smoke else 10_000
     overrides = [
         *_common(args),
         "--data.name=synthetic",
         f"--data.root={args.data_root}",
-        f"--data.synthetic_train_size={size}",
         "--data.synthetic_test_size=10",
         f"--model.name={args.model}",
         f"--model.width={args.width}",
         f"--train.mixed_precision={args.precision}",
         f"--train.compile={str(args.compile).lower()}",
-        f"--run.dir={tempfile.mkdtemp(prefix='gpu-check-')}",
+        "--train.epochs=2",
     ]
     if args.smoke:
         overrides.append("--train.per_device_batch_size=8")
-    cfg = resolve(PRESET_FOR[args.model], None, overrides)
-    if args.smoke and args.compile:
         # Inductor compiles one configuration in ~110 s on 2 loaded cores (measured): too slow for a test.
         # The smoke run traces the model with TorchDynamo and runs the graph eagerly; the GPU run uses Inductor.
-        import functools
+        if args.compile:
+            import functools
 
-        torch.compile = functools.partial(torch.compile, backend="eager")
-    warmup, timed = (1, 2) if args.smoke else (15, 60)
-    accelerator = build_accelerator(cfg)
-    device = accelerator.device
-    job = build(cfg, accelerator, load_data(cfg, accelerator))
-    flops = job.flops_per_image  # the trainer's own count (cifar_dist/flops.py)
+            torch.compile = functools.partial(torch.compile, backend="eager")
+    timed = 2 if args.smoke else 60
+    with run_folder(prefix="gpu-check-") as run_dir:
+        cfg = preset_config(PRESET_FOR[args.model], overrides, run_dir)
+        batch = cfg.train.global_batch_size or cfg.train.per_device_batch_size  # one process: the whole batch
+        size = max(size, math.ceil(timed * batch / max(1 - cfg.data.val_fraction, 0.1)))  # an epoch ≈ timed steps
+        cfg = preset_config(PRESET_FOR[args.model], [*overrides, f"--data.synthetic_train_size={size}"], run_dir)
+        run = train_config(cfg, quiet=True)
+    warm, timed_row = run.rows[0], run.rows[-1]
+    peak, peak_kind = peak_memory_gib(torch.device("cpu" if args.smoke else "cuda"))
+    from cifar_dist.distributed import resolve_mixed_precision
 
-    def steps():
-        epoch = 0
-        while True:
-            job.loader.set_epoch(epoch)
-            yield from job.loader.iterate()
-            epoch += 1
-
-    batches = steps()
-    t_first = time.perf_counter()
-    for _ in range(warmup):
-        _, loss = train_step(job, *next(batches), job.base_lr)
-    loss.item()  # wait for the warm-up (and the compilation) to finish
-    warmup_s = time.perf_counter() - t_first
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(timed):
-            _, loss = train_step(job, *next(batches), job.base_lr)
-        end.record()
-        end.synchronize()
-        seconds, clock = start.elapsed_time(end) / 1000, "CUDA events"
-    else:
-        t = time.perf_counter()
-        for _ in range(timed):
-            _, loss = train_step(job, *next(batches), job.base_lr)
-        loss.item()
-        seconds, clock = time.perf_counter() - t, "wall clock"
-    images = timed * job.plan.per_device * job.plan.accumulation
-    peak, peak_kind = peak_memory_gib(device)
     return {
         "part": "throughput",
         "model": args.model,
         "width": args.width if args.model == "resnet_fast" else None,
-        "batch": job.plan.per_device,
-        "mixed_precision": accelerator.mixed_precision,
+        "batch": batch,
+        "mixed_precision": resolve_mixed_precision(cfg.train.mixed_precision, use_cpu=args.smoke),
         "compile": args.compile,
-        "images_per_sec": images / seconds,
-        "timed_steps": timed,
-        "clock": clock,
-        "warmup_seconds": warmup_s,
-        "gflop_per_image": flops / 1e9,
-        "tflops_per_sec": flops * images / seconds / 1e12,
+        "images_per_sec": timed_row["images_per_sec"],
+        "timed_steps": timed_row["step"] - warm["step"],
+        "clock": "the run's epoch clock",
+        "warmup_seconds": warm["epoch_seconds"],
+        "gflop_per_image": timed_row["train_flops_per_image"] / 1e9,
+        "tflops_per_sec": timed_row["train_flops_per_image"] * timed_row["images_per_sec"] / 1e12,
         "peak_mem_gib": peak,
         "peak_mem_kind": peak_kind,
-        "device": str(device),
+        "device": "cpu" if args.smoke else "cuda",
         "compiler": ("dynamo, eager backend (smoke)" if args.smoke else "inductor") if args.compile else None,
     }
 
@@ -134,7 +105,6 @@ def fast(args) -> dict:
     of the best-validation weights, training seconds (the run's own per-epoch clock), the seconds of one test
     evaluation with the run's TTA, peak memory and training PFLOPs (FLOPs per image × images trained)."""
     from cifar_dist.distributed import resolve_mixed_precision
-    from cifar_dist.trainer import train
 
     overrides = [
         *_common(args),
@@ -161,9 +131,8 @@ def fast(args) -> dict:
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
-    summary = train(cfg, after_epoch=after_epoch)
-    wall = time.perf_counter() - t
+    run = train_config(cfg, after_epoch=after_epoch)  # benchmarks/harness.py: train(cfg) as a user runs it
+    summary, wall = run.summary, run.seconds
     trained = sum(r["train_samples"] for r in rows)
     peak, peak_kind = peak_memory_gib(device)
     return {
@@ -178,7 +147,7 @@ def fast(args) -> dict:
         "eval_seconds": evals[-1] if evals else None,
         "wall_seconds": wall,
         "train_images": trained,
-        "train_pflop": rows[-1]["train_pflops"],  # the run's own count (cifar_dist/flops.py)
+        "train_pflop": rows[-1]["train_pflops"],  # the run's own count (cifar_dist/models/flops.py)
         "peak_mem_gib": peak,
         "peak_mem_kind": peak_kind,
         "data": f"CIFAR-10 (JPEG q75 copy) {args.archive}" if not args.smoke else f"smoke archive {args.archive}",

@@ -9,7 +9,7 @@ same model, interleaved rounds, medians.
     SyntheticCIFAR10 class, so the bytes and the decoding are the real CIFAR path), ToTensor +
     Normalize per sample, SubsetRandomSampler over the 80% training split, DataLoader batch 16,
     num_workers 0, SGD lr 0.01, `train_loss += loss.item() * data.size(0)` every step.
-(b) cifar-dist: `cifar_dist.trainer.train` itself, run in this process with the model's preset
+(b) cifar-dist: `cifar_dist.train.loop.train` itself, run in this process with the model's preset
     (tutorial_fast for tutorial_cnn, fast for resnet_fast: tensor-held data, batch augmentation, its batch
     size, channels_last, ...) plus any --section.key=value overrides; its own per-epoch
     `images_per_sec` (the timed training loop only, not evaluation or checkpoints), epoch 1 dropped
@@ -25,36 +25,27 @@ Last line: `speedup_vs_tutorial=<x> floor_fraction=<y>`.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cifar_dist.wait_policy import choose_wait_policy  # noqa: E402
+from cifar_dist.distributed.wait_policy import choose_wait_policy
 
 choose_wait_policy()  # as train.py does, before torch starts its threads: time what a user gets
 
 import torch  # noqa: E402
+from harness import TutorialLoop, run_preset, sync  # noqa: E402 (benchmarks/harness.py)
 
-from cifar_dist import config as config_mod  # noqa: E402
+from cifar_dist.config import resolve  # noqa: E402
 from cifar_dist.data import split_indices  # noqa: E402
-from cifar_dist.metrics import read_metrics  # noqa: E402
+from cifar_dist.data.synthetic import ensure_synthetic, synthetic_class  # noqa: E402
 from cifar_dist.models import build_model  # noqa: E402
-from cifar_dist.synthetic import ensure_synthetic, synthetic_class  # noqa: E402
+from cifar_dist.models.flops import train_flops_per_image  # noqa: E402
 
 PRESET_FOR = {"tutorial_cnn": "tutorial_fast", "resnet_fast": "resnet_fast"}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def matmul_gflops(device: torch.device, n: int = 4096, seconds: float = 2.0) -> float:
@@ -75,93 +66,40 @@ def matmul_gflops(device: torch.device, n: int = 4096, seconds: float = 2.0) -> 
     return 2 * n**3 * count / (time.perf_counter() - t) / 1e9
 
 
-def train_flops_per_image(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
+def tutorial_loop(root: Path, model_name: str, device: torch.device, seed: int = 0) -> TutorialLoop:
+    """The tutorial's loop over torchvision's CIFAR-10 reader of the synthetic files: ToTensor + Normalize per
+    sample, SubsetRandomSampler over the 80% training split, batch 16, num_workers 0."""
+    from torch.utils.data import DataLoader
+    from torch.utils.data.sampler import SubsetRandomSampler
+    from torchvision import transforms
 
-    model.train()
-    with FlopCounterMode(display=False) as counter:
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-    model.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / x.shape[0]
-
-
-class TutorialLoop:
-    """The tutorial's training loop as written, over torchvision's CIFAR-10 reader."""
-
-    def __init__(self, root: Path, model_name: str, device: torch.device, seed: int = 0):
-        from torch.utils.data import DataLoader
-        from torch.utils.data.sampler import SubsetRandomSampler
-        from torchvision import transforms
-
-        transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
-        train_data = synthetic_class(root)(str(root), train=True, download=False, transform=transform)
-        train_idx, _ = split_indices(len(train_data), 0.2, seed)
-        self.loader = DataLoader(
-            train_data, batch_size=16, sampler=SubsetRandomSampler(train_idx.tolist()), num_workers=0
-        )
-        torch.manual_seed(seed)
-        self.model = build_model(model_name, 3, 32, 10).to(device)
-        self.criterion = torch.nn.CrossEntropyLoss()
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01)
-        self.device = device
-        self.batches = iter(())
-
-    def run(self, images: int) -> float:
-        """Train on `images` images (whole batches of 16); returns images per second."""
-        model, criterion, optimizer = self.model, self.criterion, self.optimizer
-        model.train()
-        train_loss, seen = 0.0, 0
-        sync(self.device)
-        t = time.perf_counter()
-        while seen < images:
-            try:
-                data, target = next(self.batches)
-            except StopIteration:  # a new epoch: the sampler reshuffles
-                self.batches = iter(self.loader)
-                continue
-            data, target = data.to(self.device), target.to(self.device)  # the tutorial's .cuda()
-            optimizer.zero_grad()
-            output = model(data)
-            loss = criterion(output, target)
-            loss.backward()
-            optimizer.step()
-            train_loss += loss.item() * data.size(0)
-            seen += data.size(0)
-        sync(self.device)
-        return seen / (time.perf_counter() - t)
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+    train_data = synthetic_class(root)(str(root), train=True, download=False, transform=transform)
+    train_idx, _ = split_indices(len(train_data), 0.2, seed)
+    loader = DataLoader(train_data, batch_size=16, sampler=SubsetRandomSampler(train_idx.tolist()), num_workers=0)
+    torch.manual_seed(seed)
+    return TutorialLoop(loader, build_model(model_name, 3, 32, 10), device)
 
 
 def cifar_dist_run(
     preset: str, root: Path, train_size: int, epochs: int, threads: int, overrides: list[str]
-) -> tuple[list[float], dict]:
-    """One in-process `train()` run; returns its per-epoch images/s after the first epoch."""
-    from cifar_dist.trainer import train
-
-    run_dir = Path(tempfile.mkdtemp(prefix="throughput-"))
-    try:
-        cfg = config_mod.resolve(
-            preset,
-            None,
-            [
-                "--data.name=synthetic",
-                f"--data.root={root.parent}",
-                f"--data.synthetic_train_size={train_size}",
-                "--data.synthetic_test_size=1000",
-                f"--train.epochs={epochs}",
-                f"--train.threads_per_process={threads}",
-                "--eval.per_device_batch_size=1000",
-                f"--run.dir={run_dir / 'run'}",
-                "--run.progress=false",
-                "--tracking.backend=none",
-                *overrides,
-            ],
-        )
-        with contextlib.redirect_stdout(io.StringIO()):
-            train(cfg)
-        rows = read_metrics(run_dir / "run" / "metrics.jsonl")
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
-    return [r["images_per_sec"] for r in rows[1:]], cfg.to_dict()
+) -> list[float]:
+    """One in-process `train()` run (benchmarks/harness.py); returns its per-epoch images/s after the first."""
+    run = run_preset(
+        preset,
+        [
+            "--data.name=synthetic",
+            f"--data.root={root.parent}",
+            f"--data.synthetic_train_size={train_size}",
+            "--data.synthetic_test_size=1000",
+            f"--train.epochs={epochs}",
+            f"--train.threads_per_process={threads}",
+            "--eval.per_device_batch_size=1000",
+            *overrides,
+        ],
+        quiet=True,
+    )
+    return [r["images_per_sec"] for r in run.rows[1:]]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -189,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.data_root is None:
         tmp = Path(tempfile.mkdtemp(prefix="throughput-data-"))
     data_root = Path(args.data_root or tmp)
-    cfg = config_mod.resolve(
+    cfg = resolve(
         preset,
         None,
         [
@@ -205,9 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     model = build_model(args.model, 3, 32, 10, width=cfg.model.width, dropout=cfg.model.dropout).to(device)
     batch = cfg.train.global_batch_size or cfg.train.per_device_batch_size  # one process: the whole batch
-    flops = train_flops_per_image(
-        model, torch.randn(batch, 3, 32, 32, device=device), torch.randint(0, 10, (batch,), device=device)
-    )
+    flops = train_flops_per_image(model, 3, 32)  # the trainer's own count (cifar_dist/models/flops.py)
     print(
         f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{threads} threads'}), "
         f"torch {torch.__version__}; model {args.model}: {flops / 1e6:.1f} MFLOP per training image"
@@ -218,13 +154,13 @@ def main(argv: list[str] | None = None) -> dict:
         f"compile {cfg.train.compile}"
     )
 
-    tutorial = TutorialLoop(root, args.model, device)
-    tutorial.run(160)  # warm-up: first batches allocate and pick kernels
+    tutorial = tutorial_loop(root, args.model, device)
+    tutorial.images(160)  # warm-up: first batches allocate and pick kernels
     rows = []
     print(f"{'round':>5} {'tutorial img/s':>15} {'cifar-dist img/s':>17} {'ratio':>6} {'matmul GFLOP/s':>15}")
     for r in range(args.rounds):
-        tut = tutorial.run(args.tutorial_images)
-        ours_epochs, _ = cifar_dist_run(preset, root, args.train_size, args.epochs, threads, overrides)
+        tut = tutorial.images(args.tutorial_images)
+        ours_epochs = cifar_dist_run(preset, root, args.train_size, args.epochs, threads, overrides)
         ours = statistics.median(ours_epochs)
         gf = matmul_gflops(device)
         rows.append({"tutorial": tut, "cifar_dist": ours, "cifar_dist_epochs": ours_epochs, "matmul_gflops": gf})

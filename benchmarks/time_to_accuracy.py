@@ -6,7 +6,7 @@
 (a) the tutorial's loop as written: per-sample PIL image -> ToTensor -> Normalize(0.5, 0.5) through a torch
     DataLoader, batch 16, shuffled, SGD lr 0.01, the tutorial's CNN, cross-entropy;
 (b) cifar-dist: a preset (default tutorial_fast's recipe on a 3-epoch schedule with model tutorial_cnn_bn, flip
-    only: DEFAULT_OURS), built from the config and trained by cifar_dist.trainer.train itself (tensor loader,
+    only: DEFAULT_OURS), built from the config and trained by cifar_dist.train.loop.train itself (tensor loader,
     its step), through its after_epoch hook.
 Both train on the same split (data.val_fraction of the training images held out, seeded by --seed) and are
 evaluated on the TEST split after every epoch; each stops at the first epoch whose test accuracy reaches
@@ -22,26 +22,16 @@ speedup is a bound too. Last line:
 from __future__ import annotations
 
 import argparse
-import shutil
-import sys
-import tempfile
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cifar_dist.wait_policy import choose_wait_policy  # noqa: E402
+from cifar_dist.distributed.wait_policy import choose_wait_policy
 
 choose_wait_policy()  # as train.py does, before torch starts its threads: time what a user gets
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
+from harness import TutorialLoop, TutorialNet, preset_config, run_folder, train_config  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from cifar_dist.config import resolve  # noqa: E402 (after the path insert)
-from cifar_dist.models import TutorialCNN  # noqa: E402
-from cifar_dist.rows import gathered  # noqa: E402
+from cifar_dist.data.rows import gathered  # noqa: E402
 
 # tutorial_fast's recipe on a 3-epoch schedule with the tutorial's layers plus batch norm (model tutorial_cnn_bn),
 # flip only, lr 0.2 after 0.3 epochs of warm-up. Chosen on CIFAR-10's validation split (docs/results.md,
@@ -58,22 +48,6 @@ DEFAULT_OURS = [
 # tutorial_fast's mixed_precision=auto trains our side in bf16 where the GPU or CPU multiplies bf16 (on an AMX
 # CPU 1.5x faster than fp32; docs/performance.md); the tutorial's side stays in fp32, as written.
 # --train.mixed_precision=no on the command line makes ours fp32 too.
-
-
-class TutorialNet(TutorialCNN):
-    """The tutorial's Net: TutorialCNN's layers (built in the same order, so the same initial weights for
-    a seed) with the tutorial's forward as written, nn.Conv2d's fused bias and ReLU before the pool.
-    (TutorialCNN computes the same function in a cheaper order; the baseline is the tutorial's code.)"""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(F.relu(self.conv1(x)))
-        x = self.pool(F.relu(self.conv2(x)))
-        x = self.pool(F.relu(self.conv3(x)))
-        x = x.view(-1, self.fc1.in_features)
-        x = self.dropout(x)
-        x = F.relu(self.fc1(x))
-        x = self.dropout(x)
-        return self.fc2(x)
 
 
 class TutorialImages(Dataset):
@@ -109,7 +83,8 @@ def test_accuracy(model, images_u8: torch.Tensor, labels: torch.Tensor, mean, st
 
 
 def run_tutorial(data, target: float, max_epochs: int, seed: int) -> dict:
-    """The tutorial's training loop, unchanged but for the per-epoch test evaluation (not timed)."""
+    """The tutorial's training loop (benchmarks/harness.py), unchanged but for the per-epoch test evaluation
+    (not timed)."""
     from torchvision import transforms
 
     torch.manual_seed(seed)
@@ -118,18 +93,10 @@ def run_tutorial(data, target: float, max_epochs: int, seed: int) -> dict:
     images = TutorialImages(gathered(data.train_images), data.train_labels, transform)
     train_loader = DataLoader(images, batch_size=16, shuffle=True, num_workers=0)
     model = TutorialNet(c, data.image_size, data.num_classes, dropout=0.3)
-    criterion = nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    loop = TutorialLoop(train_loader, model, torch.device("cpu"))
     seconds, history = 0.0, []
     for epoch in range(1, max_epochs + 1):
-        t0 = time.perf_counter()
-        model.train()
-        for x, y in train_loader:
-            optimizer.zero_grad()
-            loss = criterion(model(x), y)
-            loss.backward()
-            optimizer.step()
-        seconds += time.perf_counter() - t0
+        seconds += loop.epoch()
         acc = test_accuracy(model, data.test_images, data.test_labels, (0.5,) * c, (0.5,) * c)
         history.append((epoch, seconds, acc))
         print(f"tutorial epoch {epoch}: test accuracy {acc:.4f}, training {seconds:.1f} s so far", flush=True)
@@ -140,8 +107,6 @@ def run_tutorial(data, target: float, max_epochs: int, seed: int) -> dict:
 
 
 def run_ours(cfg, target: float) -> dict:
-    from cifar_dist.trainer import train
-
     seconds, history = 0.0, []
 
     def after_epoch(epoch: int, row: dict, evaluate_split) -> bool:
@@ -152,7 +117,7 @@ def run_ours(cfg, target: float) -> dict:
         print(f"ours epoch {epoch}: test accuracy {acc:.4f}, training {seconds:.1f} s so far", flush=True)
         return acc >= target
 
-    train(cfg, after_epoch=after_epoch)
+    train_config(cfg, after_epoch=after_epoch)  # benchmarks/harness.py: cifar-dist's own train(cfg)
     best = max(history, key=lambda h: h[2])
     reached = best[2] >= target
     epoch = next(h for h in history if h[2] >= target)[0] if reached else best[0]
@@ -189,20 +154,8 @@ def main(argv: list[str] | None = None) -> str:
         help="the tutorial's schedule length: it stops here if the target is not reached",
     )
     args, overrides = parser.parse_known_args(argv)
-    run_dir = Path(tempfile.mkdtemp(prefix="time-to-accuracy-")) / "run"
-    cfg = resolve(
-        args.preset,
-        None,
-        [
-            *DEFAULT_OURS,
-            f"--seed={args.seed}",
-            f"--run.dir={run_dir}",
-            "--run.progress=false",
-            "--tracking.backend=none",
-            *overrides,
-        ],
-    )
-    try:
+    with run_folder(prefix="time-to-accuracy-") as run_dir:
+        cfg = preset_config(args.preset, [*DEFAULT_OURS, f"--seed={args.seed}", *overrides], run_dir)
         print(
             f"ours: preset {args.preset}, {cfg.train.epochs} epochs, {cfg.data.name}; target {args.target}", flush=True
         )
@@ -217,8 +170,6 @@ def main(argv: list[str] | None = None) -> str:
             flush=True,
         )
         tutorial = run_tutorial(data, args.target, args.tutorial_max_epochs, args.seed)
-    finally:
-        shutil.rmtree(run_dir.parent, ignore_errors=True)
     for name, side in (("tutorial", tutorial), ("ours", ours)):
         if side["reached"]:
             print(

@@ -11,7 +11,7 @@ Configurations are interleaved over rounds so that drifting load hits them alike
 `--steps` steps of one epoch (the run's own images/s, which excludes start-up and evaluation) and the
 table gives seconds per full epoch (training images / images/s, median over rounds) and each
 policy's ratio to the fastest policy under the same load. Each run is train.py as it would
-run if cifar_dist/wait_policy.py's DEFAULT (the one place the choice is made) were that policy, with
+run if cifar_dist/distributed/wait_policy.py's DEFAULT (the one place the choice is made) were that policy, with
 OMP_WAIT_POLICY unset in its environment, as in a user's clean shell. The figures go to
 docs/performance.md.
 """
@@ -44,11 +44,11 @@ def one_run(policy: str, threads: int, args, overrides: list[str], work: Path, t
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}  # a clean shell, as the README's
     env.update({"OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"})
     run_dir = work / tag
-    # train.py as it would run if cifar_dist/wait_policy.py's DEFAULT were this policy
+    # train.py as it would run if cifar_dist/distributed/wait_policy.py's DEFAULT were this policy
     default = None if policy == "unset" else policy
     entry = (
-        f"from cifar_dist import wait_policy; wait_policy.DEFAULT = {default!r}; "
-        "import sys; from cifar_dist.cli import train_main; train_main(sys.argv[1:])"
+        f"from cifar_dist.distributed import wait_policy; wait_policy.DEFAULT = {default!r}; "
+        "import sys; from cifar_dist.cli.main import train_main; train_main(sys.argv[1:])"
     )
     cmd = [
         *[sys.executable, "-c", entry, "--preset", args.preset, *overrides],

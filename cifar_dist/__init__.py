@@ -7,7 +7,7 @@ def load_model(path, device="cpu", trust_code=False):
     """The network of an exported model folder (`<run.dir>/model`), a run folder or a best.pt, with its
     weights, in eval mode: `from cifar_dist import load_model; model = load_model("runs/x/model")`.
     A model from your own `package.module:factory` imports that code: only with trust_code=True."""
-    from .export import load_model as _load_model
+    from .artifacts.export import load_model as _load_model
 
     return _load_model(path, device, trust_code=trust_code)
 

@@ -8,7 +8,7 @@
 #      (`scancel --signal=USR1 $SLURM_JOB_ID`; without --batch/--full it skips this shell).
 #      slurm/launch.sh makes the launchers (accelerate launch, torchrun) ignore USR1, so only the
 #      training processes act on it: at the next step boundary all ranks agree to stop, save the
-#      full state to run.dir/last and exit 0 (cifar_dist/preemption.py).
+#      full state to run.dir/last and exit 0 (cifar_dist/distributed/preemption.py).
 #   3. When the step has ended cleanly and the run is not finished (no run.dir/test_metrics.json),
 #      this shell runs `scontrol requeue $SLURM_JOB_ID`: the job goes back to the queue with the
 #      same id, so the same run.dir, and its next start passes --train.resume=auto.

@@ -20,7 +20,7 @@
 #   RDZV_TIMEOUT        seconds a node waits to reach the head / for all nodes at start (default 600,
 #                       torch's); an unreachable head fails within about twice this (one retry)
 set -euo pipefail
-# First thing: USR1 asks the TRAINING processes to save at the next step and stop (cifar_dist/preemption.py).
+# First thing: USR1 asks the TRAINING processes to save at the next step and stop (cifar_dist/distributed/preemption.py).
 # The launchers must survive it: USR1 would kill `accelerate launch` and torchrun's agent (default
 # action), orphaning the workers. An ignored signal stays ignored across exec and in the launchers'
 # children until the training installs its own handler.
@@ -43,7 +43,7 @@ elif [ "${USE_CPU:-0}" = 1 ]; then
   per_node=1
 elif [ -n "${SLURM_GPUS_ON_NODE:-}" ] && [ "${SLURM_GPUS_ON_NODE}" -gt 0 ] 2>/dev/null; then
   # One process per GPU SLURM granted; if torch cannot see them, the training stops at once in one line
-  # saying what it sees (cifar_dist/devices.py), instead of this script guessing one CPU process.
+  # saying what it sees (cifar_dist/distributed/devices.py), instead of this script guessing one CPU process.
   per_node=$SLURM_GPUS_ON_NODE
 else
   per_node=$(python -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)')

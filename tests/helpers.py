@@ -25,7 +25,7 @@ import pytest
 os.environ.setdefault("CIFAR_DIST_TEST_GPUS", os.environ.get("CUDA_VISIBLE_DEVICES", "all"))
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
-from cifar_dist.metrics import read_metrics  # noqa: E402, F401 - the one metrics.jsonl reader, for tests too
+from cifar_dist.artifacts.metrics import read_metrics  # noqa: E402, F401 - the one metrics.jsonl reader, for tests too
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_DDP = REPO / "accelerate_configs" / "cpu_ddp.yaml"
@@ -37,7 +37,7 @@ MEDIUM = ["--data.name=synthetic", "--data.synthetic_train_size=2000", "--data.s
 
 def base_env(**extra) -> dict:
     # WANDB_MODE=disabled: tracking is on by default (tracking.backend=wandb) and would add a
-    # run.dir/wandb/ folder and ~6 s per run here; tests/test_wandb.py sets its own W&B environment.
+    # run.dir/wandb/ folder and ~6 s per run here; tests/system/test_wandb.py sets its own W&B environment.
     env = dict(os.environ)
     env.update(
         {
@@ -140,7 +140,7 @@ def cifar10_jpeg_archive() -> Path:
 def synthetic_root(tmp_path_factory, train_size: int, test_size: int) -> Path:
     """A fresh data root holding synthetic CIFAR-10 files of these sizes (written by the toolkit
     itself, in CIFAR-10's on-disk format), for --data.name=synthetic with the same sizes."""
-    from cifar_dist.synthetic import write_synthetic_cifar10
+    from cifar_dist.data.synthetic import write_synthetic_cifar10
 
     root = tmp_path_factory.mktemp(f"data{train_size}")
     write_synthetic_cifar10(root / f"synthetic_{train_size}_{test_size}", train_size, test_size)

@@ -1,8 +1,8 @@
-"""Run a real training (cifar_dist.trainer.train) with every call to train_epoch under a TorchFunctionMode that
+"""Run a real training (cifar_dist.train.loop.train) with every call to train_epoch under a TorchFunctionMode that
 records host syncs: a tensor made from Python data (on a GPU: a host-to-device copy that waits for the queued
 work) and any device-to-host read (.item(), float(), int(), bool(), .cpu(), .tolist(), .numpy()). Each record
 carries state.step at that moment. Prints one JSON list [[step, what, where], ...]; used by
-tests/test_gpu_ready.py in a subprocess of its own (Accelerate's state is per process).
+tests/system/test_gpu_ready.py in a subprocess of its own (Accelerate's state is per process).
 
     python tests/host_sync_probe.py --preset tutorial_fast --data.name=synthetic ...
 """
@@ -16,8 +16,8 @@ import traceback
 import torch
 from torch.overrides import TorchFunctionMode
 
-from cifar_dist import trainer
 from cifar_dist.config import resolve
+from cifar_dist.train import loop as trainer
 
 FROM_PYTHON = {torch.tensor, torch.as_tensor, torch.Tensor.new_tensor}
 READS = {"item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__index__"}
@@ -50,9 +50,9 @@ def main(argv: list[str]) -> None:
     found: list = []
     original = trainer.train_epoch
 
-    def probed(job, state, *args, **kwargs):
-        with HostSyncs(state, found):
-            return original(job, state, *args, **kwargs)
+    def probed(job, run):
+        with HostSyncs(run.state, found):
+            return original(job, run)
 
     trainer.train_epoch = probed
     trainer.train(cfg)

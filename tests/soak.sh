@@ -38,15 +38,15 @@ stop_load() {
 trap stop_load EXIT
 
 TESTS=(
-  "tests/test_faults.py::test_a_dead_rank_stops_the_job"
-  "tests/test_multinode.py"
-  "tests/test_core_runs.py::test_ddp_two_processes_one_best_checkpoint"
-  "tests/test_core_runs.py::test_ddp_run_frees_its_process_group_before_interpreter_exit"
-  "tests/test_core_runs.py::test_evaluate_one_and_two_processes_identical"
-  "tests/test_core_runs.py::test_collapsed_launch_is_detected"
-  "tests/test_core_runs.py::test_readme_smoke_run_learns"
-  "tests/test_faults.py::test_exit_paths_of_a_two_process_job"
-  "tests/test_ctrl_c.py"
+  "tests/system/test_faults.py::test_a_dead_rank_stops_the_job"
+  "tests/system/test_multinode.py"
+  "tests/system/test_core_runs.py::test_ddp_two_processes_one_best_checkpoint"
+  "tests/system/test_core_runs.py::test_ddp_run_frees_its_process_group_before_interpreter_exit"
+  "tests/system/test_core_runs.py::test_evaluate_one_and_two_processes_identical"
+  "tests/system/test_core_runs.py::test_collapsed_launch_is_detected"
+  "tests/system/test_core_runs.py::test_readme_smoke_run_learns"
+  "tests/system/test_faults.py::test_exit_paths_of_a_two_process_job"
+  "tests/system/test_ctrl_c.py"
 )
 runs=0
 failures=0

@@ -4,7 +4,7 @@ SLOW_TIMEOUT_S, any other QUICK_TIMEOUT_S; a test's own `@pytest.mark.timeout(N)
 counts the test's fixtures too. The signal method (SIGALRM, pytest-timeout's default on Linux) fails the
 test and lets the suite go on; each test's `finally` blocks then stop the processes it started.
 
-    python -m pytest -p timeouts ...     # outside this folder's conftest (tests/test_never_hangs.py)
+    python -m pytest -p timeouts ...     # outside this folder's conftest (tests/system/test_never_hangs.py)
 """
 
 from __future__ import annotations

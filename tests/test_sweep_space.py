@@ -166,3 +166,25 @@ def test_pruning_hook_reports_prunes_and_leaves_its_marker(tmp_path, monkeypatch
     assert study.get_trials()[0].intermediate_values == {1: 0.5, 2: 0.1}
     monkeypatch.delenv("CIFAR_DIST_SWEEP_TRIAL")
     assert hook_from_env() is None
+
+
+def test_a_trials_outcome_is_read_from_what_every_run_writes(tmp_path):
+    from cifar_dist.sweep.trial import read_outcome
+
+    run, marker = tmp_path / "0000", tmp_path / "0000.pruned.json"
+    (run / "last").mkdir(parents=True)
+    assert read_outcome(0, run, marker, "val_loss").state == "STOPPED"  # USR1: saved, exit 0
+    assert read_outcome(1, run, marker, "val_loss", ("", True)).state == "STOPPED"  # TERM under accelerate -q
+    failed = read_outcome(2, run, marker, "val_loss", ("error: training loss became nan", False))
+    assert failed.state == "FAIL" and failed.error.startswith("error: training loss")
+    rows = [{"epoch": 1, "val_loss": 2.0, "val_accuracy": 0.3}, {"epoch": 2, "val_loss": 1.5, "val_accuracy": 0.2}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "test_metrics.json").write_text(json.dumps({"accuracy": 0.25, "epochs": 2}))
+    assert (read_outcome(0, run, marker, "val_loss").value, read_outcome(0, run, marker, "val_accuracy").value) == (
+        1.5,
+        0.3,
+    )
+    assert read_outcome(0, run, marker, "test_accuracy").value == 0.25
+    marker.write_text(json.dumps({"epoch": 1, "value": 2.0}))
+    pruned = read_outcome(0, run, marker, "val_loss")
+    assert (pruned.state, pruned.value, pruned.epochs) == ("PRUNED", 2.0, 2)

@@ -82,7 +82,7 @@ class TrialRun:
             finally:
                 beat.stop()
                 self.proc = None
-        out = read_outcome(rc, run_dir, marker, self.space.objective, _error_line(log_path, start))
+        out = read_outcome(rc, run_dir, marker, self.space.objective, _attempt_log(log_path, start))
         out.seconds = time.monotonic() - t0
         return out
 
@@ -104,21 +104,26 @@ class TrialRun:
                 os.killpg(proc.pid, sig)
 
 
-def _error_line(log_path: Path, start: int) -> str:
-    """The last `error: ...` line this attempt wrote (the toolkit's one-line errors), else its last line."""
+STOP_LINE = "stop requested: full state saved"  # trainer.train_epoch's line after a stop request
+
+
+def _attempt_log(log_path: Path, start: int) -> tuple[str, bool]:
+    """(the last `error: ...` line this attempt wrote, else its last line; whether it saved on a stop request)."""
     with open(log_path, errors="replace") as f:
         f.seek(start)
         lines = [line.strip() for line in f if line.strip()]
     errors = [line for line in lines if line.startswith("error:")]
-    return (errors or lines or [""])[-1][:300]
+    return (errors or lines or [""])[-1][:300], any(line.startswith(STOP_LINE) for line in lines)
 
 
-def read_outcome(rc: int, run_dir: Path, marker: Path, objective: str, error: str = "") -> Outcome:
+def read_outcome(rc: int, run_dir: Path, marker: Path, objective: str, log: tuple[str, bool] = ("", False)) -> Outcome:
     """What the run's files say: finished (test_metrics.json) and pruned (the marker) or complete;
-    stopped on request (saved, not finished: exit 0 after USR1, 143 after TERM); or failed."""
+    stopped on request (saved, not finished: the training exits 0 after USR1, 143 after TERM, which
+    `accelerate launch -q` reports as 1); or failed."""
+    error, saved_on_stop = log
     test_path = run_dir / "test_metrics.json"
     if not test_path.exists():
-        stopped = rc in (0, 128 + signal.SIGTERM) and (run_dir / "last").exists()
+        stopped = (rc in (0, 128 + signal.SIGTERM) or saved_on_stop) and (run_dir / "last").exists()
         return Outcome("STOPPED") if stopped else Outcome("FAIL", error=error or f"exit status {rc}")
     test = json.loads(test_path.read_text())
     epochs = test.get("epochs")

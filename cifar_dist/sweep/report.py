@@ -96,14 +96,11 @@ def write_figures(study, sd: StudyDir) -> list[str]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Optuna marks these plots experimental
                 ax = getattr(ov, f"plot_{name}")(study)
-            first = np.ravel(ax)[0] if isinstance(ax, np.ndarray) else ax
-            fig = first.figure
-            fig.set_size_inches(max(6.4, fig.get_size_inches()[0]), 4.8)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # slice's colour bar: "not compatible with tight_layout"
-                fig.tight_layout()
+            panels = np.ravel(ax) if isinstance(ax, np.ndarray) else [ax]
+            fig = panels[0].figure
+            fig.set_size_inches(max(6.4, 4.2 * len(panels) + 1.5), 4.6)  # room for slice's colour bar
             path = sd.figures / f"{name}.png"
-            fig.savefig(path, dpi=110)
+            fig.savefig(path, dpi=110, bbox_inches="tight")
             plt.close(fig)
             notes.append(f"figure: {path}")
         except Exception as e:  # noqa: BLE001 - e.g. importances before two complete trials

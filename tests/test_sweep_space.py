@@ -175,8 +175,10 @@ def test_a_trials_outcome_is_read_from_what_every_run_writes(tmp_path):
     (run / "last").mkdir(parents=True)
     assert read_outcome(0, run, marker, "val_loss").state == "STOPPED"  # USR1: saved, exit 0
     assert read_outcome(1, run, marker, "val_loss", ("", True)).state == "STOPPED"  # TERM under accelerate -q
-    failed = read_outcome(2, run, marker, "val_loss", ("error: training loss became nan", False))
-    assert failed.state == "FAIL" and failed.error.startswith("error: training loss")
+    diverged = read_outcome(2, run, marker, "val_loss", ("error: training loss became nan by step 6", False))
+    assert diverged.state == "PRUNED" and diverged.value is None and "became nan" in diverged.error
+    failed = read_outcome(2, run, marker, "val_loss", ("error: data.root x does not exist", False))
+    assert failed.state == "FAIL" and failed.error.startswith("error: data.root")
     rows = [{"epoch": 1, "val_loss": 2.0, "val_accuracy": 0.3}, {"epoch": 2, "val_loss": 1.5, "val_accuracy": 0.2}]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (run / "test_metrics.json").write_text(json.dumps({"accuracy": 0.25, "epochs": 2}))

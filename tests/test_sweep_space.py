@@ -190,3 +190,27 @@ def test_a_trials_outcome_is_read_from_what_every_run_writes(tmp_path):
     marker.write_text(json.dumps({"epoch": 1, "value": 2.0}))
     pruned = read_outcome(0, run, marker, "val_loss")
     assert (pruned.state, pruned.value, pruned.epochs) == ("PRUNED", 2.0, 2)
+
+
+def test_report_of_a_moved_study_folder_with_its_figures(tmp_path):
+    space = load_space(
+        write(tmp_path, GOOD.replace("optim.weight_decay: [0.0, 0.0005]", "train.epochs: {low: 1, high: 4}"))
+    )
+    sd = StudyDir(tmp_path / "study")
+    save_space(space, sd)
+    study, _ = open_study(space, sd)
+    from optuna.trial import TrialState
+
+    for lr, epochs, value in ((0.1, 2, 0.5), (0.3, 3, 0.6), (0.02, 1, None)):  # None: pruned
+        study.enqueue_trial({"optim.lr": lr, "train.epochs": epochs})
+        trial = study.ask()
+        trial.suggest_float("optim.lr", 0.01, 1.0, log=True)
+        trial.suggest_int("train.epochs", 1, 4)
+        study.tell(trial, value, state=TrialState.COMPLETE if value else TrialState.PRUNED)
+    moved = tmp_path / "moved"
+    sd.path.rename(moved)
+    p = sweep("--report", str(moved))
+    assert p.returncode == 0, p.stderr
+    assert "# Study study: 3/4 trials finished" in p.stdout and "best: trial 1, val_accuracy 0.6000" in p.stdout
+    for name in ("optimization_history", "slice", "param_importances", "trials"):
+        assert (moved / "figures" / f"{name}.png").stat().st_size > 5000, name

@@ -4,6 +4,7 @@ visualisations in STUDY/figures/. Written at the end of every worker and by `--r
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 from .space import Space
@@ -75,13 +76,14 @@ def write_report(study, space: Space, sd: StudyDir) -> str:
     tmp = sd.report.with_suffix(".md.tmp")
     tmp.write_text(text)
     tmp.replace(sd.report)
-    notes = write_figures(study, sd)
+    notes = write_figures(study, space, sd)
     return text + "".join(f"{n}\n" for n in notes)
 
 
-def write_figures(study, sd: StudyDir) -> list[str]:
+def write_figures(study, space: Space, sd: StudyDir) -> list[str]:
     """Objective per trial with the running best, each parameter against the objective, and the
-    parameters' importances (fANOVA; needs two complete trials). Returns a line per figure."""
+    parameters' importances (fANOVA; needs two complete trials); with two numeric params also every trial
+    in their plane (trials.png). Returns a line per figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,4 +107,52 @@ def write_figures(study, sd: StudyDir) -> list[str]:
             notes.append(f"figure: {path}")
         except Exception as e:  # noqa: BLE001 - e.g. importances before two complete trials
             notes.append(f"figure {name}: not drawn ({str(e).splitlines()[0][:120]})")
+    if len(space.params) == 2 and all(p.kind != "categorical" for p in space.params):
+        path = sd.figures / "trials.png"
+        plot_trials(study, space, path)
+        notes.append(f"figure: {path}")
     return notes
+
+
+def plot_trials(study, space: Space, path) -> None:
+    """Two numeric params: every trial in their plane, complete ones coloured and labelled by the
+    objective, pruned ones (a diverged run among them) as crosses: where the search went and what it found."""
+    import matplotlib.pyplot as plt
+
+    (px, py), trials = space.params, study.get_trials(deepcopy=False)
+    fig, ax = plt.subplots(figsize=(7.2, 5.0))
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    if done:
+        points = ax.scatter(
+            [t.params[px.key] for t in done], [t.params[py.key] for t in done], c=[t.value for t in done], s=70,
+            cmap="viridis", edgecolors="black", zorder=3,
+        )  # fmt: skip
+        fig.colorbar(points, ax=ax, label=space.objective)
+        for t in done:
+            ax.annotate(
+                f"{t.value:.3f}", (t.params[px.key], t.params[py.key]), textcoords="offset points", xytext=(6, 5)
+            )
+    for state, marker, colour in (("PRUNED", "x", "tab:gray"), ("FAIL", "x", "tab:red")):
+        some = [t for t in trials if t.state.name == state and px.key in t.params]
+        if some:
+            ax.scatter([t.params[px.key] for t in some], [t.params[py.key] for t in some], marker=marker, s=60,
+                       color=colour, label=f"{state.lower()} ({len(some)})")  # fmt: skip
+    base = preset_values(space)  # where the recipe itself stands
+    ax.scatter([base[px.key]], [base[py.key]], marker="*", s=260, color="tab:orange", edgecolors="black", zorder=4,
+               label=f"{space.preset}'s own values")  # fmt: skip
+    ax.set(xlabel=px.key, ylabel=py.key, title=f"study {study.study_name}: {len(trials)} trials")
+    ax.set_xscale("log" if px.log else "linear")
+    ax.set_yscale("log" if py.log else "linear")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def preset_values(space: Space) -> dict:
+    """The searched keys' values in the space's preset with its fixed keys (no search), e.g. the preset's lr."""
+    from .toolkit import resolve
+
+    args = space.overrides({})
+    cfg = resolve(args[1], None, args[2:])
+    return {p.key: functools.reduce(getattr, p.key.split("."), cfg) for p in space.params}

@@ -1,7 +1,7 @@
 """The study folder and the Optuna study in it: one journal file that every worker shares (on a shared
 filesystem, no database server), the space it was made with, a lock, heartbeats.
 
-    STUDY/space.json            the checked space (a folder holds one space; `trials` may change)
+    STUDY/space.json            the checked space and the study's name (one space a folder; `trials` may change)
     STUDY/journal.log           Optuna's JournalFileBackend: the study itself
     STUDY/sweep.lock            held while a worker counts the trials and takes the next one
     STUDY/heartbeats/NNNN       touched every few seconds while trial NNNN runs (its worker is alive)
@@ -36,6 +36,10 @@ class StudyDir:
 
     @property
     def name(self) -> str:
+        """The study's name in the journal: the folder's name when it was made (space.json keeps it, so
+        a study folder that is moved or renamed still opens)."""
+        if self.space.exists():
+            return json.loads(self.space.read_text()).get("study", self.path.resolve().name)
         return self.path.resolve().name
 
     journal = property(lambda self: self.path / "journal.log")
@@ -74,7 +78,8 @@ def save_space(space: Space, sd: StudyDir) -> None:
     sd.path.mkdir(parents=True, exist_ok=True)
     if not sd.space.exists():
         tmp = sd.space.with_suffix(f".tmp{id(space)}")
-        tmp.write_text(json.dumps({"fingerprint": space.fingerprint(), "space": asdict(space)}, indent=1, default=str))
+        saved = {"study": sd.name, "fingerprint": space.fingerprint(), "space": asdict(space)}
+        tmp.write_text(json.dumps(saved, indent=1, default=str))
         tmp.replace(sd.space)
 
 

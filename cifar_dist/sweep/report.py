@@ -144,7 +144,7 @@ def plot_trials(study, space: Space, path) -> None:
     ax.set_xscale("log" if px.log else "linear")
     ax.set_yscale("log" if py.log else "linear")
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="best")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize="small")  # below: no point hidden
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 

@@ -215,9 +215,11 @@ def _train(argv: list[str]) -> int | None:
         for line in config_warnings(cfg):
             print(line, file=sys.stderr)
         return
+    from ..sweep.pruning import hook_from_env
     from ..train.loop import train
 
-    return train(cfg).get("exit_code", 0)
+    # A sweep's trial (CIFAR_DIST_SWEEP_TRIAL set) reports each validation and may be pruned; else None.
+    return train(cfg, after_epoch=hook_from_env()).get("exit_code", 0)
 
 
 def _eval(argv: list[str]) -> None:

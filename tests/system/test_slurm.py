@@ -75,7 +75,8 @@ def test_template_header_and_directives(path):
     assert any(re.fullmatch(r"#SBATCH --signal=B:USR1@\d+", d) for d in directives)
     assert "#SBATCH --output=logs/%x-%j.out" in directives and "#SBATCH --requeue" in directives
     assert f"sbatch slurm/{path.name} --" in text  # the header shows how to submit it, with overrides
-    assert 'cifar_job "$@"' in text  # every argument after the script goes to train.py
+    # every argument after the script goes to train.py (sweep.sbatch: to the sweep worker)
+    assert 'cifar_job "$@"' in text or (path.name == "sweep.sbatch" and 'sweep_job "$@"' in text)
 
 
 # --------------------------------------------------------------------------------------- the cluster
@@ -205,6 +206,7 @@ def test_sbatch_test_only_accepts_every_template(cluster, tmp_path):
         "cpu.sbatch": [],
         "train.sbatch": ["--cpus-per-task=2"],
         "multinode.sbatch": ["--nodes=1", "--cpus-per-task=2"],
+        "sweep.sbatch": ["--cpus-per-task=2"],
     }
     assert sorted(fits) == sorted(t.name for t in TEMPLATES)
     (tmp_path / "logs").mkdir()

@@ -29,7 +29,8 @@ def validate(cfg):
             f"model.kwargs is for torchvision:, timm: and your own models; {cfg.model.name} takes "
             f"model.dropout and model.width: drop --model.kwargs"
         )
-    if cfg.optim.name != "sgd" and (cfg.optim.momentum or cfg.optim.nesterov):
+    sgd_used = cfg.optim.name == "sgd" or (cfg.optim.name == "muon" and cfg.optim.muon_companion == "sgd")
+    if not sgd_used and (cfg.optim.momentum or cfg.optim.nesterov):
         raise UserError(
             f"optim.momentum and optim.nesterov are SGD's; optim.name={cfg.optim.name} uses optim.betas: drop them"
         )

@@ -34,6 +34,7 @@ from .flops import pflops, train_flops_per_image
 from .loaders import build_train_loader
 from .metrics import MetricsLog
 from .models import build_model, count_parameters
+from .muon import prepare as prepare_optimizer
 from .optim import build_optimizer
 from .preemption import StopRequest
 from .progress import TrainProgress
@@ -202,7 +203,7 @@ def build(cfg: Config, accelerator, data: DataBundle) -> Job:
     accelerator.gradient_accumulation_steps = plan.accumulation
     accelerator.print(f"{plan.describe()}, lr {base_lr:g}")
     optimizer = build_optimizer(model, cfg.optim, base_lr, fused=accelerator.device.type in ("cpu", "cuda"))
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = prepare_optimizer(accelerator, model, optimizer)  # optim.name=muon: two optimizers
     # The EMA starts from the initial weights, on the training device, before any compile wrapper.
     ema = EMA(accelerator.unwrap_model(model), cfg.train.ema_decay, accelerator) if cfg.train.ema_decay else None
     if cfg.train.compile:

@@ -274,3 +274,20 @@ def test_muon_run_stopped_by_sigusr1_mid_epoch_resumes_bit_exact(tmp_path, data_
     p = run(cmd(cut, "--train.resume=auto"), timeout=GUARD_S, check=True)
     assert f"at epoch 1, step {state['step']}" in p.stdout
     assert_same_run(full, cut)
+
+
+def test_airbench_muon_preset_is_airbench94_muons_recipe_within_the_records_compute():
+    from cifar_dist.config import resolve
+    from cifar_dist.flops import pflops, train_flops_per_image
+
+    cfg = resolve("airbench_muon", None, ["--data.name=imagefolder"])
+    o, t = cfg.optim, cfg.train
+    assert (o.name, o.muon_companion, o.muon_lr, o.muon_momentum, o.muon_ns_steps) == ("muon", "sgd", 0.24, 0.6, 3)
+    assert o.muon_normalize_weights and not o.lookahead and o.nesterov and o.momentum == 0.85
+    assert o.bias_lr_scale == 64.0 and o.schedule == "linear" and o.warmup_epochs == 0
+    assert (t.global_batch_size, t.epochs, cfg.data.val_fraction, cfg.model.width) == (2000, 8, 0.0, 64)
+    net = build_model("airbench", 3, 32, 10, width=64)
+    net.whiten.weight.requires_grad_(False)
+    compute = pflops(train_flops_per_image(net, 3, 32), t.epochs * (50_000 // 2000) * 2000)
+    assert 0.27 < compute <= 0.29  # airbench94_muon's 0.29 PFLOP
+    assert resolve("airbench").optim.name == "sgd"  # the SGD preset is unchanged

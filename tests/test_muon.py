@@ -291,3 +291,25 @@ def test_airbench_muon_preset_is_airbench94_muons_recipe_within_the_records_comp
     compute = pflops(train_flops_per_image(net, 3, 32), t.epochs * (50_000 // 2000) * 2000)
     assert 0.27 < compute <= 0.29  # airbench94_muon's 0.29 PFLOP
     assert resolve("airbench").optim.name == "sgd"  # the SGD preset is unchanged
+
+
+def test_train_py_refuses_muon_for_a_model_without_conv_filters_in_one_line(tmp_path, data_root):
+    from helpers import SMALL
+
+    (tmp_path / "mlp_models.py").write_text(
+        "import torch\n"
+        "def mlp(num_classes):\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, num_classes))\n"
+    )
+    env = base_env(PYTHONPATH=f"{REPO}{os.pathsep}{tmp_path}")
+    run_dir = tmp_path / "run"
+    p = run(
+        train_cmd(*SMALL, f"--data.root={data_root}", "--model.name=mlp_models:mlp", "--optim.name=muon",
+                  "--tracking.backend=none", f"--run.dir={run_dir}", "--train.epochs=1"),
+        env=env,
+        timeout=GUARD_S,
+    )  # fmt: skip
+    assert p.returncode != 0
+    errors = [line for line in p.stderr.strip().splitlines() if line.strip()]
+    assert len(errors) == 1 and "optim.name=muon trains convolution filters" in errors[0], p.stderr[-2000:]
+    assert "Traceback" not in p.stderr

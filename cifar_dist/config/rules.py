@@ -25,10 +25,10 @@ def _cuda_available() -> bool:
 DEPENDENT_KEYS = (
     (
         "optim.name",
-        lambda c: c.optim.name == "sgd",
+        lambda c: c.optim.name == "sgd" or (c.optim.name == "muon" and c.optim.muon_companion == "sgd"),
         ("optim.momentum", "optim.nesterov"),
         "SGD's momentum (AdamW's is optim.betas)",
-        "optim.name=sgd",
+        "optim.name=sgd (or muon with optim.muon_companion=sgd)",
     ),
     ("optim.momentum", lambda c: c.optim.momentum > 0, ("optim.nesterov",), "a momentum variant", "optim.momentum > 0"),
     (

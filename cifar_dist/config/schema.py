@@ -104,7 +104,10 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     lr: float = key(0.01, "learning rate (for optim.reference_batch_size images when that is > 0)", gt=0)
-    name: Literal["sgd", "adamw"] = key("sgd", "optimizer (cifar_dist/optim/optimizers.py)")
+    name: Literal["sgd", "adamw", "muon"] = key(
+        "sgd",
+        "optimizer (cifar_dist/optim/optimizers.py); muon: conv filters by Muon, the rest by optim.muon_companion",
+    )
     momentum: float = key(0.0, "SGD momentum; 0 = plain SGD", ge=0, lt=1)
     nesterov: bool = key(False, "Nesterov momentum (needs optim.momentum > 0)")
     betas: list = key([0.9, 0.999], "AdamW's (beta1, beta2): decay rates of its gradient averages", check=check_betas)
@@ -122,6 +125,15 @@ class OptimConfig:
     bias_lr_scale: float = key(1.0, "norm biases train at lr × this and weight decay ÷ this (airbench: 64)", gt=0)
     lookahead: bool = key(False, "Lookahead every optim.lookahead_every_steps steps; slow weights at the end")
     lookahead_every_steps: int = key(5, "steps between Lookahead syncs (optim.lookahead=true)", ge=1)
+    # optim.name=muon (cifar_dist/muon.py): torch.optim.Muon on the conv filters
+    muon_companion: Literal["sgd", "adamw"] = key("sgd", "optim.name=muon: what trains the rest (norms, biases, head)")
+    muon_lr: float = key(0.02, "optim.name=muon: Muon's lr (not scaled with the batch), times the schedule", gt=0)
+    muon_momentum: float = key(0.95, "optim.name=muon: Muon's (Nesterov) momentum", ge=0, lt=1)
+    muon_weight_decay: float = key(0.0, "optim.name=muon: Muon's decoupled weight decay (w ← w − lr·wd·w)", ge=0)
+    muon_ns_steps: int = key(5, "optim.name=muon: Newton-Schulz iterations per step (airbench94_muon: 3)", ge=1, lt=100)
+    muon_normalize_weights: bool = key(
+        False, "optim.name=muon: each filter rescaled to norm sqrt(out channels) before its step (airbench94_muon)"
+    )
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 
@@ -72,22 +73,38 @@ def _launcher_requested_processes() -> int | None:
     return None
 
 
-def cpu_has_bf16_matrix_units() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (Intel AMX tiles and AVX512-BF16, e.g. Sapphire Rapids).
-    There bf16 autocast trained 1.5-2.6x faster than fp32 (docs/performance.md); without such units it
-    trained about 15x slower. torch.cpu's probes are private, so a torch without them answers False."""
-    probes = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
-    try:
-        return all(p is not None and bool(p()) for p in probes)
-    except RuntimeError:
-        return False
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")  # /proc/cpuinfo flags of the CPU's bf16 units
+
+
+def cpu_bf16_flags(cpuinfo: str | None = None) -> set[str]:
+    """The bf16 units this CPU reports: which of BF16_FLAGS /proc/cpuinfo's `flags` lines name (or those of
+    `cpuinfo`, its text). An empty set where there is no /proc/cpuinfo (macOS, Windows)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return set()
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags |= set(line.partition(":")[2].split())
+    return flags & set(BF16_FLAGS)
+
+
+def cpu_has_bf16_matrix_units(flags: set[str] | None = None) -> bool:
+    """Whether this CPU multiplies bf16 in hardware: AVX512-BF16 (`avx512_bf16`: AMD Zen 4 and newer, Intel
+    Cooper Lake), with or without AMX tiles (Sapphire Rapids and newer have both; oneDNN uses AMX there).
+    Measured (docs/performance.md): bf16 autocast trained 1.5-2.6x faster than fp32 on an AMX Xeon and about
+    2x faster for the airbench network on a Zen 4 without AMX; on CPUs without avx512_bf16 (AVX2-only, or
+    AVX-512 without BF16) it trained about 15x slower. Read from /proc/cpuinfo's flags (`flags`: given)."""
+    return "avx512_bf16" in (cpu_bf16_flags() if flags is None else flags)
 
 
 def resolve_mixed_precision(requested: str, use_cpu: bool) -> str:
     """`auto`: bf16 autocast where the hardware multiplies bf16: a CUDA GPU with bf16 (Ampere and newer) or
-    a CPU with bf16 matrix units (cpu_has_bf16_matrix_units: 1.5-2.6x faster than fp32 there, accuracy
-    within a seed's noise; docs/performance.md). fp32 on other CPUs, where bf16 autocast trains about 15x
-    slower (docs/results.md). Any other value is returned as asked."""
+    a CPU with AVX512-BF16, with or without AMX (cpu_has_bf16_matrix_units: 1.5-2.6x faster than fp32 there,
+    accuracy within a seed's noise; docs/performance.md). fp32 on CPUs without avx512_bf16, where bf16
+    autocast trained about 15x slower (docs/results.md). Any other value is returned as asked."""
     if requested != "auto":
         return requested
     if use_cpu:
@@ -125,7 +142,10 @@ def choose_mixed_precision(requested: str, use_cpu: bool) -> tuple[str | None, s
     chosen = resolve_mixed_precision(requested, use_cpu)
     why = f"train.mixed_precision={requested}"
     if requested == "auto":
-        why += " (bf16 where the GPU or CPU multiplies bf16, else no)"
+        why += " (bf16 where the GPU or CPU multiplies bf16, else no"
+        if use_cpu:
+            why += f"; CPU bf16 units: {', '.join(sorted(cpu_bf16_flags())) or 'none'}"
+        why += ")"
     if env and env != chosen:
         why += f"; the launcher's {env} is overridden"
     return chosen, why

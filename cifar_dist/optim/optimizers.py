@@ -6,6 +6,8 @@ optim.name:
     sgd     torch.optim.SGD: momentum, Nesterov, weight decay as L2 (lr · wd · w added to each step)
     adamw   torch.optim.AdamW: optim.betas, weight decay decoupled from the gradient
             (w ← w − lr · wd · w, then the Adam step; Loshchilov & Hutter)
+    muon    conv filters: torch.optim.Muon (optim.muon_*); the rest: SGD or AdamW (optim.muon_companion),
+            grouped as below (cifar_dist/optim/muon.py)
 
 optim.no_decay_norm_bias=true puts every parameter with fewer than 2 dimensions (biases, the scales
 and shifts of BatchNorm/LayerNorm/GroupNorm) in a second group with weight_decay 0: decay shrinks
@@ -23,16 +25,21 @@ from torch import nn
 
 
 def param_groups(
-    model: nn.Module, weight_decay: float, no_decay_norm_bias: bool, bias_lr_scale: float = 1.0
+    model: nn.Module,
+    weight_decay: float,
+    no_decay_norm_bias: bool,
+    bias_lr_scale: float = 1.0,
+    exclude: frozenset[int] | set[int] = frozenset(),
 ) -> list[dict]:
     """[{params, weight_decay, lr_scale}]: one group, or (no_decay_norm_bias) matrices/kernels with decay
     and vectors (biases, norm scales and shifts) without; with bias_lr_scale != 1, the norm shifts in
-    a group of their own. Parameter order is the model's in each."""
+    a group of their own. Parameter order is the model's in each. `exclude`: ids of parameters another
+    optimizer trains (optim.name=muon: the conv filters, muon.py)."""
     shifts = set()
     if bias_lr_scale != 1:
         norms = (m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
-        shifts = {id(m.bias) for m in norms if m.bias is not None and m.bias.requires_grad}
-    params = [p for p in model.parameters() if p.requires_grad and id(p) not in shifts]
+        shifts = {id(m.bias) for m in norms if m.bias is not None and m.bias.requires_grad} - set(exclude)
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in shifts and id(p) not in exclude]
     vector_decay = 0.0 if no_decay_norm_bias else weight_decay
     groups = [
         {"params": [p for p in params if p.ndim >= 2 or not no_decay_norm_bias], "weight_decay": weight_decay},
@@ -50,7 +57,17 @@ def build_optimizer(model: nn.Module, optim_cfg, lr: float, fused: bool) -> torc
     """fused: one kernel updates every parameter (PyTorch's default on the CPU is a Python loop over
     them): faster, the same maths, the rounding may differ in the last bit (docs/results.md,
     "Measurements behind the code")."""
-    groups = param_groups(model, optim_cfg.weight_decay, optim_cfg.no_decay_norm_bias, optim_cfg.bias_lr_scale)
+
+    def groups_without(exclude=frozenset()):
+        return param_groups(
+            model, optim_cfg.weight_decay, optim_cfg.no_decay_norm_bias, optim_cfg.bias_lr_scale, exclude
+        )
+
+    if optim_cfg.name == "muon":  # conv filters: torch.optim.Muon; the rest: SGD or AdamW (muon.py)
+        from .muon import build_muon_optimizer
+
+        return build_muon_optimizer(model, optim_cfg, lr, fused, groups_without)
+    groups = groups_without()
     if optim_cfg.name == "adamw":
         beta1, beta2 = optim_cfg.betas
         return torch.optim.AdamW(groups, lr=lr, betas=(beta1, beta2), fused=fused)

@@ -22,6 +22,7 @@ from ..models.registry import build_model, count_parameters
 from ..models.whitening import WHITEN_IMAGES, whiten_from_data
 from ..optim.ema import EMA
 from ..optim.lookahead import Lookahead
+from ..optim.muon import prepare as prepare_optimizer
 from ..optim.optimizers import build_optimizer
 from ..optim.schedules import lr_at, scaled_lr
 from .batching import BatchPlan, plan_batches
@@ -105,7 +106,7 @@ def build(cfg: Config, accelerator, data: DataBundle) -> Job:
     accelerator.gradient_accumulation_steps = plan.accumulation
     accelerator.print(f"{plan.describe()}, lr {base_lr:g}")
     optimizer = build_optimizer(model, cfg.optim, base_lr, fused=accelerator.device.type in ("cpu", "cuda"))
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = prepare_optimizer(accelerator, model, optimizer)  # optim.name=muon: two optimizers
     # The EMA starts from the initial weights, on the training device, before any compile wrapper.
     ema = EMA(accelerator.unwrap_model(model), cfg.train.ema_decay, accelerator) if cfg.train.ema_decay else None
     if cfg.train.compile:

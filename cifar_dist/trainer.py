@@ -27,6 +27,7 @@ from .data import DataBundle, load_data
 from .devices import check_deterministic_model
 from .distributed import build_accelerator, mixed_precision_source
 from .ema import EMA
+from .epoch_end import end_epoch
 from .evaluation import EvalSettings, evaluate_split, print_report
 from .export import add_test_results, load_checkpoint, model_metadata
 from .files import atomic_write_bytes
@@ -35,11 +36,12 @@ from .loaders import build_train_loader
 from .metrics import MetricsLog
 from .models import build_model, count_parameters
 from .optim import build_optimizer
-from .preemption import StopRequest
+from .preemption import CHECK_EVERY_STEPS, StopRequest
 from .progress import TrainProgress
 from .provenance import collect as collect_provenance
 from .run_dir import RunDir, prepare_run_dir
 from .schedules import lr_at, scaled_lr
+from .sync_bn import sync_batchnorm
 from .tracking import accelerator_tracking, build_tracker
 from .train_state import TrainState, check_finite
 from .wait_policy import describe_wait_policy
@@ -60,7 +62,7 @@ def train(cfg: Config, after_epoch=None) -> dict:
     accelerator = build_accelerator(cfg, **accelerator_tracking(cfg))
     # Handlers first: a stop request during start-up (data, model, resume) is kept and honoured at
     # the first step; under slurm/launch.sh USR1 is ignored until this line.
-    stop = StopRequest(accelerator)
+    stop = StopRequest(accelerator, every=min(cfg.train.log_every_steps, CHECK_EVERY_STEPS))  # syncs as logging does
     # Data before anything is printed or created: a wrong data.root (or CIFAR-10 missing offline)
     # ends in its one line, without the config above it or a run folder it names.
     data = load_data(cfg, accelerator)
@@ -95,16 +97,9 @@ def train(cfg: Config, after_epoch=None) -> dict:
             row = train_epoch(job, state, run, checkpointer, stop, tracker, progress)
             if row is None:  # a stop request: the full state is saved, --resume continues there
                 return {"stopped_at_step": state.step, "exit_code": stop.exit_code()}
-            stopping = False
-            if state.epoch % cfg.train.eval_every_epochs == 0 or state.epoch == cfg.train.epochs:
-                val_metrics = validate(job, row)
-                row["best"] = checkpointer.maybe_save_best(job.eval_model, state.epoch, val_metrics)
-                row["early_stop"] = stopping = checkpointer.should_stop_early()  # collective
-            metrics_log.append(row)
-            tracker.log({f"epoch/{k}": v for k, v in row.items()}, state.step)
-            checkpointer.maybe_save(epoch_end=True)
-            if stopping or (after_epoch is not None and after_epoch(state.epoch, row, job.evaluate_split)):
+            if end_epoch(job, state, row, checkpointer, metrics_log, tracker, after_epoch, validate):
                 break
+        metrics_log.flush()
 
     # Test: the tutorial tests the best-validation model, not the last one.
     summary, test = test_best(job, state, run)
@@ -138,8 +133,15 @@ class Job:
 
     @property
     def eval_model(self) -> torch.nn.Module:
-        """What validation, best.pt, the test and the export use: the EMA network when it is on."""
-        return self.ema.module if self.ema is not None else self.model
+        """What validation, best.pt, the test and the export use: the EMA network when it is on; with
+        train.compile the uncompiled module (TTA's views would recompile the training graph)."""
+        return self.ema.module if self.ema is not None else self.uncompiled
+
+    @property
+    def uncompiled(self) -> torch.nn.Module:
+        """The trained model without torch.compile's wrapper (compiled before prepare: the bare module)."""
+        compiled = self.cfg.train.compile
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False) if compiled else self.model
 
     def extra_state(self) -> list:
         """What travels in last/ besides TrainState, so resume is exact: Lookahead's slow weights
@@ -184,7 +186,7 @@ def build(cfg: Config, accelerator, data: DataBundle) -> Job:
     if cfg.model.whiten:
         whiten_from_data(model, data.train_images, data.mean, data.std)
     flops_per_image = train_flops_per_image(model, data.in_channels, data.image_size)
-    check_deterministic_model(cfg, model, accelerator.device)
+    check_deterministic_model(cfg, model, accelerator.device, (data.in_channels, data.image_size))
     seed_each_rank(accelerator, cfg.seed)
     accelerator.print(
         f"model {cfg.model.name}: {count_parameters(model):,} parameters; "
@@ -201,12 +203,14 @@ def build(cfg: Config, accelerator, data: DataBundle) -> Job:
     base_lr = scaled_lr(cfg, plan.global_batch)  # optim.reference_batch_size: lr given per that batch
     accelerator.gradient_accumulation_steps = plan.accumulation
     accelerator.print(f"{plan.describe()}, lr {base_lr:g}")
+    model = sync_batchnorm(cfg, model, accelerator)
     optimizer = build_optimizer(model, cfg.optim, base_lr, fused=accelerator.device.type in ("cpu", "cuda"))
-    model, optimizer = accelerator.prepare(model, optimizer)
-    # The EMA starts from the initial weights, on the training device, before any compile wrapper.
-    ema = EMA(accelerator.unwrap_model(model), cfg.train.ema_decay, accelerator) if cfg.train.ema_decay else None
-    if cfg.train.compile:
+    if cfg.train.compile:  # the bare module, before prepare: DDP stays outermost (its no_sync works)
         model = torch.compile(model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # The EMA starts from the initial weights, on the training device, without the compile wrapper.
+    bare = accelerator.unwrap_model(model, keep_torch_compile=False)
+    ema = EMA(bare, cfg.train.ema_decay, accelerator) if cfg.train.ema_decay else None
     loader = build_train_loader(cfg, data, accelerator, plan)
     steps_per_epoch = len(loader)  # optimizer steps
     lookahead = None
@@ -257,9 +261,10 @@ def train_epoch(job: Job, state: TrainState, run: RunDir, checkpointer, stop, tr
             restore_rng = False
         lr = job.lr(state.step)
         logits, loss = train_step(job, x, y, lr)
-        # Sums on the device, no host sync per step; the tutorial's loss.item() * batch size.
-        loss_sum += loss.detach().double() * y.shape[0]
-        correct += (logits.detach().argmax(1) == y).sum()
+        # Sums on the device, no host sync per step; the tutorial's loss.item() * batch size. One kernel for the
+        # loss (add_ with alpha, in float64), three for the hits.
+        loss_sum.add_(loss.detach(), alpha=y.shape[0])
+        correct.add_((logits.detach().argmax(1) == y).sum())
         seen += y.shape[0]
         if micro % accumulation:  # gradients accumulate; the optimizer steps after the last micro-batch
             continue
@@ -269,7 +274,7 @@ def train_epoch(job: Job, state: TrainState, run: RunDir, checkpointer, stop, tr
             job.lookahead.after_step(state.step)
         if state.step % cfg.train.log_every_steps == 0:
             ips = (seen - seen_at_t0) * accelerator.num_processes / max(time.perf_counter() - t0, 1e-9)
-            log_step(job, state, run, tracker, (loss_sum, seen), lr, ips)
+            progress.show_loss(log_step(job, state, run, tracker, (loss_sum, seen), lr, ips))
         progress.step(loss_sum, seen)
         stopping = stop.requested(state.step)
         checkpointer.maybe_save(running=(loss_sum, correct, seen), stop=stopping)
@@ -319,7 +324,10 @@ def train_step(job: Job, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[t
         with job.accelerator.autocast():
             logits = job.model(x)
             loss = job.criterion(logits, y)
-        job.accelerator.backward(loss)
+        if job.plan.accumulation == 1 and job.accelerator.scaler is None:
+            loss.backward()  # what accelerator.backward does here, without its division by 1 (a kernel per step)
+        else:
+            job.accelerator.backward(loss)
         job.optimizer.step()
         job.optimizer.zero_grad(set_to_none=True)
     if job.ema is not None and job.accelerator.sync_gradients:  # after a real optimizer step only
@@ -327,9 +335,9 @@ def train_step(job: Job, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[t
     return logits, loss
 
 
-def log_step(job: Job, state: TrainState, run: RunDir, tracker, running, lr: float, ips: float) -> None:
+def log_step(job: Job, state: TrainState, run: RunDir, tracker, running, lr: float, ips: float) -> float:
     """Collective: the running train loss over all ranks, to the tracker (and, with run.progress=false,
-    a plain line)."""
+    a plain line); returns it (the progress bar shows it: no read of its own)."""
     s, n = reduce_sum(job.accelerator, list(running))
     check_finite(s, state, run.last)
     tracker.log({"train/loss": s / max(n, 1), "train/lr": lr, "train/images_per_sec": ips}, state.step)
@@ -337,6 +345,7 @@ def log_step(job: Job, state: TrainState, run: RunDir, tracker, running, lr: flo
         job.accelerator.print(
             f"step {state.step} epoch {state.epoch + 1} loss {s / max(n, 1):.4f} lr {lr:.4g} {ips:.0f} img/s"
         )
+    return s / max(n, 1)
 
 
 def validate(job: Job, row: dict) -> dict | None:
@@ -347,7 +356,7 @@ def validate(job: Job, row: dict) -> dict | None:
     if val is not None:
         row.update({"val_loss": val.loss, "val_accuracy": val.accuracy, "val_samples": val.num_samples})
         if job.ema is not None:  # the trained weights too: EMA's gain read off one run, one trajectory
-            raw = job.evaluate_split("val", model=job.model)
+            raw = job.evaluate_split("val", model=job.uncompiled)
             row.update({"val_loss_raw": raw.loss, "val_accuracy_raw": raw.accuracy})
     job.accelerator.print(
         f"Epoch: {row['epoch']} \tTraining Loss: {row['train_loss']:.6f} \t"

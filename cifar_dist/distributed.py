@@ -76,6 +76,13 @@ def _launcher_requested_processes() -> int | None:
     return None
 
 
+def bare_module(accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The network itself: without DDP's wrapper and without torch.compile's, outside DDP or inside it (compiled
+    before prepare, DDP wraps the compiled module, which accelerate's unwrap_model leaves in place)."""
+    net = accelerator.unwrap_model(model, keep_torch_compile=False)
+    return getattr(net, "_orig_mod", net)
+
+
 def cpu_has_bf16_matrix_units() -> bool:
     """Whether this CPU multiplies bf16 in hardware (Intel AMX tiles and AVX512-BF16, e.g. Sapphire Rapids).
     There bf16 autocast trained 1.5-2.6x faster than fp32 (docs/performance.md); without such units it

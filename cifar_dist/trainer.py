@@ -25,7 +25,7 @@ from .config import Config, format_config
 from .config_rules import config_warnings
 from .data import DataBundle, load_data
 from .devices import check_deterministic_model
-from .distributed import build_accelerator, mixed_precision_source
+from .distributed import bare_module, build_accelerator, mixed_precision_source
 from .ema import EMA
 from .epoch_end import end_epoch
 from .evaluation import EvalSettings, evaluate_split, print_report
@@ -141,7 +141,7 @@ class Job:
     def uncompiled(self) -> torch.nn.Module:
         """The trained model without torch.compile's wrapper (compiled before prepare: the bare module)."""
         compiled = self.cfg.train.compile
-        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False) if compiled else self.model
+        return bare_module(self.accelerator, self.model) if compiled else self.model
 
     def extra_state(self) -> list:
         """What travels in last/ besides TrainState, so resume is exact: Lookahead's slow weights
@@ -209,13 +209,13 @@ def build(cfg: Config, accelerator, data: DataBundle) -> Job:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
     # The EMA starts from the initial weights, on the training device, without the compile wrapper.
-    bare = accelerator.unwrap_model(model, keep_torch_compile=False)
+    bare = bare_module(accelerator, model)
     ema = EMA(bare, cfg.train.ema_decay, accelerator) if cfg.train.ema_decay else None
     loader = build_train_loader(cfg, data, accelerator, plan)
     steps_per_epoch = len(loader)  # optimizer steps
     lookahead = None
     if cfg.optim.lookahead:
-        net = accelerator.unwrap_model(model, keep_torch_compile=False)
+        net = bare_module(accelerator, model)
         lookahead = Lookahead(net, steps_per_epoch * cfg.train.epochs, cfg.optim.lookahead_every_steps)
     return Job(
         cfg,
@@ -331,7 +331,7 @@ def train_step(job: Job, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[t
         job.optimizer.step()
         job.optimizer.zero_grad(set_to_none=True)
     if job.ema is not None and job.accelerator.sync_gradients:  # after a real optimizer step only
-        job.ema.update(job.accelerator.unwrap_model(job.model, keep_torch_compile=False))
+        job.ema.update(bare_module(job.accelerator, job.model))
     return logits, loss
 
 
@@ -376,7 +376,7 @@ def test_best(job: Job, state: TrainState, run: RunDir) -> tuple[dict, object]:
     accelerator.wait_for_everyone()
     # best.pt holds the bare module's keys; with train.compile the unwrapped model would still be
     # the compile wrapper (its keys start with _orig_mod.), so unwrap that too.
-    net = accelerator.unwrap_model(job.eval_model, keep_torch_compile=False)
+    net = bare_module(accelerator, job.eval_model)
     if broadcast_object(accelerator, run.best.exists()):
         if accelerator.is_main_process:
             net.load_state_dict(load_checkpoint(run.best)["model_state"])

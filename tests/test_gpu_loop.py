@@ -379,3 +379,37 @@ def test_batchnorm_model_at_two_processes_matches_one_only_with_sync_batchnorm(t
         assert a_train == pytest.approx(b_train, rel=1e-4) and a_val == pytest.approx(b_val, rel=1e-4), losses
     gap = max(abs(a - b) / abs(a) for pa, pb in zip(losses["one"], losses["two"]) for a, b in zip(pa, pb))
     assert gap > 1e-3, losses  # per-rank statistics: not the same training
+
+
+def test_ema_update_is_a_few_multi_tensor_ops_whatever_the_layer_count():
+    """One EMA update of a BatchNorm network (one process): a lerp over the parameters, a copy of the integer
+    buffers (num_batches_tracked), a lerp over the float buffers: three multi-tensor ops, not one per layer."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from cifar_dist.ema import EMA
+    from cifar_dist.models import build_model
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    class One:
+        num_processes = 1
+
+    model = build_model("airbench", 3, 32, 10, width=8)
+    ema = EMA(model, 0.9, One())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    mode = Ops()
+    with mode:
+        ema.update(model)
+    counted = [n for n in mode.names if n not in ("detach",)]  # views, no kernel
+    assert sorted(counted) == ["_foreach_copy_", "_foreach_lerp_", "_foreach_lerp_"], mode.names
+    p0, e0 = next(model.parameters()), next(ema.module.parameters())
+    assert torch.allclose(e0, p0 - 0.9, atol=1e-6)  # 0.9·(p − 1) + 0.1·p

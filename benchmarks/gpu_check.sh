@@ -91,7 +91,7 @@ CONFIGS=()
 for precision in bf16 no; do
   for m in "${MODELS[@]}"; do
     set -- $m
-    CONFIGS+=("throughput $1 w$2 $precision eager|45|benchmarks/gpu_check.py throughput --model $1 --width $2 --precision $precision --data-root $WORK/data-$1-$2-$precision")
+    CONFIGS+=("throughput $1 w$2 $precision eager|60|benchmarks/gpu_check.py throughput --model $1 --width $2 --precision $precision --data-root $WORK/data-$1-$2-$precision")
   done
 done
 CONFIGS+=("train airbench|150|benchmarks/gpu_check.py train --preset airbench --archive $archive --cache-dir $WORK/cache")

@@ -159,7 +159,10 @@ def run_toolkit(args, epochs: int, window: Window | None = None) -> list[float]:
 
         trainer.train_step = counted
     try:
-        trainer.train(config(args, tempfile.mkdtemp(prefix="overhead-toolkit-") + "/run", epochs), after_epoch)
+        run_dir = tempfile.mkdtemp(prefix="overhead-toolkit-") + "/run"
+        summary = trainer.train(config(args, run_dir, epochs), after_epoch)
+        if "stopped_at_step" in summary:  # SIGTERM/SIGUSR1: train() saved and stopped; so does the benchmark
+            sys.exit(summary["exit_code"] or 1)
     finally:
         trainer.train_step = original
         if window is not None:

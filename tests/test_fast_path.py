@@ -402,7 +402,7 @@ def test_gpu_check_smoke_runs_every_configuration_in_its_own_process(tmp_path):
     assert [(r["preset"], r["width"]) for r in trained] == [("airbench", 64), ("fast", 32)]
     assert all(r["train_pflop"] > 0 and r["train_seconds"] > 0 and r["curve"] for r in trained)
     table = (out / "gpu_check.md").read_text()
-    assert table.count("| airbench |") == 8 and table.count("| airbench | 64 |") == 5  # 4 throughput + trained
+    assert table.count("| airbench |") == 9 and table.count("| airbench | 64 |") == 5  # 8 and 4 throughput + trained
     assert "| - |" not in table.replace("| tutorial_cnn | - |", "").replace("| - | - |", ""), table
     published, ours = p.stdout.strip().splitlines()[-2:]
     assert "94.01%" in published and "3.83 s" in published and "0.36 PFLOP" in published

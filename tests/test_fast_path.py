@@ -403,7 +403,9 @@ def test_gpu_check_smoke_runs_every_configuration_in_its_own_process(tmp_path):
     assert all(r["train_pflop"] > 0 and r["train_seconds"] > 0 and r["curve"] for r in trained)
     table = (out / "gpu_check.md").read_text()
     assert table.count("| airbench |") == 9 and table.count("| airbench | 64 |") == 5  # 8 and 4 throughput + trained
-    assert "| - |" not in table.replace("| tutorial_cnn | - |", "").replace("| - | - |", ""), table
+    throughput_lines = [ln for ln in table.splitlines() if "| True |" in ln or "| False |" in ln]
+    assert len(throughput_lines) == 16
+    assert all("| - |" not in ln.replace("| tutorial_cnn | - |", "| tutorial_cnn |") for ln in throughput_lines), table
     published, ours = p.stdout.strip().splitlines()[-2:]
     assert "94.01%" in published and "3.83 s" in published and "0.36 PFLOP" in published
     assert ours.startswith("ours: airbench preset") and "JPEG q75" in ours

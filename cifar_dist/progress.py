@@ -3,6 +3,7 @@
     with TrainProgress(enabled, steps_per_epoch, epochs, world_size) as progress:
         progress.start_epoch(epoch, done=0)
         for ...: progress.step(loss_sum, seen)     # every step; reads the loss only when it reports
+                 progress.show_loss(loss)           # at the loop's logging steps: the bar's loss
         progress.end_epoch()
 
     with bar("evaluating", total=len(batches), enabled=is_main) as advance:
@@ -28,7 +29,6 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 PLAIN_FRACTION = 0.1  # a plain line every 10% of an epoch
-BAR_REFRESH_FRACTION = 0.01  # the bar's loss is read every 1% of an epoch (a host sync on a GPU)
 
 _live = None  # the rich Progress now on screen, if any
 
@@ -103,8 +103,7 @@ class TrainProgress:
         """epoch counts from 1; done: steps of it already completed (a mid-epoch resume)."""
         self.epoch, self.done, self.start_done = epoch, done, done
         self.t0, self.first = time.perf_counter(), None
-        every = PLAIN_FRACTION if not self.terminal else BAR_REFRESH_FRACTION
-        self.every = max(1, round(self.total * every))
+        self.every = max(1, round(self.total * PLAIN_FRACTION))
         if self.terminal:
             self._row = _row(self._label(float("nan")), self.total)
             self.progress, self.task = self._row.__enter__()
@@ -118,13 +117,16 @@ class TrainProgress:
         if self.first is None:  # throughput counts from the end of the first step (after the loader's start)
             self.first = (time.perf_counter(), seen)
         if self.terminal:
+            # The bar advances without reading the device: its loss is the one the loop already read at its
+            # logging steps (show_loss), and the epoch's mean at its last step. A read every 1% of an epoch
+            # was a host sync at every step of a short GPU epoch (issue 34).
             self.progress.advance(self.task)
+            if self.done == self.total:
+                self.show_loss(float(loss_sum) / max(seen, 1))
+            return
         if self.done % self.every and self.done != self.total:
             return
         loss = float(loss_sum) / max(seen, 1)
-        if self.terminal:
-            self.progress.update(self.task, description=self._label(loss))
-            return
         now = time.perf_counter()
         t_first, seen_first = self.first
         ips = (seen - seen_first) * self.world / (now - t_first) if seen > seen_first else float("nan")
@@ -135,6 +137,11 @@ class TrainProgress:
             file=self.out or sys.stdout,
             flush=True,
         )
+
+    def show_loss(self, loss: float) -> None:
+        """A running mean loss already on the host (the loop's logging steps read it anyway): the bar's label."""
+        if self.terminal and self._row is not None:
+            self.progress.update(self.task, description=self._label(loss))
 
     def end_epoch(self) -> None:
         if self._row is not None:

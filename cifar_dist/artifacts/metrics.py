@@ -45,6 +45,11 @@ class MetricsLog:
     def append(self, row: dict) -> None:
         """Collective: every rank keeps the rows, the main process writes, all stop if that fails."""
         self.rows.append(row)
+        self.flush()
+
+    def flush(self) -> None:
+        """Collective: write the rows as they are now (the loop adds an epoch's save and log seconds to its
+        row after the row was first written)."""
         error = None
         if self.accelerator.is_main_process:
             try:

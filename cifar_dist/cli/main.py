@@ -50,7 +50,7 @@ def main(fn, argv: list[str] | None) -> None:
     exit_process (a rank of several skips interpreter finalization, where gloo's threads abort)."""
     from ..distributed.wait_policy import choose_wait_policy
 
-    choose_wait_policy()  # before torch starts its thread pool (the import below starts it)
+    choose_wait_policy(sys.argv[1:] if argv is None else argv)  # before torch starts its thread pool
     try:
         code = run_cli(fn, argv)
     except KeyboardInterrupt:  # here, not in run_cli: Ctrl-C may also land in run_cli's own handlers

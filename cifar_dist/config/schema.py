@@ -155,6 +155,9 @@ class TrainConfig:
     checkpoint_every_steps: int = key(
         0, "also save the full state every N optimizer steps; 0: at epoch ends only", ge=0
     )
+    checkpoint_every_epochs: int = key(
+        0, "save the full state every N epochs (the end and a stop always save); 0: auto, saves ≤ 5% of the time", ge=0
+    )
     eval_every_epochs: int = key(1, "validate (and maybe save best.pt) every N epochs and after the last", ge=1)
     log_every_steps: int = key(50, "log the running training loss to the tracker every N steps", ge=1)
     # launcher: what `accelerate launch` was given (--mixed_precision, its config file, `accelerate config`);
@@ -176,6 +179,9 @@ class TrainConfig:
     best_metric: Literal["val_loss", "val_accuracy"] = key("val_loss", "what picks best.pt (and early stopping)")
     early_stop_patience: int = key(0, "stop after N validations in a row without a better best_metric; 0: off", ge=0)
     ema_decay: float = key(0.0, "0: off; else EMA of weights + BN buffers (e.g. 0.999) for val/test", ge=0, lt=1)
+    sync_batchnorm: bool = key(
+        False, "several processes: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA); false: per rank"
+    )
 
 
 @dataclass

@@ -41,16 +41,20 @@ def env_world_size() -> int:
         return 1
 
 
-def configure_threads(cfg) -> int:
+def configure_threads(cfg, cuda: bool = False) -> int:
     """Intra-op threads per process: more threads than cores spin-wait against each other (several
-    times slower; docs/results.md); launchers set OMP_NUM_THREADS, which we respect."""
+    times slower; docs/results.md); launchers set OMP_NUM_THREADS, which we respect on the CPU. On CUDA
+    the launcher's count is capped at this rank's share of the cores (`--num_cpu_threads_per_process=$(nproc)`
+    gives every one of 8 ranks all of them); train.threads_per_process still wins."""
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    share = max(1, (os.cpu_count() or 1) // max(local_world, 1))
     if cfg.train.threads_per_process > 0:
         n = cfg.train.threads_per_process
     elif "OMP_NUM_THREADS" in os.environ:
         n = int(os.environ["OMP_NUM_THREADS"])
+        n = min(n, share) if cuda else n
     else:
-        n = max(1, (os.cpu_count() or 1) // max(local_world, 1))
+        n = share
     torch.set_num_threads(n)
     return n
 
@@ -100,6 +104,13 @@ def cpu_has_bf16_matrix_units(flags: set[str] | None = None) -> bool:
     return "avx512_bf16" in (cpu_bf16_flags() if flags is None else flags)
 
 
+def bare_module(accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The network itself: without DDP's wrapper and without torch.compile's, outside DDP or inside it (compiled
+    before prepare, DDP wraps the compiled module, which accelerate's unwrap_model leaves in place)."""
+    net = accelerator.unwrap_model(model, keep_torch_compile=False)
+    return getattr(net, "_orig_mod", net)
+
+
 def resolve_mixed_precision(requested: str, use_cpu: bool) -> str:
     """`auto`: bf16 autocast where the hardware multiplies bf16: a CUDA GPU with bf16 (Ampere and newer) or
     a CPU with AVX512-BF16, with or without AMX (cpu_has_bf16_matrix_units: 1.5-2.6x faster than fp32 there,
@@ -109,7 +120,17 @@ def resolve_mixed_precision(requested: str, use_cpu: bool) -> str:
         return requested
     if use_cpu:
         return "bf16" if cpu_has_bf16_matrix_units() else "no"
-    return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if cuda_runs_bf16_natively() else "no"
+
+
+def cuda_runs_bf16_natively() -> bool:
+    """Whether the GPU multiplies bf16 in hardware (compute capability 8.0 and newer: A100, H100). V100 and T4
+    only emulate bf16 (torch.cuda.is_bf16_supported() says True there by default), many times slower than fp16
+    or fp32, so `auto` trains them in fp32."""
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # a torch without the argument (before 2.3)
+        return torch.cuda.get_device_capability()[0] >= 8
 
 
 LAUNCHER_PRECISIONS = ("no", "bf16", "fp16")
@@ -170,7 +191,7 @@ def build_accelerator(cfg, log_with=None, project_dir: str | None = None):
     if cfg.train.deterministic:  # before anything initialises cuBLAS
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     use_cpu = cfg.train.device == "cpu" or not torch.cuda.is_available()
-    configure_threads(cfg)
+    configure_threads(cfg, cuda=not use_cpu)
     accelerator = Accelerator(
         cpu=use_cpu,
         mixed_precision=choose_mixed_precision(cfg.train.mixed_precision, use_cpu)[0],

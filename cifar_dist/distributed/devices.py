@@ -130,10 +130,13 @@ def gpu_request(cfg, launcher: list[str] | None = None, env=None) -> tuple[str, 
                 asked.append(f"the launcher's gpu_ids {gpu_ids}")
                 needed = max(needed, _count_ids(gpu_ids))
     slurm_gpus = env.get("SLURM_GPUS_ON_NODE", "").strip()
+    visible = env.get("CUDA_VISIBLE_DEVICES")
     if slurm_gpus.isdigit() and int(slurm_gpus) > 0:
         asked.append(f"SLURM (SLURM_GPUS_ON_NODE={slurm_gpus})")
-        needed = max(needed, int(slurm_gpus))
-    visible = env.get("CUDA_VISIBLE_DEVICES")
+        granted = int(slurm_gpus)
+        if visible is not None and visible.strip() not in ("", "-1"):  # a task bound to some of them (--gpu-bind)
+            granted = min(granted, _count_ids(visible))
+        needed = max(needed, granted)
     if visible is not None and visible.strip() not in ("", "-1") and not any("gpu_ids" in a for a in asked):
         asked.append(f"CUDA_VISIBLE_DEVICES={visible}")
         needed = max(needed, _count_ids(visible))
@@ -223,11 +226,16 @@ def set_determinism(cfg, device: torch.device) -> None:
         torch.backends.cudnn.deterministic = cfg.train.deterministic
 
 
-def check_deterministic_model(cfg, model: torch.nn.Module, device: torch.device) -> None:
-    """Refuse, before training, a model that cannot train deterministically on this GPU."""
+def check_deterministic_model(cfg, model: torch.nn.Module, device: torch.device, sample=None) -> None:
+    """Refuse, before training, a model that cannot train deterministically on this GPU. `sample`: (channels,
+    size) of an input, to find functional calls too (F.adaptive_max_pool2d in `airbench`): determinism.py."""
     if not (cfg.train.deterministic and device.type == "cuda"):
         return
     bad = nondeterministic_on_cuda(model)
+    if sample is not None and not bad:  # functional calls no module scan sees
+        from .determinism import nondeterministic_ops
+
+        bad = [f"F.{op} (called in forward)" for op in nondeterministic_ops(model, *sample)]
     if bad:
         raise UserError(
             f"train.deterministic=true, but model {cfg.model.name} has {', '.join(bad)}, whose backward has no "

@@ -37,8 +37,11 @@ class _Flag:
 
 
 class StopRequest:
-    def __init__(self, accelerator):
+    def __init__(self, accelerator, every: int = CHECK_EVERY_STEPS):
+        """every: steps between the collective checks of a multi-process run (the trainer passes its logging
+        interval when it is shorter, so the check's host sync falls on a step that reads the loss anyway)."""
         self.accelerator = accelerator
+        self.every = max(1, every)
         self._flag = _Flag()
         self._previous = {}
         for sig in (signal.SIGUSR1, signal.SIGTERM):
@@ -62,7 +65,7 @@ class StopRequest:
         """Collective when several ranks: every rank must call it with the same step."""
         if self.accelerator.num_processes == 1:
             return self.signum is not None
-        if step % CHECK_EVERY_STEPS:
+        if step % self.every:
             return False
         return any_rank(self.accelerator, self.signum is not None)
 

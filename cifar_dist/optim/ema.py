@@ -37,9 +37,9 @@ class EMA:
         torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1.0 - self.decay)
         pairs = list(zip(self.module.buffers(), model.buffers()))
         floats = [(e, b) for e, b in pairs if b.is_floating_point()]
-        for e, b in pairs:
-            if not b.is_floating_point():
-                e.copy_(b)
+        ints = [(e, b) for e, b in pairs if not b.is_floating_point()]
+        if ints:  # one multi-tensor copy, not one per BatchNorm layer
+            torch._foreach_copy_([e for e, _ in ints], [b for _, b in ints])
         if not floats:
             return
         current = [b for _, b in floats]

@@ -19,10 +19,12 @@ def lookahead_decay(step: int, total_steps: int, every: int = 5) -> float:
 @torch.no_grad()
 def lookahead_step(slow: list[torch.Tensor], fast: list[torch.Tensor], decay: float) -> None:
     """slow ← decay·slow + (1 − decay)·fast, then fast ← slow (in place). decay 0 copies fast into
-    slow; decay 1 puts the slow weights back into the network (the run's last step)."""
-    for s, f in zip(slow, fast, strict=True):
-        s.lerp_(f, 1.0 - decay)
-        f.copy_(s)
+    slow; decay 1 puts the slow weights back into the network (the run's last step). Two multi-tensor ops
+    (torch._foreach_*), not two per tensor: on a GPU, two kernel launches per sync rather than ~70."""
+    if len(slow) != len(fast):
+        raise ValueError(f"lookahead_step: {len(slow)} slow tensors for {len(fast)} fast ones")
+    torch._foreach_lerp_(slow, fast, 1.0 - decay)
+    torch._foreach_copy_(fast, slow)
 
 
 class Lookahead:
@@ -32,15 +34,16 @@ class Lookahead:
 
     def __init__(self, model: nn.Module, total_steps: int, every: int = 5):
         self.tensors = [t for t in model.state_dict(keep_vars=True).values() if t.is_floating_point()]
-        self.slow = [t.detach().clone() for t in self.tensors]
+        self.fast = [t.detach() for t in self.tensors]  # views of the same storage, made once (not per sync)
+        self.slow = [t.clone() for t in self.fast]
         self.total_steps, self.every = total_steps, every
 
     def after_step(self, step: int) -> None:
         """`step`: optimizer steps completed."""
         if step >= self.total_steps:
-            lookahead_step(self.slow, [t.data for t in self.tensors], 1.0)
+            lookahead_step(self.slow, self.fast, 1.0)
         elif step % self.every == 0:
-            lookahead_step(self.slow, [t.data for t in self.tensors], lookahead_decay(step, self.total_steps))
+            lookahead_step(self.slow, self.fast, lookahead_decay(step, self.total_steps))
 
     def state_dict(self) -> dict:
         return {"slow": [s.clone() for s in self.slow]}

@@ -8,7 +8,8 @@
   plus our TrainState), written by all ranks together; what `--resume` reads.
 
 The checkpointer owns its timing: the loop calls `maybe_save` after every step and at every epoch
-end, and `save_best` when best.py's `Best` judges an epoch the best. File names: artifacts/run_dir.py.
+end (which epoch ends save: save_cadence.py), and `save_best` when best.py's `Best` judges an epoch the
+best. File names: artifacts/run_dir.py.
 """
 
 from __future__ import annotations
@@ -17,16 +18,18 @@ import io
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import torch
 
 from ..artifacts.export import checkpoint_dict, write_model_folder
 from ..artifacts.run_dir import RunDir
-from ..distributed.collectives import raise_if_any, reduce_sum
+from ..distributed.collectives import broadcast_object, raise_if_any, reduce_sum
 from ..distributed.faults import write_failure
 from ..errors import UserError, first_line
 from ..files import atomic_write_bytes, fsync_dir
+from .save_cadence import SaveCadence
 from .state import TrainState, check_finite
 
 
@@ -38,6 +41,7 @@ class Checkpointer:
         self.meta = meta  # model_metadata(cfg, data) and provenance.collect(), built once per run
         self.state = state
         self.every = cfg.train.checkpoint_every_steps
+        self.cadence = SaveCadence(cfg.train.checkpoint_every_epochs)  # epoch ends: save_cadence.py
 
     # -- best model ---------------------------------------------------------------------------
     def save_best(self, model, epoch: int, val_metrics: dict | None) -> None:
@@ -65,16 +69,21 @@ class Checkpointer:
         return None
 
     # -- full state --------------------------------------------------------------------------
-    def maybe_save(self, running=None, epoch_end: bool = False, stop: bool = False) -> bool:
-        """Collective: saves the full state when it is due: at an epoch end, every
-        train.checkpoint_every_steps steps, or on a stop request. Mid-epoch, `running` holds this
-        rank's running train sums (loss_sum, correct, seen), totalled over ranks into the state."""
-        due = epoch_end or stop or bool(self.every and self.state.step % self.every == 0)
+    def maybe_save(self, running=None, epoch_end: bool = False, stop: bool = False, final: bool = False) -> bool:
+        """Collective: saves the full state when it is due: at an epoch end by train.checkpoint_every_epochs
+        (save_cadence.py), every train.checkpoint_every_steps steps, on a stop request, and at the end of
+        training (`final`). Mid-epoch, `running` holds this rank's running train sums (loss_sum, correct,
+        seen), totalled over ranks into the state."""
+        due = final or stop or bool(self.every and self.state.step % self.every == 0)
+        if epoch_end and not due:
+            due = broadcast_object(self.accelerator, self.cadence.due(self.state.epoch))
         if not due:
             return False
         if running is not None:
             self._keep_partial(running)
+        t = time.perf_counter()
         self.save_state()
+        self.cadence.saved(time.perf_counter() - t)
         return True
 
     def _keep_partial(self, running) -> None:

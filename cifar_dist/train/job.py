@@ -12,9 +12,10 @@ import torch
 
 from ..config.schema import Config
 from ..data.datasets import DataBundle, normalize_batch
-from ..distributed.accelerator import mixed_precision_source
+from ..distributed.accelerator import bare_module, mixed_precision_source
 from ..distributed.collectives import seed_each_rank
 from ..distributed.devices import check_deterministic_model
+from ..distributed.sync_bn import sync_batchnorm
 from ..distributed.wait_policy import describe_wait_policy
 from ..evaluate.evaluation import EvalSettings, evaluate_split
 from ..models.flops import pflops, train_flops_per_image
@@ -50,8 +51,14 @@ class Job:
 
     @property
     def eval_model(self) -> torch.nn.Module:
-        """What validation, best.pt, the test and the export use: the EMA network when it is on."""
-        return self.ema.module if self.ema is not None else self.model
+        """What validation, best.pt, the test and the export use: the EMA network when it is on; with
+        train.compile the uncompiled module (TTA's views would recompile the training graph)."""
+        return self.ema.module if self.ema is not None else self.uncompiled
+
+    @property
+    def uncompiled(self) -> torch.nn.Module:
+        """The trained model without torch.compile's wrapper (compiled before prepare: the bare module)."""
+        return bare_module(self.accelerator, self.model) if self.cfg.train.compile else self.model
 
     def extra_state(self) -> list:
         """What travels in last/ besides TrainState, so resume is exact: Lookahead's slow weights
@@ -96,7 +103,7 @@ def build(cfg: Config, accelerator, data: DataBundle) -> Job:
     if cfg.model.whiten:
         whiten_from_data(model, normalize_batch(data.train_images[:WHITEN_IMAGES], data.mean, data.std))
     flops_per_image = train_flops_per_image(model, data.in_channels, data.image_size)
-    check_deterministic_model(cfg, model, accelerator.device)
+    check_deterministic_model(cfg, model, accelerator.device, (data.in_channels, data.image_size))
     seed_each_rank(accelerator, cfg.seed)
     accelerator.print(start_line(cfg, accelerator, data, model, flops_per_image))
     if cfg.train.channels_last:
@@ -105,18 +112,20 @@ def build(cfg: Config, accelerator, data: DataBundle) -> Job:
     base_lr = scaled_lr(cfg, plan.global_batch)  # optim.reference_batch_size: lr given per that batch
     accelerator.gradient_accumulation_steps = plan.accumulation
     accelerator.print(f"{plan.describe()}, lr {base_lr:g}")
+    model = sync_batchnorm(cfg, model, accelerator)
     optimizer = build_optimizer(model, cfg.optim, base_lr, fused=accelerator.device.type in ("cpu", "cuda"))
-    model, optimizer = prepare_optimizer(accelerator, model, optimizer)  # optim.name=muon: two optimizers
-    # The EMA starts from the initial weights, on the training device, before any compile wrapper.
-    ema = EMA(accelerator.unwrap_model(model), cfg.train.ema_decay, accelerator) if cfg.train.ema_decay else None
-    if cfg.train.compile:
+    if cfg.train.compile:  # the bare module, before prepare: DDP stays outermost (its no_sync works)
         model = torch.compile(model)
+    model, optimizer = prepare_optimizer(accelerator, model, optimizer)  # optim.name=muon: two optimizers
+    # The EMA starts from the initial weights, on the training device, without the compile wrapper.
+    ema = EMA(bare_module(accelerator, model), cfg.train.ema_decay, accelerator) if cfg.train.ema_decay else None
     loader = build_train_loader(cfg, data, accelerator, plan)
     steps_per_epoch = len(loader)  # optimizer steps
     lookahead = None
     if cfg.optim.lookahead:
-        net = accelerator.unwrap_model(model, keep_torch_compile=False)
-        lookahead = Lookahead(net, steps_per_epoch * cfg.train.epochs, cfg.optim.lookahead_every_steps)
+        lookahead = Lookahead(
+            bare_module(accelerator, model), steps_per_epoch * cfg.train.epochs, cfg.optim.lookahead_every_steps
+        )
     return Job(
         cfg,
         accelerator,

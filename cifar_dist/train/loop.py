@@ -26,9 +26,9 @@ from ..artifacts.run_dir import RunDir, prepare_run_dir
 from ..config.rules import config_warnings
 from ..config.schema import Config, format_config
 from ..data.datasets import load_data
-from ..distributed.accelerator import build_accelerator
+from ..distributed.accelerator import bare_module, build_accelerator
 from ..distributed.collectives import broadcast_module, broadcast_object, reduce_sum
-from ..distributed.preemption import StopRequest
+from ..distributed.preemption import CHECK_EVERY_STEPS, StopRequest
 from ..evaluate.evaluation import print_report
 from ..files import atomic_write_bytes
 from ..progress import TrainProgress
@@ -55,7 +55,7 @@ def train(cfg: Config, after_epoch=None) -> dict:
     accelerator = build_accelerator(cfg, **accelerator_tracking(cfg))
     # Handlers first: a stop request during start-up (data, model, resume) is kept and honoured at
     # the first step; under slurm/launch.sh USR1 is ignored until this line.
-    stop = StopRequest(accelerator)
+    stop = StopRequest(accelerator, every=min(cfg.train.log_every_steps, CHECK_EVERY_STEPS))  # syncs as logging does
     # Data before anything is printed or created: a wrong data.root (or CIFAR-10 missing offline)
     # ends in its one line, without the config above it or a run folder it names.
     data = load_data(cfg, accelerator)
@@ -77,8 +77,9 @@ def train(cfg: Config, after_epoch=None) -> dict:
             row = train_epoch(job, run)
             if row is None:  # a stop request: the full state is saved, --resume continues there
                 return {"stopped_at_step": run.state.step, "exit_code": stop.exit_code()}
-            if end_epoch(job, run, row) or (after_epoch and after_epoch(run.state.epoch, row, job.evaluate_split)):
+            if end_epoch(job, run, row, after_epoch):
                 break
+        run.metrics.flush()
 
     # Test: the tutorial tests the best-validation model, not the last one.
     summary, test = test_best(job, run)
@@ -135,8 +136,9 @@ class RunningSums:
         self.seen = carried.get("seen", 0)
 
     def add(self, logits: torch.Tensor, loss: torch.Tensor, y: torch.Tensor) -> None:
-        self.loss += loss.detach().double() * y.shape[0]
-        self.correct += (logits.detach().argmax(1) == y).sum()
+        # One kernel for the loss (add_ with alpha, in float64), three for the hits.
+        self.loss.add_(loss.detach(), alpha=y.shape[0])
+        self.correct.add_((logits.detach().argmax(1) == y).sum())
         self.seen += y.shape[0]
 
 
@@ -171,7 +173,7 @@ def train_epoch(job: Job, run: RunContext) -> dict | None:
             job.lookahead.after_step(state.step)
         if state.step % cfg.train.log_every_steps == 0:
             ips = (sums.seen - seen_at_t0) * accelerator.num_processes / max(time.perf_counter() - t0, 1e-9)
-            log_step(job, run, sums, lr, ips)
+            run.progress.show_loss(log_step(job, run, sums, lr, ips))
         run.progress.step(sums.loss, sums.seen)
         if stopped(job, run, sums):
             return None
@@ -219,10 +221,13 @@ def epoch_row(job: Job, run: RunContext, sums: RunningSums, t0: float, resumed_s
     }
 
 
-def end_epoch(job: Job, run: RunContext, row: dict) -> bool:
-    """Collective, after an epoch: validate when due, keep the best model, log the row, save the full
-    state. True when early stopping ends the run here."""
-    cfg, state = job.cfg, run.state
+def end_epoch(job: Job, run: RunContext, row: dict, after_epoch=None) -> bool:
+    """Collective, after an epoch: validate when due and keep the best model, log the row, save the full
+    state when due (train.checkpoint_every_epochs; the end of training always saves), each phase's seconds in
+    the row (validate_seconds, log_seconds, save_seconds: the loop's costs besides training, which an H100
+    epoch of a fraction of a second would feel). The last two reach metrics.jsonl with the next row or the
+    loop's final flush. True when early stopping or `after_epoch` ends the run here."""
+    cfg, state, t = job.cfg, run.state, time.perf_counter()
     stopping = False
     if state.epoch % cfg.train.eval_every_epochs == 0 or state.epoch == cfg.train.epochs:
         val_metrics = validate(job, row)
@@ -230,10 +235,17 @@ def end_epoch(job: Job, run: RunContext, row: dict) -> bool:
         if row["best"]:
             run.checkpointer.save_best(job.eval_model, state.epoch, val_metrics)
         row["early_stop"] = stopping = run.best.should_stop_early()  # collective
+    row["validate_seconds"], t = time.perf_counter() - t, time.perf_counter()
     run.metrics.append(row)
     run.tracker.log({f"epoch/{k}": v for k, v in row.items()}, state.step)
-    run.checkpointer.maybe_save(epoch_end=True)
-    return stopping
+    row["log_seconds"], t = time.perf_counter() - t, time.perf_counter()
+    saved = run.checkpointer.maybe_save(epoch_end=True, final=stopping or not state.epochs_left(cfg))
+    row["save_seconds"] = time.perf_counter() - t
+    if stopping or (after_epoch is not None and after_epoch(state.epoch, row, job.evaluate_split)):
+        if not saved:  # the end of training always saves
+            run.checkpointer.maybe_save(final=True)
+        return True
+    return False
 
 
 def train_step(job: Job, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,17 +261,20 @@ def train_step(job: Job, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[t
         with job.accelerator.autocast():
             logits = job.model(x)
             loss = job.criterion(logits, y)
-        job.accelerator.backward(loss)
+        if job.plan.accumulation == 1 and job.accelerator.scaler is None:
+            loss.backward()  # what accelerator.backward does here, without its division by 1 (a kernel per step)
+        else:
+            job.accelerator.backward(loss)
         job.optimizer.step()
         job.optimizer.zero_grad(set_to_none=True)
     if job.ema is not None and job.accelerator.sync_gradients:  # after a real optimizer step only
-        job.ema.update(job.accelerator.unwrap_model(job.model, keep_torch_compile=False))
+        job.ema.update(bare_module(job.accelerator, job.model))
     return logits, loss
 
 
-def log_step(job: Job, run: RunContext, sums: RunningSums, lr: float, ips: float) -> None:
+def log_step(job: Job, run: RunContext, sums: RunningSums, lr: float, ips: float) -> float:
     """Collective: the running train loss over all ranks, to the tracker (and, with run.progress=false,
-    a plain line)."""
+    a plain line); returns it (the progress bar shows it: no read of its own)."""
     state = run.state
     s, n = reduce_sum(job.accelerator, [sums.loss, sums.seen])
     check_finite(s, state, run.folder.last)
@@ -268,6 +283,7 @@ def log_step(job: Job, run: RunContext, sums: RunningSums, lr: float, ips: float
         job.accelerator.print(
             f"step {state.step} epoch {state.epoch + 1} loss {s / max(n, 1):.4f} lr {lr:.4g} {ips:.0f} img/s"
         )
+    return s / max(n, 1)
 
 
 def validate(job: Job, row: dict) -> dict | None:
@@ -278,7 +294,7 @@ def validate(job: Job, row: dict) -> dict | None:
     if val is not None:
         row.update({"val_loss": val.loss, "val_accuracy": val.accuracy, "val_samples": val.num_samples})
         if job.ema is not None:  # the trained weights too: EMA's gain read off one run, one trajectory
-            raw = job.evaluate_split("val", model=job.model)
+            raw = job.evaluate_split("val", model=job.uncompiled)
             row.update({"val_loss_raw": raw.loss, "val_accuracy_raw": raw.accuracy})
     job.accelerator.print(
         f"Epoch: {row['epoch']} \tTraining Loss: {row['train_loss']:.6f} \t"
@@ -298,7 +314,7 @@ def test_best(job: Job, run: RunContext) -> tuple[dict, object]:
     accelerator.wait_for_everyone()
     # best.pt holds the bare module's keys; with train.compile the unwrapped model would still be
     # the compile wrapper (its keys start with _orig_mod.), so unwrap that too.
-    net = accelerator.unwrap_model(job.eval_model, keep_torch_compile=False)
+    net = bare_module(accelerator, job.eval_model)
     if broadcast_object(accelerator, folder.best.exists()):
         if accelerator.is_main_process:
             net.load_state_dict(load_checkpoint(folder.best)["model_state"])

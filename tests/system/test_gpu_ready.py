@@ -417,7 +417,7 @@ def test_one_process_accumulation_and_two_processes_give_the_same_losses(tmp_pat
 
 def test_bf16_matrix_units_are_read_from_the_cpu():
     """cpu_has_bf16_matrix_units says what /proc/cpuinfo's flags say (AVX512-BF16, with or without AMX), and
-    `auto` follows it: bf16 on a CPU with avx512_bf16, fp32 on one without (tests/test_bf16_auto.py: by flags)."""
+    `auto` follows it: bf16 on a CPU with avx512_bf16, fp32 on one without (test_bf16_auto.py: by flags)."""
     from cifar_dist.distributed import cpu_has_bf16_matrix_units, resolve_mixed_precision
 
     cpuinfo = Path("/proc/cpuinfo")

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow  # every test here starts training processes
 STEPS_PER_EPOCH = 100  # 2,000 synthetic images -> 1,600 train; 1,600 / 16 per batch
 # A hang guard only: each run here takes 10-40 s; reaching it fails the test.
 GUARD_S = 300
-TIMING_KEYS = {"images_per_sec", "epoch_seconds"}
+TIMING_KEYS = {"images_per_sec", "epoch_seconds", "validate_seconds", "log_seconds", "save_seconds"}
 
 
 def args(data_root: Path, run_dir: Path, *extra: str) -> list[str]:

@@ -42,7 +42,7 @@ FINISHED = {
     "DEADLINE",
     "PREEMPTED",
 }
-TIMING_KEYS = {"images_per_sec", "epoch_seconds"}
+TIMING_KEYS = {"images_per_sec", "epoch_seconds", "validate_seconds", "log_seconds", "save_seconds"}
 
 
 def train_args(data_root: Path, *extra: str) -> list[str]:

@@ -31,7 +31,8 @@ def checkpointer(tmp_path, *overrides):
 
 
 def test_the_full_state_is_due_at_epoch_ends_every_n_steps_and_on_a_stop(tmp_path, monkeypatch):
-    ckpt, state = checkpointer(tmp_path, "--train.checkpoint_every_steps=5")
+    # every epoch end (the auto cadence's decision is save_cadence's, tested in test_gpu_loop)
+    ckpt, state = checkpointer(tmp_path, "--train.checkpoint_every_steps=5", "--train.checkpoint_every_epochs=1")
     saves = []
     monkeypatch.setattr(ckpt, "save_state", lambda: saves.append(state.step))
     for step in range(1, 12):

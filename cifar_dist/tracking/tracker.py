@@ -37,7 +37,7 @@ from .wandb_mode import resolve_mode
 SAMPLE_PREDICTIONS = 100  # rows of the test-prediction table (the first images of the test split)
 # How long closing a run may take before the job leaves without it. Offline it takes about a second;
 # a service that died with the job's signal never answers (docs/wandb.md, "Ctrl-C and scancel").
-CLOSE_DEADLINE_S = 8.0
+CLOSE_DEADLINE_S = 5.0
 
 
 class NullTracker:

@@ -94,7 +94,8 @@ def test_ctrl_c_ends_the_run_whatever_wandbs_service_does(tmp_path, data_root, s
 def test_a_second_ctrl_c_ends_the_run_too(tmp_path, data_root, repeat):
     code, seconds, stderr = _signal_a_tracked_run(tmp_path, data_root, "with", signal.SIGINT, repeat, twice=True)
     assert code == 130 and seconds <= DEADLINE_S, f"exit {code} after {seconds:.1f} s\n{stderr[-3000:]}"
-    assert stderr.strip().splitlines() == ["interrupted"], stderr[-3000:]
+    # A second Ctrl-C that lands before the line is printed leaves at once, without it
+    assert stderr.strip().splitlines() in ([], ["interrupted"]), stderr[-3000:]
 
 
 @pytest.mark.slow

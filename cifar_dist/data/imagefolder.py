@@ -101,7 +101,7 @@ def unpack(archive: Path, cache_dir: Path) -> Path:
     def build(tmp: Path) -> None:
         try:
             with tarfile.open(archive) as tf:
-                tf.extractall(tmp, filter="data")  # "data": no absolute paths, links out or devices
+                _extract_data_only(tf, tmp)  # no absolute paths, links out or devices; also on Python 3.11.2
         except (tarfile.TarError, EOFError, ValueError) as e:
             raise UserError(
                 f"data.root {archive} is not a readable tar archive ({e}); "

@@ -35,6 +35,14 @@ SMALL = ["--data.name=synthetic", "--data.synthetic_train_size=500", "--data.syn
 MEDIUM = ["--data.name=synthetic", "--data.synthetic_train_size=2000", "--data.synthetic_test_size=101"]
 
 
+# metrics.jsonl keys that measure time, not results: a resumed run's rows equal an uninterrupted one's without them.
+TIMING_KEYS = frozenset({"images_per_sec", "epoch_seconds", "validate_seconds", "log_seconds", "save_seconds"})
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+
+
 def base_env(**extra) -> dict:
     # WANDB_MODE=disabled: tracking is on by default (tracking.backend=wandb) and would add a
     # run.dir/wandb/ folder and ~6 s per run here; tests/system/test_wandb.py sets its own W&B environment.

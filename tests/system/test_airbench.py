@@ -251,7 +251,7 @@ def test_airbench_run_stopped_mid_epoch_resumes_bit_exact(tmp_path, data_root_me
     import subprocess
     import time
 
-    from helpers import MEDIUM, REPO, base_env, run, train_cmd
+    from helpers import MEDIUM, REPO, base_env, run, train_cmd, without_timing
 
     def cmd(run_dir, *extra):
         return train_cmd(
@@ -294,7 +294,6 @@ def test_airbench_run_stopped_mid_epoch_resumes_bit_exact(tmp_path, data_root_me
     assert torch.equal(a["head.weight"], la["slow"][-1])  # the head is the model's last tensor
 
     def rows(d):
-        drop = {"images_per_sec", "epoch_seconds", "validate_seconds", "log_seconds", "save_seconds"}
-        return [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(d / "metrics.jsonl")]
+        return without_timing(read_metrics(d / "metrics.jsonl"))
 
     assert rows(full) == rows(cut) and len(rows(full)) == 2

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import MEDIUM, REPO, accelerate_cmd, base_env, read_metrics, run, train_cmd
+from helpers import MEDIUM, REPO, accelerate_cmd, base_env, read_metrics, run, train_cmd, without_timing
 from torch import nn
 
 from cifar_dist.config import Config
@@ -248,8 +248,7 @@ def assert_same_run(full: Path, cut: Path) -> None:
     assert {tuple(s["momentum_buffer"].shape)[2:] for s in muon_state["state"].values()} == {(3, 3)}
 
     def rows(d):
-        drop = {"images_per_sec", "epoch_seconds"}
-        return [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(d / "metrics.jsonl")]
+        return without_timing(read_metrics(d / "metrics.jsonl"))
 
     assert rows(full) == rows(cut) and len(rows(full)) == 2
 

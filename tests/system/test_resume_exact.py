@@ -21,14 +21,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import MEDIUM, REPO, base_env, read_metrics, run, train_cmd
+from helpers import MEDIUM, REPO, base_env, read_metrics, run, train_cmd, without_timing
 
 pytestmark = pytest.mark.slow  # every test here starts training processes
 
 STEPS_PER_EPOCH = 100  # 2,000 synthetic images -> 1,600 train; 1,600 / 16 per batch
 # A hang guard only: each run here takes 10-40 s; reaching it fails the test.
 GUARD_S = 300
-TIMING_KEYS = {"images_per_sec", "epoch_seconds", "validate_seconds", "log_seconds", "save_seconds"}
 
 
 def args(data_root: Path, run_dir: Path, *extra: str) -> list[str]:
@@ -50,8 +49,7 @@ def saved_state(run_dir: Path) -> dict:
 
 
 def metric_rows(run_dir: Path) -> list[dict]:
-    rows = read_metrics(run_dir / "metrics.jsonl")
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+    return without_timing(read_metrics(run_dir / "metrics.jsonl"))
 
 
 def stop_when(run_dir: Path, ready, sig: int, log: Path, extra: tuple = ()) -> tuple[int, str]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import MEDIUM, REPO, base_env, read_metrics, require
+from helpers import MEDIUM, REPO, base_env, read_metrics, require, without_timing
 
 SLURM_DIR = REPO / "slurm"
 TEMPLATES = sorted(SLURM_DIR.glob("*.sbatch"))
@@ -42,7 +42,6 @@ FINISHED = {
     "DEADLINE",
     "PREEMPTED",
 }
-TIMING_KEYS = {"images_per_sec", "epoch_seconds", "validate_seconds", "log_seconds", "save_seconds"}
 
 
 def train_args(data_root: Path, *extra: str) -> list[str]:
@@ -186,7 +185,7 @@ def baseline(cluster, data_root_medium, tmp_path_factory) -> Path:
 
 def metric_rows(run_dir: Path) -> list[dict]:
     rows = read_metrics(run_dir / "metrics.jsonl")
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+    return without_timing(rows)
 
 
 def assert_same_run(a: Path, b: Path) -> None:

@@ -5,6 +5,12 @@ python -m cifar_dist.export runs/<run> --push-to-hub you/cifar10-seed   # upload
 """
 
 from .artifacts.export import (  # noqa: F401 - re-exported
+    BUILTIN_MODEL_ARGS,
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_FORMAT_VERSION,
+    FORMAT,
+    FORMAT_VERSION,
+    MODEL_ARGS,
     WEIGHTS,
     add_test_results,
     build_model_from_checkpoint,

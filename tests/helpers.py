@@ -209,3 +209,36 @@ def child_processes(pid: int) -> dict[int, str]:
         except (OSError, ValueError, IndexError):
             continue
     return out
+
+
+def on_a_terminal(cmd: list[str], columns: int = 120, timeout: float = 300) -> str:
+    """cmd with stdout and stderr on a pseudo-terminal (rich draws its bars there); everything it wrote, control
+    codes removed. Every read waits at most `timeout` s for output, and the child must exit 0."""
+    import pty
+    import re
+    import select
+
+    master, slave = pty.openpty()
+    env = base_env(TERM="xterm", COLUMNS=str(columns))
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=slave, stderr=slave)
+    os.close(slave)
+    out = b""
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], timeout)
+            if not ready:
+                raise AssertionError(f"no output for {timeout} s: {out.decode(errors='replace')[-2000:]}")
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+        assert proc.wait(timeout=60) == 0, out.decode(errors="replace")[-3000:]
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode(errors="replace"))

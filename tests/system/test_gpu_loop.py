@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import re
-import subprocess
 import sys
 
 import pytest
 import torch
-from helpers import REPO, SMALL, accelerate_cmd, base_env, read_metrics, run, train_cmd
+from helpers import REPO, SMALL, accelerate_cmd, base_env, on_a_terminal, read_metrics, run, train_cmd
 
 from cifar_dist.config import resolve
 
@@ -113,33 +111,7 @@ def test_progress_bar_reads_the_loss_only_at_the_epoch_end_and_shows_the_logged_
 
 
 def _on_a_terminal(cmd, timeout=600) -> str:
-    """cmd with stdout and stderr on a pseudo-terminal (rich draws its bar); everything it wrote, control codes
-    removed."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=base_env(TERM="xterm", COLUMNS="4000"), stdout=slave, stderr=slave)
-    os.close(slave)
-    out = b""
-    try:
-        import select
-
-        while True:
-            ready, _, _ = select.select([master], [], [], timeout)
-            if not ready:
-                raise AssertionError(f"no output for {timeout} s: {out.decode(errors='replace')[-2000:]}")
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            out += chunk
-        assert proc.wait(timeout=60) == 0, out.decode(errors="replace")[-3000:]
-    finally:
-        os.close(master)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode(errors="replace"))
+    return on_a_terminal(cmd, columns=4000, timeout=timeout)
 
 
 @pytest.mark.slow

@@ -1,13 +1,11 @@
 """Progress that reads well anywhere (cifar_dist/progress.py): plain in-epoch lines when stdout is
 a file (a SLURM log), rich bars for training, evaluation (with TTA) and figures on a terminal."""
 
-import os
-import pty
 import re
 import subprocess
 
 import pytest
-from helpers import REPO, SMALL, base_env, eval_cmd, run, train_cmd
+from helpers import REPO, SMALL, base_env, eval_cmd, on_a_terminal, run, train_cmd
 
 pytestmark = pytest.mark.slow  # every test here starts training processes
 
@@ -48,22 +46,7 @@ def test_training_into_a_file_prints_plain_lines_through_each_epoch(tmp_path, da
 
 
 def _on_a_terminal(cmd, timeout=300) -> str:
-    """Run cmd with stdout and stderr on a pseudo-terminal; return everything it wrote."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=base_env(TERM="xterm", COLUMNS="120"), stdout=slave, stderr=slave)
-    os.close(slave)
-    out = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        out += chunk
-    os.close(master)
-    assert proc.wait(timeout=timeout) == 0, out.decode(errors="replace")[-3000:]
-    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode(errors="replace"))
+    return on_a_terminal(cmd, columns=120, timeout=timeout)
 
 
 def test_on_a_terminal_training_evaluation_and_figures_show_bars(tmp_path, data_root):

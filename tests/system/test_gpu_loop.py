@@ -284,20 +284,25 @@ def test_deterministic_refuses_airbench_whose_forward_calls_adaptive_max_pool2d(
 @pytest.mark.slow
 def test_compile_wraps_the_bare_module_inside_ddp_and_evaluation_uses_the_uncompiled_one(tmp_path, data_root):
     """train.compile under 2-process DDP: DDP is the outer wrapper (its no_sync and hooks intact), the compiled
-    module inside; evaluation, best.pt and the EMA use the uncompiled network. Before issue 34 the DDP module was
-    compiled after prepare and evaluation ran the compiled graph."""
+    module inside; evaluation, best.pt and the EMA use the uncompiled network, with the EMA on (the raw weights'
+    validation: job.uncompiled) and off (eval_model is then the trained network). Before issue 34 the DDP module
+    was compiled after prepare and evaluation ran the compiled graph."""
     script = tmp_path / "probe.py"
     script.write_text(
-        "import sys, torch\n"
+        "import os, sys, torch\n"
         "from cifar_dist.config import resolve\n"
         "from cifar_dist.data import load_data\n"
         "from cifar_dist.distributed import build_accelerator\n"
         "from cifar_dist.train.job import build\n"
         "cfg = resolve('tutorial_fast', None, sys.argv[1:])\n"
         "acc = build_accelerator(cfg)\n"
-        "job = build(cfg, acc, load_data(cfg, acc))\n"
-        "print('TYPES', type(job.model).__name__, type(getattr(job.model, 'module', None)).__name__,\n"
-        "      type(job.eval_model).__name__, type(job.ema.module).__name__, flush=True)\n"
+        "data = load_data(cfg, acc)\n"
+        "for ema in ('0.9', '0'):\n"
+        "    job = build(resolve('tutorial_fast', None, [*sys.argv[1:], f'--train.ema_decay={ema}']), acc, data)\n"
+        "    names = [type(job.model), type(getattr(job.model, 'module', None)), type(job.eval_model),\n"
+        "             type(job.uncompiled), type(job.ema.module) if job.ema else None]\n"
+        "    line = ' '.join(['TYPES', ema, *(n.__name__ if n else '-' for n in names)])\n"
+        "    os.write(1, (line + '\\n').encode())  # one write: the two ranks' lines do not interleave\n"
     )
     p = run(
         [
@@ -306,15 +311,19 @@ def test_compile_wraps_the_bare_module_inside_ddp_and_evaluation_uses_the_uncomp
             *SMALL,
             f"--data.root={data_root}",
             "--train.compile=true",
-            "--train.ema_decay=0.9",
             "--tracking.backend=none",
             f"--run.dir={tmp_path / 'r'}",
         ],
         timeout=600,
         check=True,
     )
-    types = [ln.split()[1:] for ln in p.stdout.splitlines() if ln.startswith("TYPES")]
-    assert types == [["DistributedDataParallel", "OptimizedModule", "TutorialCNN", "TutorialCNN"]] * 2, p.stdout
+    # 2 ranks × 2 builds; each line is one write, but rank 0's prints may surround it
+    types = sorted(m.split() for m in re.findall(r"TYPES ([^\n]*)\n", p.stdout))
+    # ema_decay, the model's wrappers (DDP outermost), eval_model, uncompiled, the EMA's module
+    outer = ["DistributedDataParallel", "OptimizedModule"]
+    want = [["0", *outer, "TutorialCNN", "TutorialCNN", "-"]] * 2
+    want += [["0.9", *outer, "TutorialCNN", "TutorialCNN", "TutorialCNN"]] * 2
+    assert types == want, p.stdout
 
 
 # --------------------------------------------------------------------------- the same recipe with BatchNorm

@@ -11,7 +11,7 @@ import sys
 import pytest
 from helpers import REPO, SMALL, base_env, run, train_cmd
 
-from cifar_dist.distributed.wait_policy import DEFAULT
+from cifar_dist.distributed.wait_policy import DEFAULT, GPU_DEFAULT
 
 IMPORT_ALL = """
 import json, os, pkgutil, importlib
@@ -52,3 +52,18 @@ def test_a_run_chooses_the_default_unless_told_and_says_so(tmp_path, data_root, 
         assert "OMP_WAIT_POLICY unset" in start, start
     else:
         assert f"OMP_WAIT_POLICY {DEFAULT} (cifar-dist default)" in start, start
+
+
+@pytest.mark.slow
+def test_a_cpu_run_on_a_gpu_machine_keeps_the_cpu_default(tmp_path, data_root):
+    """CUDA_VISIBLE_DEVICES names a device, so wait_policy.gpu_machine() judges this a GPU machine (index 99 is no
+    GPU here, nor on a GPU machine), and the command line says --train.device=cpu: the run takes DEFAULT, not
+    GPU_DEFAULT, because train.py hands its arguments to choose_wait_policy (issue 34)."""
+    assert GPU_DEFAULT != DEFAULT  # else this run could not tell which one was chosen
+    env = base_env(CUDA_VISIBLE_DEVICES="99")
+    env.pop("OMP_WAIT_POLICY")
+    cmd = train_cmd(*SMALL, f"--data.root={data_root}", f"--run.dir={tmp_path / 'r'}", "--train.epochs=1")
+    p = run([*cmd, "--train.device=cpu", "--train.max_steps=2", "--run.progress=false"], env=env, check=True)
+    [start] = [line for line in p.stdout.splitlines() if line.startswith("model ")]
+    want = "OMP_WAIT_POLICY unset" if DEFAULT is None else f"OMP_WAIT_POLICY {DEFAULT} (cifar-dist default)"
+    assert want in start, start

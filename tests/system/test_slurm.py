@@ -120,6 +120,32 @@ class Cluster:
         self.cmd(["scancel", str(job_id)])
         raise AssertionError(f"job {job_id} still {info['JobState']} after {JOB_GUARD_S} s\n{tail(log)}")
 
+    def wait_for_save(self, job_id: int, run_dir: Path, log: Path) -> float:
+        """Until the job's run has saved once (`last/`: training is under way); returns when the wait began."""
+        t0 = time.monotonic()
+        while not (run_dir / "last").exists():
+            assert self.job(job_id)["JobState"] in ("PENDING", "RUNNING"), tail(log)
+            assert time.monotonic() - t0 < JOB_GUARD_S, tail(log)
+            time.sleep(0.2)
+        return t0
+
+    def preempt(self, job_id: int, submit_dir: Path, log: Path, t0: float) -> dict:
+        """A job in the 'high' partition that needs the node preempts `job_id` (the 'low' partition,
+        PreemptMode=REQUEUE); waits until `job_id` has ended after a restart and returns its record.
+        PREEMPTED/REQUEUED/PENDING are on the way back, not the end."""
+        p = self.cmd(
+            ["sbatch", "--parsable", "--partition=high", "--cpus-per-task=2", "-o", "logs/high-%j.out"]
+            + ["--wrap=sleep 2"],
+            cwd=submit_dir,
+        )
+        assert p.returncode == 0, p.stderr
+        while True:
+            info = self.job(job_id)
+            if info["JobState"] in FINISHED - {"PREEMPTED"} and info["Restarts"] != "0":
+                return info
+            assert time.monotonic() - t0 < JOB_GUARD_S, f"{info['JobState']}\n{tail(log)}"
+            time.sleep(0.5)
+
 
 def tail(log: Path, n: int = 4000) -> str:
     return log.read_text()[-n:] if log.exists() else f"(no log at {log})"
@@ -237,11 +263,7 @@ def test_warning_signal_requeues_and_resumes_exactly(cluster, baseline, data_roo
     )
     log = tmp_path / "logs" / f"cifar-cpu-{job_id}.out"
     run_dir = tmp_path / "runs" / f"cifar-cpu-{job_id}"
-    t0 = time.monotonic()
-    while not (run_dir / "last").exists():  # the step-10 save: training is under way
-        assert cluster.job(job_id)["JobState"] in ("PENDING", "RUNNING"), tail(log)
-        assert time.monotonic() - t0 < JOB_GUARD_S, tail(log)
-        time.sleep(0.2)
+    cluster.wait_for_save(job_id, run_dir, log)  # the step-10 save
     p = cluster.cmd(["scancel", "--batch", "--signal=USR1", str(job_id)])
     assert p.returncode == 0, p.stderr
     info = cluster.wait(job_id, log)
@@ -315,22 +337,8 @@ def test_preemption_with_preempt_mode_requeue_resumes_exactly(cluster, baseline,
     job_id = cluster.submit(tmp_path, "cpu.sbatch", ["--partition=low"], train_args(data_root_medium))
     log = tmp_path / "logs" / f"cifar-cpu-{job_id}.out"
     run_dir = tmp_path / "runs" / f"cifar-cpu-{job_id}"
-    t0 = time.monotonic()
-    while not (run_dir / "last").exists():  # the step-10 save: training is under way
-        assert cluster.job(job_id)["JobState"] in ("PENDING", "RUNNING"), tail(log)
-        assert time.monotonic() - t0 < JOB_GUARD_S, tail(log)
-        time.sleep(0.2)
-    p = cluster.cmd(
-        ["sbatch", "--parsable", "--partition=high", "--cpus-per-task=2", "-o", "logs/high-%j.out", "--wrap=sleep 2"],
-        cwd=tmp_path,
-    )
-    assert p.returncode == 0, p.stderr
-    while True:  # PREEMPTED/REQUEUED/PENDING are on the way back, not the end
-        info = cluster.job(job_id)
-        if info["JobState"] in FINISHED - {"PREEMPTED"} and info["Restarts"] != "0":
-            break
-        assert time.monotonic() - t0 < JOB_GUARD_S, f"{info['JobState']}\n{tail(log)}"
-        time.sleep(0.5)
+    t0 = cluster.wait_for_save(job_id, run_dir, log)  # the step-10 save
+    info = cluster.preempt(job_id, tmp_path, log, t0)
     text = log.read_text()
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0" and info["Restarts"] == "1", text[-4000:]
     assert "DUE TO PREEMPTION" in text, text[-4000:]  # slurmstepd's own line: SLURM preempted it

@@ -12,13 +12,12 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import REPO, base_env
-from test_slurm import FINISHED, JOB_GUARD_S, SLURM_DIR, cluster, tail  # noqa: F401 - cluster: the fixture
+from test_slurm import JOB_GUARD_S, SLURM_DIR, cluster  # noqa: F401 - cluster: the fixture
 
 pytest.importorskip("optuna")
 
@@ -90,22 +89,9 @@ def test_preempted_sweep_worker_requeues_and_its_trial_resumes_exactly(cluster, 
         USE_CPU="1",
     )
     log = tmp_path / "logs" / f"cifar-sweep-{job}.out"
-    run_dir, t0 = study / "trials" / "0000", time.monotonic()
-    while not (run_dir / "last").exists():  # the trial is training and has saved once
-        assert cluster.job(job)["JobState"] in ("PENDING", "RUNNING"), tail(log)
-        assert time.monotonic() - t0 < JOB_GUARD_S, tail(log)
-        time.sleep(0.2)
-    p = cluster.cmd(
-        ["sbatch", "--parsable", "--partition=high", "--cpus-per-task=2", "-o", "logs/high-%j.out", "--wrap=sleep 2"],
-        cwd=tmp_path,
-    )
-    assert p.returncode == 0, p.stderr
-    while True:
-        info = cluster.job(job)
-        if info["JobState"] in FINISHED - {"PREEMPTED"} and info["Restarts"] != "0":
-            break
-        assert time.monotonic() - t0 < JOB_GUARD_S, f"{info['JobState']}\n{tail(log)}"
-        time.sleep(0.5)
+    run_dir = study / "trials" / "0000"
+    t0 = cluster.wait_for_save(job, run_dir, log)  # the trial is training
+    info = cluster.preempt(job, tmp_path, log, t0)
     text = log.read_text()
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", text[-5000:]
     assert "stopped on request" in text and "queued again" in text, text[-5000:]

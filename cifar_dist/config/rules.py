@@ -119,6 +119,9 @@ def validate(cfg, user_set: dict[str, str] | None = None):
     return cfg
 
 
+ADAMW_LR_WARN = 0.03  # above it AdamW is almost surely running an SGD-tuned lr
+
+
 def config_warnings(cfg) -> list[str]:
     """Settings that are valid but almost certainly not meant, as whole `warning: ...` lines for stderr
     (train, evaluate and --print-config print them as they are); never fatal."""
@@ -135,5 +138,14 @@ def config_warnings(cfg) -> list[str]:
             "warning: eval.tta=true averages each image's logits with its mirror image's, but data.augment=false: "
             "this model never sees mirrored images in training, so TTA usually lowers accuracy; "
             "set --data.augment=true (needs data.loader=tensor) or --eval.tta=false"
+        )
+    adamw = cfg.optim.name == "adamw" or (cfg.optim.name == "muon" and cfg.optim.muon_companion == "adamw")
+    if adamw and cfg.optim.lr > ADAMW_LR_WARN:
+        # The presets' lrs (0.1-1.66 per reference batch) are SGD's: AdamW's step is about lr per weight
+        # whatever the gradient's scale, and at those lrs resnet_fast's test loss reached ~1e6 (issue 32).
+        what = "optim.muon_companion=adamw" if cfg.optim.name == "muon" else "optim.name=adamw"
+        out.append(
+            f"warning: optim.lr={cfg.optim.lr:g} with {what}: AdamW moves each weight by about lr a step and "
+            f"diverges at SGD-sized lrs (the presets' are tuned for SGD); set --optim.lr (AdamW: ~1e-3)"
         )
     return out

@@ -59,3 +59,24 @@ def test_every_key_is_declared_with_help_and_a_default_in_its_bounds():
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if isinstance(default, (int, float)) and not isinstance(default, bool):
             assert in_bounds(default, f.metadata["bounds"]), path
+
+
+@pytest.mark.parametrize(
+    "overrides, warned",
+    [
+        (["--optim.name=adamw"], True),  # the preset's SGD lr 0.1 kept
+        (["--optim.name=adamw", "--optim.lr=0.001"], False),
+        (["--optim.name=sgd"], False),
+        (["--optim.name=muon", "--optim.muon_companion=adamw"], True),
+        (["--optim.name=muon"], False),  # the companion is SGD
+    ],
+)
+def test_adamw_at_an_sgd_tuned_lr_is_warned_in_one_line(overrides, warned):
+    from cifar_dist.config import resolve
+    from cifar_dist.config.rules import config_warnings
+
+    lines = [w for w in config_warnings(resolve("tutorial_fast", None, overrides)) if "AdamW" in w]
+    assert len(lines) == warned
+    if warned:
+        assert lines[0].startswith("warning: optim.lr=0.1 with ") and "--optim.lr" in lines[0]
+        assert "\n" not in lines[0]
